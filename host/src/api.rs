@@ -1,0 +1,679 @@
+//! The guest-facing `ceph:rbd` API: the host side of every WIT function.
+//!
+//! A guest reaches a backend only through the handles minted here, each carrying the
+//! capability it was minted under (see [`crate::capability`]). Backend calls are blocking,
+//! so each runs on tokio's blocking pool; the guest awaits it without blocking the executor.
+//! Errors are mapped to the WIT `error` once, in [`HostError`] and `convert_error`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use rbd_backend::{Backend, Error, Image};
+use tokio::sync::Semaphore;
+use wasmtime::component::{HasData, Resource, ResourceTable, ResourceTableError};
+
+use crate::bindings::ceph::rbd::{job_host, rbd, types};
+use crate::capability::{Grants, ImageCapability, Operation, PoolCapability};
+
+/// The error of a host function: an RBD error the guest sees, or a trap that ends the job.
+#[derive(Debug)]
+pub enum HostError {
+    Rbd(Error),
+    Trap(wasmtime::Error),
+}
+
+impl From<Error> for HostError {
+    fn from(e: Error) -> Self {
+        HostError::Rbd(e)
+    }
+}
+
+impl From<ResourceTableError> for HostError {
+    /// A handle the table does not know: the guest forged or reused one. That is a bug in the
+    /// guest (its bindings never do this), so it traps.
+    fn from(e: ResourceTableError) -> Self {
+        HostError::Trap(wasmtime::Error::msg(format!("invalid handle: {e}")))
+    }
+}
+
+type HostResult<T> = Result<T, HostError>;
+
+/// Most reads a guest may ask for in one call, after clipping to the image: a guest that
+/// wants more reads in pieces (and cannot make the host allocate an image's worth at once).
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+/// Most ranges in one `read-ranges` call.
+pub const MAX_RANGES_PER_CALL: usize = 1024;
+/// Objects covered by one backend diff call behind `next-batch`: bounds a batch's memory.
+const DIFF_WINDOW_OBJECTS: u64 = 1024;
+
+/// Run a blocking backend call off the async executor. A panic in the backend becomes a
+/// trap of this job, never a crash of the host.
+async fn blocking<T, F>(f: F) -> HostResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(HostError::Rbd),
+        Err(join) => Err(HostError::Trap(wasmtime::Error::msg(format!("backend call failed: {join}")))),
+    }
+}
+
+/// Per-job state of the RBD API.
+pub struct RbdCtx {
+    backend: Arc<dyn Backend>,
+    grants: Grants,
+    /// Bounds the backend reads one job keeps in flight.
+    io_slots: Arc<Semaphore>,
+    progress: Option<Arc<dyn Fn(types::Progress) + Send + Sync>>,
+}
+
+impl RbdCtx {
+    pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize) -> Self {
+        RbdCtx { backend, grants, io_slots: Arc::new(Semaphore::new(reads_in_flight.max(1))), progress: None }
+    }
+
+    /// Where `report-progress` goes.
+    pub fn on_progress(&mut self, sink: Arc<dyn Fn(types::Progress) + Send + Sync>) {
+        self.progress = Some(sink);
+    }
+}
+
+/// What the generated host traits are implemented on: the API state and the resource table.
+pub struct RbdView<'a> {
+    pub ctx: &'a mut RbdCtx,
+    pub table: &'a mut ResourceTable,
+}
+
+/// Marker for `add_to_linker`: the data of the RBD interfaces is an [`RbdView`].
+pub struct HasRbd;
+
+impl HasData for HasRbd {
+    type Data<'a> = RbdView<'a>;
+}
+
+/// A granted pool, as the guest holds it.
+pub struct PoolHandle {
+    cap: PoolCapability,
+}
+
+/// An open image, as the guest holds it.
+pub struct ImageHandle {
+    open: Arc<OpenImage>,
+    cap: ImageCapability,
+}
+
+/// The backend image behind a handle, shared with the handle's diff iterators. Closing it
+/// (dropping the handle) closes the backend image at once; an iterator then answers
+/// `not-found`.
+struct OpenImage {
+    image: RwLock<Option<Box<dyn Image>>>,
+    /// Bumped by every set-snap, so an iterator can tell that its end state changed.
+    selection: AtomicU64,
+}
+
+impl OpenImage {
+    fn with<T>(&self, f: impl FnOnce(&dyn Image) -> Result<T, Error>) -> Result<T, Error> {
+        let guard = self.image.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match guard.as_deref() {
+            Some(image) => f(image),
+            None => Err(Error::NotFound("the image was closed".into())),
+        }
+    }
+
+    fn close(&self) {
+        let mut guard = self.image.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.take();
+    }
+}
+
+/// A diff-iterate in progress.
+pub struct DiffIterator {
+    open: Arc<OpenImage>,
+    from: Option<String>,
+    include_parent: bool,
+    whole_object: bool,
+    next: u64,
+    end: u64,
+    window: u64,
+    selection: u64,
+    /// The batch computed when the iterator was made, not yet handed out.
+    pending: Option<Vec<types::Extent>>,
+}
+
+impl ImageHandle {
+    /// Run `f` on the backend image after checking `op` against the handle's capability.
+    async fn call<T, F>(&self, op: Option<Operation>, f: F) -> HostResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Image) -> Result<T, Error> + Send + 'static,
+    {
+        if let Some(op) = op {
+            self.cap.require(op)?;
+        }
+        let open = self.open.clone();
+        blocking(move || open.with(f)).await
+    }
+}
+
+impl RbdView<'_> {
+    fn image(&self, handle: &Resource<ImageHandle>) -> HostResult<&ImageHandle> {
+        Ok(self.table.get(handle)?)
+    }
+
+    fn pool(&self, handle: &Resource<PoolHandle>) -> HostResult<&PoolHandle> {
+        Ok(self.table.get(handle)?)
+    }
+}
+
+impl types::Host for RbdView<'_> {
+    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<types::Error> {
+        match err {
+            HostError::Rbd(e) => Ok(to_wit_error(e)),
+            HostError::Trap(t) => Err(t),
+        }
+    }
+}
+
+/// The one mapping from the backend error to the WIT error.
+fn to_wit_error(e: Error) -> types::Error {
+    use types::Error as W;
+    let message = e.to_string();
+    match e {
+        Error::NotFound(_) => W::NotFound(message),
+        Error::Exists(_) => W::Exists(message),
+        Error::Busy(_) => W::Busy(message),
+        Error::HasSnapshots(_) => W::HasSnapshots(message),
+        Error::ReadOnly(_) => W::ReadOnly(message),
+        Error::InvalidArgument(_) => W::InvalidArgument(message),
+        Error::OutOfRange(_) => W::OutOfRange(message),
+        Error::NotSupported(_) => W::NotSupported(message),
+        Error::PermissionDenied(_) => W::PermissionDenied(message),
+        Error::Io(_) => W::Io(message),
+        Error::IncompleteWrite { requested, written } => {
+            W::IncompleteWrite(types::IncompleteWrite { requested, written })
+        }
+        Error::Logic(_) => W::Logic(message),
+        Error::TypeError(_) => W::TypeError(message),
+        Error::NoSpace(_) => W::NoSpace(message),
+        Error::QuotaExceeded(_) => W::QuotaExceeded(message),
+        Error::Timeout(_) => W::Timeout(message),
+        Error::ConnectionShutdown(_) => W::ConnectionShutdown(message),
+        Error::Other { errno, message } => W::Other(types::ErrnoError { errno, message }),
+    }
+}
+
+impl job_host::Host for RbdView<'_> {
+    async fn report_progress(&mut self, progress: types::Progress) -> wasmtime::Result<()> {
+        if let Some(sink) = &self.ctx.progress {
+            sink(progress);
+        }
+        Ok(())
+    }
+}
+
+impl rbd::Host for RbdView<'_> {
+    async fn version(&mut self) -> wasmtime::Result<types::VersionInfo> {
+        let v = self.ctx.backend.version();
+        Ok(types::VersionInfo { major: v.major, minor: v.minor, extra: v.extra })
+    }
+
+    async fn granted_pools(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.ctx.grants.pools())
+    }
+
+    async fn open_pool(&mut self, name: String) -> HostResult<Resource<PoolHandle>> {
+        let cap = self.ctx.grants.pool(&name)?;
+        let backend = self.ctx.backend.clone();
+        blocking(move || backend.open_pool(&name)).await?;
+        Ok(self.table.push(PoolHandle { cap })?)
+    }
+}
+
+impl rbd::HostPool for RbdView<'_> {
+    async fn name(&mut self, pool: Resource<PoolHandle>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&pool)?.cap.pool().to_owned())
+    }
+
+    async fn create(
+        &mut self,
+        pool: Resource<PoolHandle>,
+        name: String,
+        size: u64,
+        options: types::CreateOptions,
+    ) -> HostResult<()> {
+        let cap = self.pool(&pool)?.cap.require(&name, Operation::Create)?;
+        let backend = self.ctx.backend.clone();
+        let options = rbd_backend::CreateOptions {
+            order: options.order,
+            old_format: options.old_format,
+            features: options.features,
+            stripe_unit: options.stripe_unit,
+            stripe_count: options.stripe_count,
+        };
+        blocking(move || backend.create(cap.pool(), &name, size, &options)).await
+    }
+
+    async fn clone(
+        &mut self,
+        pool: Resource<PoolHandle>,
+        parent: String,
+        parent_snap: String,
+        dest: Resource<PoolHandle>,
+        child_name: String,
+        options: types::CloneOptions,
+    ) -> HostResult<()> {
+        let parent_cap = self.pool(&pool)?.cap.require(&parent, Operation::Clone)?;
+        let child_cap = self.pool(&dest)?.cap.require(&child_name, Operation::Create)?;
+        let backend = self.ctx.backend.clone();
+        let options = rbd_backend::CloneOptions { features: options.features, order: options.order };
+        blocking(move || {
+            backend.clone_image(
+                parent_cap.pool(),
+                &parent,
+                &parent_snap,
+                child_cap.pool(),
+                &child_name,
+                &options,
+            )
+        })
+        .await
+    }
+
+    async fn list(&mut self, pool: Resource<PoolHandle>) -> HostResult<Vec<String>> {
+        let cap = self.pool(&pool)?.cap.clone();
+        let backend = self.ctx.backend.clone();
+        blocking(move || {
+            let mut names = backend.list(cap.pool())?;
+            names.retain(|n| cap.can_see(n));
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn remove(&mut self, pool: Resource<PoolHandle>, name: String) -> HostResult<()> {
+        let cap = self.pool(&pool)?.cap.require(&name, Operation::Remove)?;
+        let backend = self.ctx.backend.clone();
+        blocking(move || backend.remove(cap.pool(), &name)).await
+    }
+
+    async fn rename(&mut self, pool: Resource<PoolHandle>, src: String, dest: String) -> HostResult<()> {
+        let handle = self.pool(&pool)?;
+        let cap = handle.cap.require(&src, Operation::Rename)?;
+        handle.cap.require(&dest, Operation::Create)?;
+        let backend = self.ctx.backend.clone();
+        blocking(move || backend.rename(cap.pool(), &src, &dest)).await
+    }
+
+    async fn open(
+        &mut self,
+        pool: Resource<PoolHandle>,
+        name: String,
+        options: types::OpenOptions,
+    ) -> HostResult<Resource<ImageHandle>> {
+        let cap = self.pool(&pool)?.cap.require(&name, Operation::Read)?;
+        let read_only = options.read_only || cap.operations().is_read_only();
+        let backend = self.ctx.backend.clone();
+        let pool_name = cap.pool().to_owned();
+        let image = blocking(move || {
+            backend.open(&pool_name, &name, options.snapshot.as_deref(), read_only)
+        })
+        .await?;
+        let open = Arc::new(OpenImage { image: RwLock::new(Some(image)), selection: AtomicU64::new(0) });
+        Ok(self.table.push(ImageHandle { open, cap })?)
+    }
+
+    async fn drop(&mut self, pool: Resource<PoolHandle>) -> wasmtime::Result<()> {
+        self.table.delete(pool)?;
+        Ok(())
+    }
+}
+
+impl rbd::HostImage for RbdView<'_> {
+    async fn name(&mut self, image: Resource<ImageHandle>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&image)?.cap.image().to_owned())
+    }
+
+    async fn size(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
+        self.image(&image)?.call(None, |i| i.size()).await
+    }
+
+    async fn stat(&mut self, image: Resource<ImageHandle>) -> HostResult<types::ImageStat> {
+        let s = self.image(&image)?.call(None, |i| i.stat()).await?;
+        Ok(types::ImageStat {
+            size: s.size,
+            obj_size: s.obj_size,
+            num_objs: s.num_objs,
+            order: s.order,
+            block_name_prefix: s.block_name_prefix,
+            parent_pool: s.parent_pool,
+            parent_name: s.parent_name,
+        })
+    }
+
+    async fn features(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
+        self.image(&image)?.call(None, |i| i.features()).await
+    }
+
+    async fn old_format(&mut self, image: Resource<ImageHandle>) -> HostResult<bool> {
+        self.image(&image)?.call(None, |i| i.old_format()).await
+    }
+
+    async fn stripe_unit(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
+        self.image(&image)?.call(None, |i| i.stripe_unit()).await
+    }
+
+    async fn stripe_count(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
+        self.image(&image)?.call(None, |i| i.stripe_count()).await
+    }
+
+    async fn read(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<Vec<u8>> {
+        self.image(&image)?.call(Some(Operation::Read), move |i| read_clipped(i, offset, length)).await
+    }
+
+    async fn read_ranges(
+        &mut self,
+        image: Resource<ImageHandle>,
+        ranges: Vec<types::Range>,
+    ) -> HostResult<Vec<Vec<u8>>> {
+        let handle = self.image(&image)?;
+        handle.cap.require(Operation::Read)?;
+        if ranges.len() > MAX_RANGES_PER_CALL {
+            return Err(Error::InvalidArgument(format!(
+                "{} ranges in one call; at most {MAX_RANGES_PER_CALL}",
+                ranges.len()
+            ))
+            .into());
+        }
+        let total: u64 = ranges.iter().fold(0u64, |acc, r| acc.saturating_add(r.length));
+        let open = handle.open.clone();
+        if total > MAX_READ_BYTES {
+            // Clipping could still bring it under the limit; check against the real size.
+            let size = blocking({
+                let open = open.clone();
+                move || open.with(|i| i.size())
+            })
+            .await?;
+            let clipped: u64 = ranges
+                .iter()
+                .map(|r| if r.offset >= size { 0 } else { r.length.min(size - r.offset) })
+                .fold(0u64, |acc, l| acc.saturating_add(l));
+            if clipped > MAX_READ_BYTES {
+                return Err(read_limit_error(clipped).into());
+            }
+        }
+        // Keep several backend reads in flight; answers are collected in the order asked.
+        let slots = self.ctx.io_slots.clone();
+        let mut tasks = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let open = open.clone();
+            let slots = slots.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = slots.acquire_owned().await;
+                blocking(move || open.with(|i| read_clipped(i, r.offset, r.length))).await
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match task.await {
+                Ok(result) => out.push(result?),
+                Err(join) => {
+                    return Err(HostError::Trap(wasmtime::Error::msg(format!("read task failed: {join}"))))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write(&mut self, image: Resource<ImageHandle>, offset: u64, data: Vec<u8>) -> HostResult<u64> {
+        self.image(&image)?.call(Some(Operation::Write), move |i| i.write(offset, &data)).await
+    }
+
+    async fn discard(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::Write), move |i| i.discard(offset, length)).await
+    }
+
+    async fn flush(&mut self, image: Resource<ImageHandle>) -> HostResult<()> {
+        self.image(&image)?.call(None, |i| i.flush()).await
+    }
+
+    async fn invalidate_cache(&mut self, image: Resource<ImageHandle>) -> HostResult<()> {
+        self.image(&image)?.call(None, |i| i.invalidate_cache()).await
+    }
+
+    async fn resize(&mut self, image: Resource<ImageHandle>, size: u64) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::Resize), move |i| i.resize(size)).await
+    }
+
+    async fn create_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::SnapshotCreate), move |i| i.create_snap(&name)).await
+    }
+
+    async fn remove_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::SnapshotRemove), move |i| i.remove_snap(&name)).await
+    }
+
+    async fn rollback_to_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
+        self.image(&image)?
+            .call(Some(Operation::SnapshotRollback), move |i| i.rollback_to_snap(&name))
+            .await
+    }
+
+    async fn protect_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::SnapshotProtect), move |i| i.protect_snap(&name)).await
+    }
+
+    async fn unprotect_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::SnapshotProtect), move |i| i.unprotect_snap(&name)).await
+    }
+
+    async fn is_protected_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<bool> {
+        self.image(&image)?.call(Some(Operation::Read), move |i| i.is_protected_snap(&name)).await
+    }
+
+    async fn list_snaps(&mut self, image: Resource<ImageHandle>) -> HostResult<Vec<types::SnapInfo>> {
+        let snaps = self.image(&image)?.call(Some(Operation::Read), |i| i.list_snaps()).await?;
+        Ok(snaps.into_iter().map(|s| types::SnapInfo { id: s.id, size: s.size, name: s.name }).collect())
+    }
+
+    async fn set_snap(&mut self, image: Resource<ImageHandle>, name: Option<String>) -> HostResult<()> {
+        let handle = self.image(&image)?;
+        let open = handle.open.clone();
+        handle.call(Some(Operation::Read), move |i| i.set_snap(name.as_deref())).await?;
+        open.selection.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn diff_iterate(
+        &mut self,
+        image: Resource<ImageHandle>,
+        offset: u64,
+        length: u64,
+        from_snapshot: Option<String>,
+        include_parent: bool,
+        whole_object: bool,
+    ) -> HostResult<Resource<DiffIterator>> {
+        let handle = self.image(&image)?;
+        let open = handle.open.clone();
+        let selection = open.selection.load(Ordering::SeqCst);
+        let end = offset.checked_add(length).ok_or_else(|| {
+            Error::InvalidArgument(format!("offset {offset} + length {length} overflows"))
+        })?;
+        // The first window runs now, so a bad from-snapshot fails here and not at the
+        // first batch.
+        let from = from_snapshot.clone();
+        let (stat, first) = handle
+            .call(Some(Operation::Read), move |i| {
+                let stat = i.stat()?;
+                let end = end.min(stat.size);
+                let window = diff_window(stat.obj_size);
+                let length = window.min(end.saturating_sub(offset));
+                let batch = diff_batch(i, offset, length, from.as_deref(), include_parent, whole_object)?;
+                Ok((stat, batch))
+            })
+            .await?;
+        let window = diff_window(stat.obj_size);
+        let end = end.min(stat.size);
+        let iter = DiffIterator {
+            open,
+            from: from_snapshot,
+            include_parent,
+            whole_object,
+            next: offset.saturating_add(window).min(end.max(offset)),
+            end,
+            window,
+            selection,
+            pending: Some(first).filter(|b| !b.is_empty()),
+        };
+        Ok(self.table.push(iter)?)
+    }
+
+    async fn list_children(&mut self, image: Resource<ImageHandle>) -> HostResult<Vec<types::Child>> {
+        let children = self.image(&image)?.call(Some(Operation::Read), |i| i.list_children()).await?;
+        Ok(children.into_iter().map(|c| types::Child { pool: c.pool, image: c.image }).collect())
+    }
+
+    async fn parent_info(
+        &mut self,
+        image: Resource<ImageHandle>,
+    ) -> HostResult<Option<(String, String, String)>> {
+        let parent = self.image(&image)?.call(Some(Operation::Read), |i| i.parent_info()).await?;
+        Ok(parent.map(|p| (p.pool, p.image, p.snap)))
+    }
+
+    async fn flatten(&mut self, image: Resource<ImageHandle>) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::Write), |i| i.flatten()).await
+    }
+
+    async fn copy(
+        &mut self,
+        image: Resource<ImageHandle>,
+        dest: Resource<PoolHandle>,
+        dest_name: String,
+    ) -> HostResult<()> {
+        let dest_cap = self.pool(&dest)?.cap.require(&dest_name, Operation::Create)?;
+        self.image(&image)?
+            .call(Some(Operation::Read), move |i| i.copy(dest_cap.pool(), &dest_name))
+            .await
+    }
+
+    async fn list_lockers(&mut self, image: Resource<ImageHandle>) -> HostResult<types::LockInfo> {
+        let info = self.image(&image)?.call(Some(Operation::Read), |i| i.list_lockers()).await?;
+        Ok(types::LockInfo {
+            tag: info.tag,
+            exclusive: info.exclusive,
+            lockers: info
+                .lockers
+                .into_iter()
+                .map(|l| types::Locker { client: l.client, cookie: l.cookie, address: l.address })
+                .collect(),
+        })
+    }
+
+    async fn lock_exclusive(&mut self, image: Resource<ImageHandle>, cookie: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await
+    }
+
+    async fn lock_shared(&mut self, image: Resource<ImageHandle>, cookie: String, tag: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await
+    }
+
+    async fn unlock(&mut self, image: Resource<ImageHandle>, cookie: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::Lock), move |i| i.unlock(&cookie)).await
+    }
+
+    async fn break_lock(&mut self, image: Resource<ImageHandle>, client: String, cookie: String) -> HostResult<()> {
+        self.image(&image)?.call(Some(Operation::BreakLock), move |i| i.break_lock(&client, &cookie)).await
+    }
+
+    async fn lock_client(&mut self, image: Resource<ImageHandle>) -> wasmtime::Result<String> {
+        self.table.get(&image)?;
+        Ok(self.ctx.backend.client_name())
+    }
+
+    async fn drop(&mut self, image: Resource<ImageHandle>) -> wasmtime::Result<()> {
+        let handle = self.table.delete(image)?;
+        // Closing waits for reads in flight on the blocking pool: do it there too.
+        let open = handle.open;
+        tokio::task::spawn_blocking(move || open.close())
+            .await
+            .map_err(|e| wasmtime::Error::msg(format!("closing an image failed: {e}")))?;
+        Ok(())
+    }
+}
+
+impl rbd::HostDiffIterator for RbdView<'_> {
+    async fn next_batch(&mut self, iter: Resource<DiffIterator>) -> HostResult<Option<Vec<types::Extent>>> {
+        let it = self.table.get_mut(&iter)?;
+        if it.open.selection.load(Ordering::SeqCst) != it.selection {
+            return Err(Error::InvalidArgument(
+                "set-snap was called while this diff-iterate was in progress".into(),
+            )
+            .into());
+        }
+        if let Some(batch) = it.pending.take() {
+            return Ok(Some(batch));
+        }
+        loop {
+            let it = self.table.get(&iter)?;
+            if it.next >= it.end {
+                return Ok(None);
+            }
+            let start = it.next;
+            let length = it.window.min(it.end - start);
+            let (open, from) = (it.open.clone(), it.from.clone());
+            let (include_parent, whole_object) = (it.include_parent, it.whole_object);
+            let batch = blocking(move || {
+                open.with(|i| diff_batch(i, start, length, from.as_deref(), include_parent, whole_object))
+            })
+            .await?;
+            self.table.get_mut(&iter)?.next = start + length;
+            if !batch.is_empty() {
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    async fn drop(&mut self, iter: Resource<DiffIterator>) -> wasmtime::Result<()> {
+        self.table.delete(iter)?;
+        Ok(())
+    }
+}
+
+fn diff_window(obj_size: u64) -> u64 {
+    obj_size.saturating_mul(DIFF_WINDOW_OBJECTS).max(1)
+}
+
+/// One backend diff call over `[offset, offset + length)`, collected.
+fn diff_batch(
+    image: &dyn Image,
+    offset: u64,
+    length: u64,
+    from: Option<&str>,
+    include_parent: bool,
+    whole_object: bool,
+) -> Result<Vec<types::Extent>, Error> {
+    let mut batch = Vec::new();
+    image.diff_iterate(offset, length, from, include_parent, whole_object, &mut |e| {
+        batch.push(types::Extent { offset: e.offset, length: e.length, exists: e.exists })
+    })?;
+    Ok(batch)
+}
+
+/// Read with librbd's clipping, and the per-call size limit.
+fn read_clipped(image: &dyn Image, offset: u64, length: u64) -> Result<Vec<u8>, Error> {
+    if length > MAX_READ_BYTES {
+        let size = image.size()?;
+        let clipped = if offset >= size { 0 } else { length.min(size - offset) };
+        if clipped > MAX_READ_BYTES {
+            return Err(read_limit_error(clipped));
+        }
+    }
+    image.read(offset, length)
+}
+
+fn read_limit_error(bytes: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "a read of {bytes} bytes is over the per-call limit of {MAX_READ_BYTES} bytes; read in pieces"
+    ))
+}

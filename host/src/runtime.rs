@@ -1,0 +1,288 @@
+//! The wasmtime side: one engine and linker for the host's lifetime, components loaded
+//! (through the cache) and checked against the `job-world`, and jobs run in their own store
+//! with their own grants, limits and output.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rbd_backend::Backend;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+use crate::api::{HasRbd, RbdCtx, RbdView};
+use crate::bindings::{JobWorld, JobWorldPre};
+use crate::cache::ComponentCache;
+use crate::capability::Grants;
+use crate::output::{JobOutput, OutputSink};
+
+/// How often the epoch advances: the granularity of yielding and of deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a job did not run to a successful end. Each case is something the operator can act
+/// on, and the CLI turns each into its own message and exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("cannot read job `{path}`: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("`{path}` is not a WebAssembly component: {reason}")]
+    NotAComponent { path: PathBuf, reason: String },
+    #[error("`{path}` is a component of another world: {reason}\n(a job must target the `ceph:rbd/job-world` world of this host's WIT package)")]
+    WrongWorld { path: PathBuf, reason: String },
+    #[error("the job trapped: {0:?}")]
+    Trap(wasmtime::Error),
+    #[error("the job failed: {0}")]
+    Failed(String),
+    #[error("the job exited with status {0}")]
+    Exit(i32),
+    #[error("the job ran past its deadline of {0:?} and was stopped")]
+    Deadline(Duration),
+    #[error("cannot set up the job: {0}")]
+    Setup(String),
+}
+
+impl JobError {
+    /// The process exit status the CLI uses for this outcome.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            JobError::Failed(_) => 1,
+            JobError::Exit(code) => *code,
+            JobError::Trap(_) => 3,
+            JobError::Deadline(_) => 4,
+            JobError::Unreadable { .. } | JobError::NotAComponent { .. } | JobError::WrongWorld { .. } => 2,
+            JobError::Setup(_) => 2,
+        }
+    }
+}
+
+/// Host-wide settings of the engine.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Most jobs alive at once in this host (slots of the pooling allocator).
+    pub max_concurrent_jobs: u32,
+    /// Largest linear memory any job may have (a job's own limit may be lower).
+    pub max_memory_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: ComponentCache::default_dir(),
+            max_concurrent_jobs: 128,
+            max_memory_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Per-job limits.
+#[derive(Debug, Clone)]
+pub struct JobLimits {
+    /// Most bytes of linear memory.
+    pub memory_bytes: usize,
+    /// Wall-clock time before the job is stopped.
+    pub deadline: Duration,
+    /// Most bytes the job may print, per stream.
+    pub output_bytes: u64,
+    /// Backend reads one job keeps in flight.
+    pub reads_in_flight: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            memory_bytes: 1 << 30,
+            deadline: Duration::from_secs(3600),
+            output_bytes: 64 << 20,
+            reads_in_flight: 8,
+        }
+    }
+}
+
+/// Everything one run of a job needs besides its component.
+pub struct JobConfig {
+    /// Tags the job's output and log lines.
+    pub job_id: String,
+    pub args: Vec<String>,
+    pub backend: Arc<dyn Backend>,
+    pub grants: Grants,
+    pub limits: JobLimits,
+    /// A host directory the job sees as `/out`, read-write; no filesystem otherwise.
+    pub output_dir: Option<PathBuf>,
+    pub stdout: OutputSink,
+    pub stderr: OutputSink,
+    pub progress: Option<Arc<dyn Fn(crate::bindings::types::Progress) + Send + Sync>>,
+}
+
+/// A loaded component that has been checked against the job world, ready to instantiate.
+#[derive(Clone)]
+pub struct JobComponent {
+    pre: JobWorldPre<JobState>,
+}
+
+/// The store data of one job.
+pub struct JobState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    rbd: RbdCtx,
+    limits: StoreLimits,
+}
+
+impl WasiView for JobState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The engine, the linker, the component cache, and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<JobState>,
+    cache: ComponentCache,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_concurrent_jobs)
+            .total_core_instances(config.max_concurrent_jobs * 8)
+            .total_memories(config.max_concurrent_jobs * 4)
+            .total_tables(config.max_concurrent_jobs * 8)
+            .total_stacks(config.max_concurrent_jobs)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(64)
+            .max_memory_size(config.max_memory_bytes);
+
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+        let mut linker: Linker<JobState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        JobWorld::add_to_linker::<JobState, HasRbd>(&mut linker, |s: &mut JobState| RbdView {
+            ctx: &mut s.rbd,
+            table: &mut s.table,
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+        // Epochs drive both cooperative yielding (a busy guest cannot starve other jobs on
+        // the executor) and deadlines. A plain thread: it must tick even if tokio is busy.
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, ticker_engine) = (ticker_stop.clone(), engine.weak());
+        std::thread::Builder::new().name("rbd-wasm-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match ticker_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+
+        Ok(Runtime { engine, linker, cache: ComponentCache::new(config.cache_dir), ticker_stop })
+    }
+
+    /// Load a job from a file: read it, compile it (or take it from the cache), and check
+    /// that it is a component of the job world whose imports this host provides.
+    pub fn load(&self, path: &Path) -> Result<JobComponent, JobError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| JobError::Unreadable { path: path.to_owned(), source })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    /// As [`Runtime::load`], from bytes; `path` names them in errors.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<JobComponent, JobError> {
+        let not_component = |reason: String| JobError::NotAComponent { path: path.to_owned(), reason };
+        match wasm_kind(bytes) {
+            WasmKind::Component => {}
+            WasmKind::CoreModule => {
+                return Err(not_component(
+                    "it is a core WebAssembly module; build the job for the wasm32-wasip2 target, which makes components".into(),
+                ))
+            }
+            WasmKind::NotWasm => return Err(not_component("it does not start with the WebAssembly magic number".into())),
+        }
+        let component: Component = self
+            .cache
+            .load(&self.engine, bytes)
+            .map_err(|e| not_component(format!("{e:#}")))?;
+        let wrong_world = |e: wasmtime::Error| JobError::WrongWorld { path: path.to_owned(), reason: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = JobWorldPre::new(pre).map_err(wrong_world)?;
+        Ok(JobComponent { pre })
+    }
+
+    /// Run a job to its end. However it ends, its store is dropped here, which closes every
+    /// image it held open.
+    pub async fn run(&self, component: &JobComponent, job: JobConfig) -> Result<(), JobError> {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(JobOutput::new(&job.job_id, job.stdout, job.limits.output_bytes))
+            .stderr(JobOutput::new(&job.job_id, job.stderr, job.limits.output_bytes))
+            .args(&[job.job_id.as_str()]);
+        if let Some(dir) = &job.output_dir {
+            wasi.preopened_dir(dir, "/out", FsPerms::ReadWrite)
+                .map_err(|e| JobError::Setup(format!("cannot map output directory {}: {e:#}", dir.display())))?;
+        }
+        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight);
+        if let Some(progress) = job.progress {
+            rbd.on_progress(progress);
+        }
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(job.limits.memory_bytes)
+            .trap_on_grow_failure(false)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            JobState { wasi: wasi.build(), table: ResourceTable::new(), rbd, limits },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let deadline = job.limits.deadline;
+        let outcome = tokio::time::timeout(deadline, async {
+            let instance = component.pre.instantiate_async(&mut store).await.map_err(JobError::Trap)?;
+            instance.ceph_rbd_job().call_run(&mut store, &job.args).await.map_err(JobError::Trap)
+        })
+        .await;
+        match outcome {
+            Err(_elapsed) => Err(JobError::Deadline(deadline)),
+            Ok(Err(JobError::Trap(e))) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) if exit.0 == 0 => Ok(()),
+                Some(exit) => Err(JobError::Exit(exit.0)),
+                None => Err(JobError::Trap(e)),
+            },
+            Ok(Err(other)) => Err(other),
+            Ok(Ok(Err(message))) => Err(JobError::Failed(message)),
+            Ok(Ok(Ok(()))) => Ok(()),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+enum WasmKind {
+    Component,
+    CoreModule,
+    NotWasm,
+}
+
+/// Tell a component from a core module by the header's version and layer fields.
+fn wasm_kind(bytes: &[u8]) -> WasmKind {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => WasmKind::CoreModule,
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => WasmKind::Component,
+        _ => WasmKind::NotWasm,
+    }
+}
