@@ -1,1 +1,382 @@
-fn main() {}
+//! The `rbd-wasm` command line.
+
+use std::io::{Seek, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use rbd_wasm::backend::{embedded::EmbeddedBackend, Backend, Image};
+use rbd_wasm::capability::{Grant, Grants};
+use rbd_wasm::output::OutputSink;
+use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
+
+/// Run sandboxed WebAssembly jobs against Ceph RBD images.
+#[derive(Parser)]
+#[command(name = "rbd-wasm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job (a wasm32-wasip2 component of the `ceph:rbd/job-world` world).
+    Run(RunArgs),
+    /// Look at images without writing a job.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// List or create pools of the embedded store.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+}
+
+/// Where the images are.
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// The embedded store's directory (created if missing). Default:
+    /// `$XDG_DATA_HOME/rbd-wasm/store` or `~/.local/share/rbd-wasm/store`.
+    #[arg(long, env = "RBD_WASM_STORE", global = true)]
+    store: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Grant the job every operation on the images of this pool (repeatable).
+    #[arg(long = "pool", default_value = "rbd")]
+    pools: Vec<String>,
+    /// A host directory the job sees as `/out` (read-write). Without it the job has no
+    /// filesystem at all.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Stop the job after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    deadline_secs: u64,
+    /// Most linear memory of the job, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: usize,
+    /// Tags the job's output lines; default: the component's file stem.
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Compile the component every time instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// The job's component.
+    job: PathBuf,
+    /// Arguments passed to the job's `run`.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// List the images of a pool.
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, default_value = "rbd")]
+        pool: String,
+    },
+    /// Show an image's size, layout, features, snapshots, parent and lockers.
+    Info {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, default_value = "rbd")]
+        pool: String,
+        /// `NAME` or `NAME@SNAP`.
+        image: String,
+    },
+    /// Remove an image (it must have no snapshots and be open nowhere).
+    Rm {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, default_value = "rbd")]
+        pool: String,
+        image: String,
+    },
+    /// Write bytes of an image (or snapshot) to stdout, as they are.
+    Read {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, default_value = "rbd")]
+        pool: String,
+        /// `NAME` or `NAME@SNAP`.
+        image: String,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// How many bytes (cut at the end of the image).
+        #[arg(long)]
+        length: u64,
+    },
+    /// Write an image's (or snapshot's) bytes to a file (sparse), or to stdout with `-`.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, default_value = "rbd")]
+        pool: String,
+        /// `NAME` or `NAME@SNAP`.
+        image: String,
+        /// Destination file, or `-` for stdout.
+        dest: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// List pools.
+    Ls {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Create a pool in the embedded store.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RBD_WASM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run_job(args),
+        Command::Image(cmd) => report(image_command(cmd)),
+        Command::Pool(cmd) => report(pool_command(cmd)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rbd-wasm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The one place where the CLI opens storage with the operator's ambient authority.
+fn open_embedded(store: &StoreArgs) -> anyhow::Result<Arc<EmbeddedBackend>> {
+    let dir = match &store.store {
+        Some(dir) => dir.clone(),
+        None => default_store_dir()?,
+    };
+    let backend = EmbeddedBackend::open(&dir)
+        .with_context(|| format!("cannot open the embedded store at {}", dir.display()))?;
+    Ok(Arc::new(backend))
+}
+
+fn default_store_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(dir).join("rbd-wasm").join("store"));
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/rbd-wasm/store")),
+        None => bail!("no --store given, and neither RBD_WASM_STORE, XDG_DATA_HOME nor HOME is set"),
+    }
+}
+
+fn run_job(args: RunArgs) -> ExitCode {
+    let result = (|| -> Result<(), JobError> {
+        let backend: Arc<dyn Backend> =
+            open_embedded(&args.store).map_err(|e| JobError::Setup(format!("{e:#}")))?;
+        let mut config = RuntimeConfig { max_concurrent_jobs: 4, ..RuntimeConfig::default() };
+        if args.no_cache {
+            config.cache_dir = None;
+        }
+        let runtime = Runtime::new(config).map_err(|e| JobError::Setup(format!("{e:#}")))?;
+        let component = runtime.load(&args.job)?;
+        let job_id = args.job_id.clone().unwrap_or_else(|| {
+            args.job.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
+        });
+        let job = JobConfig {
+            job_id,
+            args: args.args.clone(),
+            backend,
+            grants: Grants::new(args.pools.iter().map(Grant::full).collect()),
+            limits: JobLimits {
+                memory_bytes: args.memory_mib.saturating_mul(1 << 20),
+                deadline: Duration::from_secs(args.deadline_secs),
+                ..JobLimits::default()
+            },
+            output_dir: args.output_dir.clone(),
+            stdout: OutputSink::Stdout,
+            stderr: OutputSink::Stderr,
+            progress: None,
+        };
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| JobError::Setup(format!("cannot start the async runtime: {e}")))?;
+        tokio.block_on(runtime.run(&component, job))
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rbd-wasm: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1).max(1))
+        }
+    }
+}
+
+/// `NAME@SNAP` into its parts.
+fn split_spec(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once('@') {
+        Some((name, snap)) => (name, Some(snap)),
+        None => (spec, None),
+    }
+}
+
+fn image_command(cmd: ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Ls { store, pool } => {
+            let backend = open_embedded(&store)?;
+            for name in backend.list(&pool)? {
+                println!("{name}");
+            }
+        }
+        ImageCommand::Info { store, pool, image } => {
+            let backend = open_embedded(&store)?;
+            let (name, snap) = split_spec(&image);
+            let img = backend.open(&pool, name, snap, true)?;
+            print_info(&pool, &image, img.as_ref())?;
+        }
+        ImageCommand::Rm { store, pool, image } => open_embedded(&store)?.remove(&pool, &image)?,
+        ImageCommand::Read { store, pool, image, offset, length } => {
+            let backend = open_embedded(&store)?;
+            let (name, snap) = split_spec(&image);
+            let img = backend.open(&pool, name, snap, true)?;
+            let mut out = std::io::stdout().lock();
+            copy_out(img.as_ref(), offset, length, |chunk| out.write_all(chunk))?;
+            out.flush()?;
+        }
+        ImageCommand::Export { store, pool, image, dest } => {
+            let backend = open_embedded(&store)?;
+            let (name, snap) = split_spec(&image);
+            let img = backend.open(&pool, name, snap, true)?;
+            let size = img.size()?;
+            if dest.as_os_str() == "-" {
+                let mut out = std::io::stdout().lock();
+                copy_out(img.as_ref(), 0, size, |chunk| out.write_all(chunk))?;
+                out.flush()?;
+            } else {
+                // Zero chunks are skipped by seeking, so the file stays sparse.
+                let mut file =
+                    std::fs::File::create(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+                copy_out(img.as_ref(), 0, size, |chunk| {
+                    if chunk.iter().all(|&b| b == 0) {
+                        file.seek(std::io::SeekFrom::Current(chunk.len() as i64)).map(|_| ())
+                    } else {
+                        file.write_all(chunk)
+                    }
+                })?;
+                file.set_len(size)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hand `[offset, offset + length)` of an image (cut at its end) to `each`, a chunk at a time.
+fn copy_out(
+    img: &dyn Image,
+    offset: u64,
+    length: u64,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    const CHUNK: u64 = 4 << 20;
+    let end = offset.saturating_add(length).min(img.size()?);
+    let mut pos = offset;
+    while pos < end {
+        let chunk = img.read(pos, CHUNK.min(end - pos))?;
+        each(&chunk)?;
+        pos += chunk.len() as u64;
+    }
+    Ok(())
+}
+
+fn print_info(pool: &str, spec: &str, img: &dyn Image) -> anyhow::Result<()> {
+    let stat = img.stat()?;
+    println!("rbd image '{spec}' in pool '{pool}':");
+    println!("\tsize {} ({} bytes) in {} objects", human(stat.size), stat.size, stat.num_objs);
+    println!("\torder {} ({} objects)", stat.order, human(stat.obj_size));
+    println!("\tblock_name_prefix: {}", stat.block_name_prefix);
+    println!("\tfeatures: {}", feature_names(img.features()?));
+    println!("\tstripe unit {}, stripe count {}", human(img.stripe_unit()?), img.stripe_count()?);
+    if let Some(parent) = img.parent_info()? {
+        println!("\tparent: {}/{}@{}", parent.pool, parent.image, parent.snap);
+    }
+    let snaps = img.list_snaps()?;
+    if !snaps.is_empty() {
+        println!("\tsnapshots:");
+        for s in snaps {
+            let protected = if img.is_protected_snap(&s.name)? { " (protected)" } else { "" };
+            println!("\t\t{:>4} {} {}{protected}", s.id, s.name, human(s.size));
+        }
+    }
+    let locks = img.list_lockers()?;
+    if !locks.lockers.is_empty() {
+        let kind = if locks.exclusive { "exclusive".to_string() } else { format!("shared, tag '{}'", locks.tag) };
+        println!("\tlock ({kind}):");
+        for l in locks.lockers {
+            println!("\t\t{} cookie '{}' at {}", l.client, l.cookie, l.address);
+        }
+    }
+    Ok(())
+}
+
+fn feature_names(bits: u64) -> String {
+    const NAMES: [(u64, &str); 8] = [
+        (1, "layering"),
+        (2, "striping"),
+        (4, "exclusive-lock"),
+        (8, "object-map"),
+        (16, "fast-diff"),
+        (32, "deep-flatten"),
+        (64, "journaling"),
+        (128, "data-pool"),
+    ];
+    let names: Vec<&str> = NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn pool_command(cmd: PoolCommand) -> anyhow::Result<()> {
+    match cmd {
+        PoolCommand::Ls { store } => {
+            for pool in open_embedded(&store)?.list_pools()? {
+                println!("{pool}");
+            }
+        }
+        PoolCommand::Create { store, name } => open_embedded(&store)?.create_pool(&name)?,
+    }
+    Ok(())
+}

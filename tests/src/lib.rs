@@ -1,0 +1,185 @@
+//! The harness of the host integration tests: build the guests, make a store, run a job.
+//!
+//! Guests are built once per test process with `cargo build --release --target
+//! wasm32-wasip2` (skipped when every `.wasm` is newer than the sources it comes from), and
+//! run through one shared [`Runtime`] with its compiled-component cache under `target/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use rbd_wasm::backend::embedded::EmbeddedBackend;
+use rbd_wasm::backend::Backend;
+use rbd_wasm::capability::{Grant, Grants};
+use rbd_wasm::output::OutputSink;
+use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
+
+/// Every guest crate the tests run, with its package name.
+pub const GUESTS: &[&str] = &["hello", "snapshots", "conformance", "plain-command"];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The path of a built guest component, building all guests first if any is stale.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(build_guests);
+    let path = target_dir().join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "guest {name} was not built at {}", path.display());
+    path
+}
+
+fn newest_source() -> SystemTime {
+    fn walk(dir: &Path, newest: &mut SystemTime) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == "target") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(modified);
+            }
+        }
+    }
+    let root = workspace_root();
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for dir in ["wit", "guest-sdk", "examples", "tests/guests"] {
+        walk(&root.join(dir), &mut newest);
+    }
+    newest
+}
+
+fn build_guests() {
+    let dir = target_dir().join("wasm32-wasip2/release");
+    let source = newest_source();
+    let fresh = GUESTS.iter().all(|g| {
+        std::fs::metadata(dir.join(format!("{}.wasm", g.replace('-', "_"))))
+            .and_then(|m| m.modified())
+            .is_ok_and(|built| built >= source)
+    });
+    if fresh {
+        return;
+    }
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root()).args(["build", "--release", "--target", "wasm32-wasip2"]);
+    for g in GUESTS {
+        cmd.args(["-p", g]);
+    }
+    let status = cmd.status().expect("cannot run cargo to build the guests");
+    assert!(status.success(), "building the guests failed: {status}");
+}
+
+/// The shared runtime, with its compiled-component cache in `target/`.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        Runtime::new(RuntimeConfig {
+            cache_dir: Some(target_dir().join("rbd-wasm-test-cache")),
+            max_concurrent_jobs: 64,
+            ..RuntimeConfig::default()
+        })
+        .expect("runtime")
+    })
+}
+
+/// A loaded guest, compiled once per test process.
+pub fn component(name: &str) -> JobComponent {
+    static LOADED: OnceLock<Mutex<Vec<(String, JobComponent)>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Default::default);
+    let mut loaded = loaded.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = loaded.iter().find(|(n, _)| n == name) {
+        return c.clone();
+    }
+    let c = runtime().load(&guest(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"));
+    loaded.push((name.to_owned(), c.clone()));
+    c
+}
+
+pub fn tokio() -> &'static tokio::runtime::Runtime {
+    static TOKIO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    TOKIO.get_or_init(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio"))
+}
+
+/// A fresh embedded store in a temporary directory, with pools `rbd` and `rbd2`.
+pub struct TestStore {
+    pub backend: Arc<EmbeddedBackend>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn embedded_store() -> TestStore {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = EmbeddedBackend::open(dir.path()).expect("open store");
+    backend.create_pool("rbd2").expect("create rbd2");
+    TestStore { backend: Arc::new(backend), dir }
+}
+
+impl TestStore {
+    /// A second client of the same store (another identity, as another host would be).
+    pub fn second_client(&self) -> Arc<EmbeddedBackend> {
+        Arc::new(EmbeddedBackend::open(self.dir.path()).expect("reopen store"))
+    }
+}
+
+/// What a job run left behind.
+pub struct JobRun {
+    pub result: Result<(), JobError>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl JobRun {
+    /// Panic with the job's output unless it succeeded.
+    pub fn assert_ok(&self) {
+        if let Err(e) = &self.result {
+            panic!("job failed: {e}\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        }
+    }
+}
+
+/// Run `guest` with `args` against `backend`, granted every operation on `rbd` and `rbd2`.
+pub fn run(guest: &str, args: &[&str], backend: Arc<dyn Backend>) -> JobRun {
+    run_with(guest, args, backend, Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")]), JobLimits::default())
+}
+
+pub fn run_with(guest: &str, args: &[&str], backend: Arc<dyn Backend>, grants: Grants, limits: JobLimits) -> JobRun {
+    let component = component(guest);
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let job = JobConfig {
+        job_id: guest.to_owned(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        backend,
+        grants,
+        limits,
+        output_dir: None,
+        stdout: OutputSink::Capture(stdout.clone()),
+        stderr: OutputSink::Capture(stderr.clone()),
+        progress: None,
+    };
+    let result = tokio().block_on(runtime().run(&component, job));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    JobRun { result, stdout: text(&stdout), stderr: text(&stderr) }
+}
+
+/// The `rbd-wasm` binary, built on first use.
+pub fn host_binary() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args(["build", "-p", "rbd-wasm", "--bin", "rbd-wasm"])
+            .status()
+            .expect("cannot run cargo to build rbd-wasm");
+        assert!(status.success(), "building rbd-wasm failed: {status}");
+    });
+    target_dir().join("debug/rbd-wasm")
+}

@@ -11,6 +11,7 @@
 
 pub mod embedded;
 mod error;
+pub mod librbd;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,443 @@
+//! One open image ([`EmbeddedImage`]): the [`Image`] trait over the shared image state.
+//!
+//! This is where librbd's argument rules live (what is read-only, which offsets are out of
+//! range, which error each mistake gets); the work itself is done by the shared state
+//! ([`super::shared`]), so that handles of one image agree on everything but the snapshot
+//! they have selected.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::diff::diff;
+use super::header::{Header, ParentLink, Snap};
+use super::objects::{is_zero, Objects};
+use super::pool::{self, PoolTxn};
+use super::shared::{obj_end, ImageShared};
+use super::validate;
+use crate::{
+    features, Child, Error, Extent, Image, ImageStat, LockInfo, ParentInfo, Result, SnapInfo,
+};
+
+/// `ENOMEM`, for a read too large to allocate.
+const ENOMEM: i32 = 12;
+
+/// An open image. It holds the image's watch file shared for as long as it lives, which is
+/// what makes `remove` answer `Busy`.
+pub struct EmbeddedImage {
+    shared: Arc<ImageShared>,
+    /// The selected snapshot; `None` for the head.
+    snap: Mutex<Option<u64>>,
+    read_only: bool,
+    _watch: File,
+}
+
+impl std::fmt::Debug for EmbeddedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedImage")
+            .field("pool", &self.shared.pool)
+            .field("id", &self.shared.id)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(what: impl Into<String>) -> Error {
+    Error::InvalidArgument(what.into())
+}
+
+impl EmbeddedImage {
+    pub(crate) fn new(shared: Arc<ImageShared>, snap: Option<u64>, read_only: bool, watch: File) -> Self {
+        EmbeddedImage { shared, snap: Mutex::new(snap), read_only, _watch: watch }
+    }
+
+    fn selected(&self) -> MutexGuard<'_, Option<u64>> {
+        self.snap.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current header and the selected snapshot (`NotFound` if it was removed).
+    fn current(&self) -> Result<(Arc<Header>, Option<u64>)> {
+        let header = self.shared.current()?;
+        let snap = *self.selected();
+        header.view(snap)?;
+        Ok((header, snap))
+    }
+
+    /// Writes to the head: not when opened read-only, not with a snapshot selected.
+    fn check_writable(&self) -> Result<()> {
+        self.check_not_read_only()?;
+        if self.selected().is_some() {
+            return Err(Error::ReadOnly("a snapshot is selected".into()));
+        }
+        Ok(())
+    }
+
+    fn check_not_read_only(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly("image was opened read-only".into()));
+        }
+        Ok(())
+    }
+
+    /// The id of a snapshot by name, for the methods that take one.
+    fn snap_id(header: &Header, name: &str) -> Result<u64> {
+        validate::lookup_name("snapshot", name)?;
+        header.snap_named(name).map(|s| s.id).ok_or_else(|| Error::NotFound(format!("snapshot {name:?}")))
+    }
+
+    /// `[off, off + len)` cut to `size`: `InvalidArgument` if it starts at or past the end or
+    /// overflows. Returns the end.
+    fn clip(off: u64, len: u64, size: u64) -> Result<u64> {
+        if off >= size {
+            return Err(invalid(format!("offset {off} is at or past the end ({size})")));
+        }
+        let end = off.checked_add(len).ok_or_else(|| invalid("offset + length overflows"))?;
+        Ok(end.min(size))
+    }
+}
+
+impl Image for EmbeddedImage {
+    fn size(&self) -> Result<u64> {
+        let (header, snap) = self.current()?;
+        Ok(header.view(snap)?.size)
+    }
+
+    fn stat(&self) -> Result<ImageStat> {
+        let (header, snap) = self.current()?;
+        let size = header.view(snap)?.size;
+        let obj_size = header.obj_size();
+        Ok(ImageStat {
+            size,
+            obj_size,
+            num_objs: size.div_ceil(obj_size),
+            order: header.order,
+            block_name_prefix: format!("rbd_data.{}", header.id),
+            parent_pool: -1,
+            parent_name: String::new(),
+        })
+    }
+
+    fn features(&self) -> Result<u64> {
+        Ok(self.current()?.0.features)
+    }
+
+    fn old_format(&self) -> Result<bool> {
+        self.current()?;
+        Ok(false)
+    }
+
+    fn stripe_unit(&self) -> Result<u64> {
+        Ok(self.current()?.0.stripe_unit)
+    }
+
+    fn stripe_count(&self) -> Result<u64> {
+        Ok(self.current()?.0.stripe_count)
+    }
+
+    fn read(&self, offset: u64, length: u64) -> Result<Vec<u8>> {
+        if length == 0 {
+            return Ok(Vec::new());
+        }
+        let _lock = self.shared.lock_image(false)?;
+        let (header, snap) = self.current()?;
+        let view = header.view(snap)?;
+        let end = Self::clip(offset, length, view.size)?;
+        let n = usize::try_from(end - offset).map_err(|_| invalid("read too large"))?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(n)
+            .map_err(|_| Error::Other { errno: ENOMEM, message: format!("cannot allocate {n} bytes") })?;
+        buf.resize(n, 0);
+        self.shared.read_view(&header, &view, offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<u64> {
+        self.check_writable()?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let requested = data.len() as u64;
+        let fits = |header: &Header| Self::clip(offset, requested, header.size).map(|end| end - offset);
+        let in_place = {
+            let _lock = self.shared.lock_image(false)?;
+            let header = self.shared.current()?;
+            let n = fits(&header)?;
+            self.shared.write_in_place(&header, offset, &data[..n as usize])?.then_some(n)
+        };
+        let written = match in_place {
+            Some(n) => n,
+            None => self.shared.modify(false, |txn| {
+                let n = fits(&txn.header)?;
+                txn.write(offset, &data[..n as usize])?;
+                Ok(n)
+            })?,
+        };
+        if written < requested {
+            return Err(Error::IncompleteWrite { requested, written });
+        }
+        Ok(requested)
+    }
+
+    fn discard(&self, offset: u64, length: u64) -> Result<()> {
+        self.check_writable()?;
+        if length == 0 {
+            return Ok(());
+        }
+        self.shared.modify(false, |txn| {
+            let end = Self::clip(offset, length, txn.header.size)?;
+            txn.discard(offset, end)
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.shared.flush()
+    }
+
+    fn invalidate_cache(&self) -> Result<()> {
+        self.shared.invalidate();
+        self.current()?;
+        Ok(())
+    }
+
+    fn resize(&self, size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.shared.modify(true, |txn| txn.resize(size))
+    }
+
+    fn create_snap(&self, name: &str) -> Result<()> {
+        validate::new_name("snapshot", name)?;
+        self.check_writable()?;
+        self.shared.modify(true, |txn| {
+            let h = &mut txn.header;
+            if h.snap_named(name).is_some() {
+                return Err(Error::Exists(format!("snapshot {name:?}")));
+            }
+            let id = h.next_snap_id;
+            h.next_snap_id = id.checked_add(1).ok_or_else(|| Error::Io("snapshot ids exhausted".into()))?;
+            let snap = Snap {
+                id,
+                name: name.to_string(),
+                size: h.size,
+                protected: false,
+                objects: h.objects.clone(),
+                parent: h.parent.clone(),
+            };
+            h.snaps.push(snap);
+            Ok(())
+        })
+    }
+
+    fn remove_snap(&self, name: &str) -> Result<()> {
+        validate::lookup_name("snapshot", name)?;
+        self.check_not_read_only()?;
+        self.shared.modify(true, |txn| {
+            let snap = txn.header.snap_named_mut(name)?;
+            if snap.protected {
+                return Err(Error::Busy(format!("snapshot {name:?} is protected")));
+            }
+            let id = snap.id;
+            txn.header.snaps.retain(|s| s.id != id);
+            Ok(())
+        })
+    }
+
+    fn rollback_to_snap(&self, name: &str) -> Result<()> {
+        validate::lookup_name("snapshot", name)?;
+        self.check_writable()?;
+        self.shared.modify(true, |txn| {
+            let snap = txn.header.snap_named_mut(name)?.clone();
+            txn.header.objects = snap.objects;
+            txn.header.size = snap.size;
+            txn.header.parent = snap.parent;
+            Ok(())
+        })
+    }
+
+    fn protect_snap(&self, name: &str) -> Result<()> {
+        validate::lookup_name("snapshot", name)?;
+        self.check_not_read_only()?;
+        self.shared.modify(true, |txn| {
+            let snap = txn.header.snap_named_mut(name)?;
+            if snap.protected {
+                return Err(Error::Busy(format!("snapshot {name:?} is already protected")));
+            }
+            snap.protected = true;
+            Ok(())
+        })
+    }
+
+    fn unprotect_snap(&self, name: &str) -> Result<()> {
+        validate::lookup_name("snapshot", name)?;
+        self.check_not_read_only()?;
+        let shared = &self.shared;
+        shared.modify(true, |txn| {
+            let snap = txn.header.snap_named_mut(name)?;
+            if !snap.protected {
+                return Err(invalid(format!("snapshot {name:?} is not protected")));
+            }
+            let id = snap.id;
+            // Under the exclusive image lock: a clone in progress holds it shared.
+            let clones = pool::children(&shared.store.root, &shared.pool, &shared.id, &[id])?;
+            if !clones.is_empty() {
+                return Err(Error::Busy(format!("snapshot {name:?} has {} clone(s)", clones.len())));
+            }
+            txn.header.snap_named_mut(name)?.protected = false;
+            Ok(())
+        })
+    }
+
+    fn is_protected_snap(&self, name: &str) -> Result<bool> {
+        let header = self.shared.current()?;
+        let id = Self::snap_id(&header, name)?;
+        Ok(header.snap(id).is_some_and(|s| s.protected))
+    }
+
+    fn list_snaps(&self) -> Result<Vec<SnapInfo>> {
+        let header = self.shared.current()?;
+        Ok(header.snaps.iter().map(|s| SnapInfo { id: s.id, size: s.size, name: s.name.clone() }).collect())
+    }
+
+    fn set_snap(&self, name: Option<&str>) -> Result<()> {
+        // librbd treats an empty name like no name: the head.
+        let id = match name {
+            None | Some("") => None,
+            Some(name) => Some(Self::snap_id(&self.shared.current()?, name)?),
+        };
+        *self.selected() = id;
+        Ok(())
+    }
+
+    fn diff_iterate(
+        &self,
+        offset: u64,
+        length: u64,
+        from_snap: Option<&str>,
+        include_parent: bool,
+        _whole_object: bool,
+        each: &mut dyn FnMut(Extent),
+    ) -> Result<()> {
+        let (header, snap) = self.current()?;
+        let from = from_snap.map(|name| Self::snap_id(&header, name)).transpose()?;
+        if let (Some(from), Some(to)) = (from, snap) {
+            if from > to {
+                return Err(invalid("from_snap is newer than the selected snapshot"));
+            }
+        }
+        let end = header.view(snap)?;
+        let stop = offset
+            .checked_add(length)
+            .ok_or_else(|| invalid("offset + length overflows"))?
+            .min(end.size);
+        let from = from.map(|id| header.view(Some(id))).transpose()?;
+        diff(&self.shared, &header, end, from, offset, stop, include_parent, each)
+    }
+
+    fn list_children(&self) -> Result<Vec<Child>> {
+        let (header, snap) = self.current()?;
+        if header.features & features::LAYERING == 0 {
+            return Ok(Vec::new());
+        }
+        // Like librbd: the selected snapshot's clones, or every snapshot's at the head.
+        let ids: Vec<u64> = match snap {
+            Some(id) => vec![id],
+            None => header.snaps.iter().map(|s| s.id).collect(),
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        pool::children(&self.shared.store.root, &self.shared.pool, &self.shared.id, &ids)
+    }
+
+    fn parent_info(&self) -> Result<Option<ParentInfo>> {
+        let (header, snap) = self.current()?;
+        let Some(link) = header.view(snap)?.parent.cloned() else { return Ok(None) };
+        let parent = self.shared.parent_image(&link)?;
+        let snap = parent
+            .current()?
+            .snap(link.snap_id)
+            .map(|s| s.name.clone())
+            .ok_or_else(|| Error::NotFound(format!("parent snapshot id {}", link.snap_id)))?;
+        let image = pool::name_of(&self.shared.store.root, &link.pool, &link.image_id)?;
+        Ok(Some(ParentInfo { pool: link.pool, image, snap }))
+    }
+
+    fn flatten(&self) -> Result<()> {
+        self.check_not_read_only()?;
+        self.shared.modify(true, |txn| txn.flatten())
+    }
+
+    fn copy(&self, dest_pool: &str, dest_name: &str) -> Result<()> {
+        validate::new_name("image", dest_name)?;
+        let dir = pool::existing(&self.shared.store.root, dest_pool)?;
+        let mut txn = PoolTxn::begin(dir)?;
+        txn.check_free(dest_name)?;
+        let _lock = self.shared.lock_image(false)?;
+        let (header, snap) = self.current()?;
+        let view = header.view(snap)?;
+        let new = txn.new_image()?;
+        let mut copy = Header::new(new.id.clone(), view.size, header.shape());
+        let objects = Objects::new(new.dir.objects());
+        let os = header.obj_size();
+        let mut wanted = BTreeSet::new();
+        for (a, b) in self.shared.allocated(&header, &view, 0, view.size)? {
+            wanted.extend((a / os)..=((b - 1) / os));
+        }
+        let mut buf = Vec::new();
+        for objno in wanted {
+            let start = objno * os;
+            let len = obj_end(objno, os).min(view.size) - start;
+            buf.clear();
+            buf.resize(len as usize, 0);
+            self.shared.read_view(&header, &view, start, &mut buf)?;
+            if is_zero(&buf) {
+                continue;
+            }
+            let gen = copy.alloc_gen()?;
+            objects.create(objno, gen, &buf, false)?;
+            copy.objects.insert(objno, gen);
+        }
+        objects.sync()?;
+        new.commit(&mut txn, dest_name, &copy)
+    }
+
+    fn list_lockers(&self) -> Result<LockInfo> {
+        Ok(self.shared.current()?.locks.info())
+    }
+
+    fn lock_exclusive(&self, cookie: &str) -> Result<()> {
+        let me = &self.shared.store.me;
+        self.shared.modify(true, |txn| txn.header.locks.lock(me, cookie, true, ""))
+    }
+
+    fn lock_shared(&self, cookie: &str, tag: &str) -> Result<()> {
+        let me = &self.shared.store.me;
+        self.shared.modify(true, |txn| txn.header.locks.lock(me, cookie, false, tag))
+    }
+
+    fn unlock(&self, cookie: &str) -> Result<()> {
+        let me = &self.shared.store.me;
+        self.shared.modify(true, |txn| txn.header.locks.unlock(&me.client, cookie))
+    }
+
+    fn break_lock(&self, client: &str, cookie: &str) -> Result<()> {
+        self.shared.modify(true, |txn| txn.header.locks.unlock(client, cookie))
+    }
+}
+
+/// A clone's header: the child of `snap` of the image `parent_id` in `parent_pool`.
+pub(crate) fn clone_header(
+    id: String,
+    parent_pool: &str,
+    parent_id: &str,
+    snap: &Snap,
+    shape: validate::Shape,
+) -> Header {
+    let mut header = Header::new(id, snap.size, shape);
+    header.parent = Some(ParentLink {
+        pool: parent_pool.to_string(),
+        image_id: parent_id.to_string(),
+        snap_id: snap.id,
+        overlap: snap.size,
+    });
+    header
+}

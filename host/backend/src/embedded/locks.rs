@@ -1,0 +1,108 @@
+//! Advisory image locks, as Ceph's `cls_lock` keeps them in the image header.
+//!
+//! They are plain data in the header (so they persist until unlocked or broken, like a
+//! crashed client's lock in Ceph), and these functions are `cls_lock`'s rules over that
+//! data, checked in `cls_lock`'s order: a tag conflict first, then "this locker already",
+//! then exclusivity.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, LockInfo, Locker, Result};
+
+/// Who is asking: `client.<n>` and its address.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub client: String,
+    pub address: String,
+}
+
+/// One holder of the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Holder {
+    pub client: String,
+    pub cookie: String,
+    pub address: String,
+}
+
+/// The lock state of an image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Locks {
+    pub tag: String,
+    pub exclusive: bool,
+    pub holders: Vec<Holder>,
+}
+
+impl Locks {
+    fn held_by(&self, client: &str, cookie: &str) -> Option<usize> {
+        self.holders.iter().position(|h| h.client == client && h.cookie == cookie)
+    }
+
+    /// Take the lock (exclusive, or shared with `tag`).
+    pub fn lock(&mut self, me: &Identity, cookie: &str, exclusive: bool, tag: &str) -> Result<()> {
+        if !self.holders.is_empty() && self.tag != tag {
+            return Err(Error::Busy(format!("image is locked with tag {:?}", self.tag)));
+        }
+        if self.held_by(&me.client, cookie).is_some() {
+            return Err(Error::Exists(format!("{} already holds the lock with cookie {cookie:?}", me.client)));
+        }
+        if !self.holders.is_empty() && (exclusive || self.exclusive) {
+            return Err(Error::Busy("image is locked by another client".into()));
+        }
+        self.exclusive = exclusive;
+        self.tag = tag.to_string();
+        self.holders.push(Holder {
+            client: me.client.clone(),
+            cookie: cookie.to_string(),
+            address: me.address.clone(),
+        });
+        Ok(())
+    }
+
+    /// Release the lock held by `client` with `cookie`; `NotFound` if there is none.
+    pub fn unlock(&mut self, client: &str, cookie: &str) -> Result<()> {
+        let at = self
+            .held_by(client, cookie)
+            .ok_or_else(|| Error::NotFound(format!("no lock held by {client} with cookie {cookie:?}")))?;
+        self.holders.remove(at);
+        if self.holders.is_empty() {
+            *self = Locks::default();
+        }
+        Ok(())
+    }
+
+    /// `Image.list_lockers()`.
+    pub fn info(&self) -> LockInfo {
+        if self.holders.is_empty() {
+            return LockInfo::default();
+        }
+        let mut lockers: Vec<Locker> = self
+            .holders
+            .iter()
+            .map(|h| Locker { client: h.client.clone(), cookie: h.cookie.clone(), address: h.address.clone() })
+            .collect();
+        lockers.sort();
+        LockInfo { tag: self.tag.clone(), exclusive: self.exclusive, lockers }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(n: u32) -> Identity {
+        Identity { client: format!("client.{n}"), address: format!("embedded:1/{n}") }
+    }
+
+    #[test]
+    fn tag_conflict_wins_over_same_cookie() {
+        let mut l = Locks::default();
+        l.lock(&who(1), "c", false, "t").unwrap();
+        assert!(matches!(l.lock(&who(1), "c", true, ""), Err(Error::Busy(_))));
+        assert!(matches!(l.lock(&who(1), "c", false, "t"), Err(Error::Exists(_))));
+        l.lock(&who(2), "c", false, "t").unwrap();
+        assert_eq!(l.info().lockers.len(), 2);
+        l.unlock("client.1", "c").unwrap();
+        l.unlock("client.2", "c").unwrap();
+        assert_eq!(l.info(), LockInfo::default());
+    }
+}

@@ -1,0 +1,824 @@
+//! The production backend: librbd on a real Ceph cluster.
+//!
+//! One [`LibrbdBackend`] is one RADOS client connection (one client identity for locks).
+//! Every call goes straight to librbd's C API; errors come back as errnos and are mapped as
+//! python-rbd's `make_ex` maps them, with the few Python-side checks (such as
+//! `old_format` with features, or a short write being `IncompleteWriteError`) done here, so
+//! that this backend answers what the reference implementation answers.
+
+mod ffi;
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::PathBuf;
+use std::ptr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::{
+    Backend, Child, CloneOptions, CreateOptions, Error, Extent, Image, ImageStat, LockInfo, Locker,
+    ParentInfo, Result, SnapInfo, Version,
+};
+use ffi::Api;
+
+/// How to reach the cluster, as the `rbd` command line takes it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// `-c/--conf`; `None` reads `$CEPH_CONF` or Ceph's default search path.
+    pub conf: Option<PathBuf>,
+    /// `--id`: the client name without `client.` (default `admin`).
+    pub id: Option<String>,
+    /// `--keyring`; `None` uses the conf file's.
+    pub keyring: Option<PathBuf>,
+}
+
+/// Turn a string into a C string; a NUL inside is python-rbd's `TypeError`.
+fn cstr(s: &str, what: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::TypeError(format!("{what} contains a NUL byte")))
+}
+
+/// Check a C return code: negative is an errno.
+fn check(ret: c_int, context: impl FnOnce() -> String) -> Result<()> {
+    if ret < 0 {
+        Err(Error::from_errno(ret, context()))
+    } else {
+        Ok(())
+    }
+}
+
+/// A connected RADOS client. librados is thread-safe; the handle is shut down on drop,
+/// after every ioctx and image holding an `Arc` to it is gone.
+struct Cluster {
+    api: &'static Api,
+    handle: ffi::rados_t,
+}
+
+// SAFETY: librados client handles may be used from any thread.
+unsafe impl Send for Cluster {}
+unsafe impl Sync for Cluster {}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: the handle was connected by `connect` and nothing else uses it now.
+        unsafe { (self.api.rados_shutdown)(self.handle) }
+    }
+}
+
+/// An I/O context on one pool; keeps its cluster alive.
+struct IoCtx {
+    cluster: Arc<Cluster>,
+    handle: ffi::rados_ioctx_t,
+}
+
+// SAFETY: an ioctx may be shared between threads for the calls made here.
+unsafe impl Send for IoCtx {}
+unsafe impl Sync for IoCtx {}
+
+impl Drop for IoCtx {
+    fn drop(&mut self) {
+        // SAFETY: created by rados_ioctx_create; images using it hold an Arc and are gone.
+        unsafe { (self.cluster.api.rados_ioctx_destroy)(self.handle) }
+    }
+}
+
+/// A librbd client connection.
+pub struct LibrbdBackend {
+    cluster: Arc<Cluster>,
+    ioctxs: Mutex<HashMap<String, Arc<IoCtx>>>,
+}
+
+impl LibrbdBackend {
+    /// Connect to the cluster: the one place this backend uses the operator's ambient
+    /// authority (the conf file and keyring).
+    pub fn connect(options: &ConnectOptions) -> Result<Self> {
+        let api = ffi::api().map_err(Error::NotSupported)?;
+        let id = options.id.as_deref().map(|id| cstr(id.strip_prefix("client.").unwrap_or(id), "client id")).transpose()?;
+        let mut handle: ffi::rados_t = ptr::null_mut();
+        // SAFETY: out-pointer to a handle; a null id means `admin`.
+        check(unsafe { (api.rados_create)(&mut handle, id.as_ref().map_or(ptr::null(), |c| c.as_ptr())) }, || {
+            "rados_create".into()
+        })?;
+        let cluster = Cluster { api, handle };
+        let conf = options.conf.as_ref().map(|p| cstr(&p.to_string_lossy(), "conf path")).transpose()?;
+        // SAFETY: the handle is valid; a null path reads $CEPH_CONF or the default paths.
+        check(unsafe { (api.rados_conf_read_file)(handle, conf.as_ref().map_or(ptr::null(), |c| c.as_ptr())) }, || {
+            format!("cannot read the Ceph configuration {:?}", options.conf)
+        })?;
+        // SAFETY: valid handle; null means $CEPH_ARGS.
+        check(unsafe { (api.rados_conf_parse_env)(handle, ptr::null()) }, || "CEPH_ARGS".into())?;
+        if let Some(keyring) = &options.keyring {
+            let key = cstr("keyring", "option")?;
+            let value = cstr(&keyring.to_string_lossy(), "keyring path")?;
+            // SAFETY: valid handle and C strings.
+            check(unsafe { (api.rados_conf_set)(handle, key.as_ptr(), value.as_ptr()) }, || {
+                format!("cannot use keyring {}", keyring.display())
+            })?;
+        }
+        // SAFETY: valid, configured handle.
+        check(unsafe { (api.rados_connect)(handle) }, || "cannot connect to the Ceph cluster".into())?;
+        Ok(LibrbdBackend { cluster: Arc::new(cluster), ioctxs: Mutex::new(HashMap::new()) })
+    }
+
+    fn api(&self) -> &'static Api {
+        self.cluster.api
+    }
+
+    fn ioctx(&self, pool: &str) -> Result<Arc<IoCtx>> {
+        let mut map = self.ioctxs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(io) = map.get(pool) {
+            return Ok(io.clone());
+        }
+        let name = cstr(pool, "pool name")?;
+        let mut handle: ffi::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: connected cluster, C string, out-pointer.
+        check(unsafe { (self.api().rados_ioctx_create)(self.cluster.handle, name.as_ptr(), &mut handle) }, || {
+            format!("pool `{pool}`")
+        })?;
+        let io = Arc::new(IoCtx { cluster: self.cluster.clone(), handle });
+        map.insert(pool.to_owned(), io.clone());
+        Ok(io)
+    }
+}
+
+/// librbd image options, destroyed on drop.
+struct ImageOptions {
+    api: &'static Api,
+    handle: ffi::rbd_image_options_t,
+}
+
+impl ImageOptions {
+    fn new(api: &'static Api) -> Self {
+        let mut handle = ptr::null_mut();
+        // SAFETY: out-pointer.
+        unsafe { (api.rbd_image_options_create)(&mut handle) };
+        ImageOptions { api, handle }
+    }
+
+    fn set(&self, option: c_int, value: u64) -> Result<()> {
+        // SAFETY: valid options handle.
+        check(unsafe { (self.api.rbd_image_options_set_uint64)(self.handle, option, value) }, || {
+            format!("image option {option} = {value}")
+        })
+    }
+}
+
+impl Drop for ImageOptions {
+    fn drop(&mut self) {
+        // SAFETY: created by rbd_image_options_create.
+        unsafe { (self.api.rbd_image_options_destroy)(self.handle) }
+    }
+}
+
+/// Call a librbd list function that answers -ERANGE with the needed count, growing the
+/// buffer until it fits.
+fn list_with_retry<T>(
+    mut call: impl FnMut(*mut T, &mut usize) -> c_int,
+    empty: impl Fn() -> T,
+    context: &str,
+) -> Result<Vec<T>> {
+    let mut max = 16usize;
+    loop {
+        let mut buf: Vec<T> = (0..max).map(|_| empty()).collect();
+        let mut n = max;
+        let ret = call(buf.as_mut_ptr(), &mut n);
+        if ret == -libc_erange() && n > max {
+            max = n;
+            continue;
+        }
+        if ret == -libc_erange() {
+            max *= 2;
+            continue;
+        }
+        check(ret, || context.to_owned())?;
+        buf.truncate(n);
+        return Ok(buf);
+    }
+}
+
+const fn libc_erange() -> c_int {
+    34
+}
+
+/// A C string pointer into an owned String ("" for null).
+///
+/// # Safety
+/// `p` is null or a valid NUL-terminated string.
+unsafe fn owned(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: per the contract.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+impl Backend for LibrbdBackend {
+    fn version(&self) -> Version {
+        let (mut major, mut minor, mut extra) = (0, 0, 0);
+        // SAFETY: out-pointers.
+        unsafe { (self.api().rbd_version)(&mut major, &mut minor, &mut extra) };
+        Version { major: major as u32, minor: minor as u32, extra: extra as u32 }
+    }
+
+    fn client_name(&self) -> String {
+        // SAFETY: connected cluster.
+        format!("client.{}", unsafe { (self.api().rados_get_instance_id)(self.cluster.handle) })
+    }
+
+    fn list_pools(&self) -> Result<Vec<String>> {
+        let mut len = 4096usize;
+        loop {
+            let mut buf = vec![0u8; len];
+            // SAFETY: buffer of `len` bytes.
+            let ret = unsafe { (self.api().rados_pool_list)(self.cluster.handle, buf.as_mut_ptr().cast(), len) };
+            check(ret, || "list pools".into())?;
+            if ret as usize > len {
+                len = ret as usize;
+                continue;
+            }
+            let mut pools: Vec<String> = buf[..ret as usize]
+                .split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            pools.sort();
+            return Ok(pools);
+        }
+    }
+
+    fn open_pool(&self, pool: &str) -> Result<()> {
+        self.ioctx(pool).map(|_| ())
+    }
+
+    fn create(&self, pool: &str, name: &str, size: u64, o: &CreateOptions) -> Result<()> {
+        let io = self.ioctx(pool)?;
+        let c_name = cstr(name, "image name")?;
+        let api = self.api();
+        if o.old_format {
+            // python-rbd: format 1 takes no features or striping; `rbd_create` then makes
+            // an image of the cluster's default format.
+            if o.features != 0 || o.stripe_unit != 0 || o.stripe_count != 0 {
+                return Err(Error::InvalidArgument(
+                    "format 1 images do not support feature masks or non-default striping".into(),
+                ));
+            }
+            let mut order = c_int::from(o.order.unwrap_or(0));
+            // SAFETY: valid ioctx, C string, out-pointer.
+            return check(unsafe { (api.rbd_create)(io.handle, c_name.as_ptr(), size, &mut order) }, || {
+                format!("create image `{name}`")
+            });
+        }
+        let opts = ImageOptions::new(api);
+        opts.set(ffi::RBD_IMAGE_OPTION_FORMAT, 2)?;
+        if o.features != 0 {
+            opts.set(ffi::RBD_IMAGE_OPTION_FEATURES, o.features)?;
+        }
+        if let Some(order) = o.order {
+            opts.set(ffi::RBD_IMAGE_OPTION_ORDER, u64::from(order))?;
+        }
+        if o.stripe_unit != 0 {
+            opts.set(ffi::RBD_IMAGE_OPTION_STRIPE_UNIT, o.stripe_unit)?;
+        }
+        if o.stripe_count != 0 {
+            opts.set(ffi::RBD_IMAGE_OPTION_STRIPE_COUNT, o.stripe_count)?;
+        }
+        // SAFETY: valid ioctx, C string and options.
+        check(unsafe { (api.rbd_create4)(io.handle, c_name.as_ptr(), size, opts.handle) }, || {
+            format!("create image `{name}`")
+        })
+    }
+
+    fn clone_image(
+        &self,
+        parent_pool: &str,
+        parent: &str,
+        snap: &str,
+        child_pool: &str,
+        child: &str,
+        o: &CloneOptions,
+    ) -> Result<()> {
+        let (p_io, c_io) = (self.ioctx(parent_pool)?, self.ioctx(child_pool)?);
+        let (p_name, p_snap, c_name) = (cstr(parent, "parent name")?, cstr(snap, "snapshot name")?, cstr(child, "child name")?);
+        let opts = ImageOptions::new(self.api());
+        if o.features != 0 {
+            opts.set(ffi::RBD_IMAGE_OPTION_FEATURES, o.features)?;
+        }
+        if let Some(order) = o.order {
+            opts.set(ffi::RBD_IMAGE_OPTION_ORDER, u64::from(order))?;
+        }
+        // SAFETY: valid ioctxs, C strings and options.
+        check(
+            unsafe {
+                (self.api().rbd_clone3)(p_io.handle, p_name.as_ptr(), p_snap.as_ptr(), c_io.handle, c_name.as_ptr(), opts.handle)
+            },
+            || format!("clone {parent_pool}/{parent}@{snap} to {child_pool}/{child}"),
+        )
+    }
+
+    fn list(&self, pool: &str) -> Result<Vec<String>> {
+        let io = self.ioctx(pool)?;
+        let api = self.api();
+        let mut specs = list_with_retry(
+            // SAFETY: buffer of `n` specs.
+            |buf, n| unsafe { (api.rbd_list2)(io.handle, buf, n) },
+            || ffi::rbd_image_spec_t { id: ptr::null_mut(), name: ptr::null_mut() },
+            "list images",
+        )?;
+        // SAFETY: librbd filled these specs; names are C strings.
+        let mut names: Vec<String> = specs.iter().map(|s| unsafe { owned(s.name) }).collect();
+        // SAFETY: the specs were filled by rbd_list2 and are freed once.
+        unsafe { (api.rbd_image_spec_list_cleanup)(specs.as_mut_ptr(), specs.len()) };
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove(&self, pool: &str, name: &str) -> Result<()> {
+        let io = self.ioctx(pool)?;
+        let c_name = cstr(name, "image name")?;
+        // SAFETY: valid ioctx and C string.
+        check(unsafe { (self.api().rbd_remove)(io.handle, c_name.as_ptr()) }, || format!("remove image `{name}`"))
+    }
+
+    fn rename(&self, pool: &str, src: &str, dest: &str) -> Result<()> {
+        let io = self.ioctx(pool)?;
+        let (s, d) = (cstr(src, "image name")?, cstr(dest, "image name")?);
+        // SAFETY: valid ioctx and C strings.
+        check(unsafe { (self.api().rbd_rename)(io.handle, s.as_ptr(), d.as_ptr()) }, || {
+            format!("rename image `{src}` to `{dest}`")
+        })
+    }
+
+    fn open(&self, pool: &str, name: &str, snapshot: Option<&str>, read_only: bool) -> Result<Box<dyn Image>> {
+        let io = self.ioctx(pool)?;
+        let c_name = cstr(name, "image name")?;
+        let c_snap = snapshot.map(|s| cstr(s, "snapshot name")).transpose()?;
+        let snap_ptr = c_snap.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        let mut handle: ffi::rbd_image_t = ptr::null_mut();
+        let api = self.api();
+        // SAFETY: valid ioctx, C strings, out-pointer.
+        let ret = unsafe {
+            if read_only || snapshot.is_some() {
+                (api.rbd_open_read_only)(io.handle, c_name.as_ptr(), &mut handle, snap_ptr)
+            } else {
+                (api.rbd_open)(io.handle, c_name.as_ptr(), &mut handle, snap_ptr)
+            }
+        };
+        check(ret, || match snapshot {
+            Some(s) => format!("open image `{name}` at snapshot `{s}`"),
+            None => format!("open image `{name}`"),
+        })?;
+        Ok(Box::new(LibrbdImage {
+            api,
+            handle,
+            name: name.to_owned(),
+            pool: pool.to_owned(),
+            pools: PoolOpener { cluster: self.cluster.clone() },
+            _io: io,
+            state: RwLock::new(()),
+        }))
+    }
+}
+
+/// Opens ioctxs on the image's cluster, for calls that name another pool.
+struct PoolOpener {
+    cluster: Arc<Cluster>,
+}
+
+impl PoolOpener {
+    fn open(&self, pool: &str) -> Result<IoCtx> {
+        let name = cstr(pool, "pool name")?;
+        let mut handle: ffi::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: connected cluster, C string, out-pointer.
+        check(unsafe { (self.cluster.api.rados_ioctx_create)(self.cluster.handle, name.as_ptr(), &mut handle) }, || {
+            format!("pool `{pool}`")
+        })?;
+        Ok(IoCtx { cluster: self.cluster.clone(), handle })
+    }
+}
+
+/// An open librbd image. I/O may run from several threads at once (librbd allows it);
+/// `set_snap`, `resize`, `rollback` and close take the state lock exclusively so they never
+/// race I/O.
+struct LibrbdImage {
+    api: &'static Api,
+    handle: ffi::rbd_image_t,
+    name: String,
+    pool: String,
+    /// Reaches other pools of the same cluster (copy's destination).
+    pools: PoolOpener,
+    _io: Arc<IoCtx>,
+    state: RwLock<()>,
+}
+
+// SAFETY: librbd image handles allow concurrent I/O from several threads; the calls that
+// must not race it are serialised by `state`.
+unsafe impl Send for LibrbdImage {}
+unsafe impl Sync for LibrbdImage {}
+
+impl Drop for LibrbdImage {
+    fn drop(&mut self) {
+        let _exclusive = self.state.write().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: opened by rbd_open and closed once.
+        let ret = unsafe { (self.api.rbd_close)(self.handle) };
+        if ret < 0 {
+            tracing::warn!(image = %self.name, "rbd_close failed: {}", Error::from_errno(ret, "close"));
+        }
+    }
+}
+
+impl LibrbdImage {
+    fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ctx(&self, what: &str) -> String {
+        format!("{what} on image `{}/{}`", self.pool, self.name)
+    }
+
+    fn u64_getter(&self, f: unsafe extern "C" fn(ffi::rbd_image_t, *mut u64) -> c_int, what: &str) -> Result<u64> {
+        let _g = self.shared();
+        let mut v = 0u64;
+        // SAFETY: open image, out-pointer.
+        check(unsafe { f(self.handle, &mut v) }, || self.ctx(what))?;
+        Ok(v)
+    }
+
+    fn snap_call(&self, f: unsafe extern "C" fn(ffi::rbd_image_t, *const c_char) -> c_int, name: &str, what: &str) -> Result<()> {
+        let c = cstr(name, "snapshot name")?;
+        let _g = self.shared();
+        // SAFETY: open image, C string.
+        check(unsafe { f(self.handle, c.as_ptr()) }, || self.ctx(&format!("{what} `{name}`")))
+    }
+}
+
+/// What the diff callback collects into.
+struct DiffSink<'a> {
+    each: &'a mut dyn FnMut(Extent),
+    panicked: bool,
+}
+
+extern "C" fn diff_callback(offset: u64, length: usize, exists: c_int, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `DiffSink` passed by `diff_iterate`, alive for the whole call.
+    let sink = unsafe { &mut *(arg as *mut DiffSink<'_>) };
+    // A panic must not unwind into C: catch it, stop the iteration, report it after.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        (sink.each)(Extent { offset, length: length as u64, exists: exists != 0 })
+    }));
+    match result {
+        Ok(()) => 0,
+        Err(_) => {
+            sink.panicked = true;
+            -125 // ECANCELED: librbd stops iterating and returns it
+        }
+    }
+}
+
+impl Image for LibrbdImage {
+    fn size(&self) -> Result<u64> {
+        self.u64_getter(self.api.rbd_get_size, "size")
+    }
+
+    fn stat(&self) -> Result<ImageStat> {
+        let _g = self.shared();
+        // SAFETY: plain-old-data struct filled by librbd.
+        let mut info: ffi::rbd_image_info_t = unsafe { std::mem::zeroed() };
+        // SAFETY: open image, out-pointer with its size.
+        check(unsafe { (self.api.rbd_stat)(self.handle, &mut info, std::mem::size_of::<ffi::rbd_image_info_t>()) }, || {
+            self.ctx("stat")
+        })?;
+        // SAFETY: NUL-terminated arrays inside the struct (zeroed, then filled by librbd).
+        let (prefix, parent_name) = unsafe { (owned(info.block_name_prefix.as_ptr()), owned(info.parent_name.as_ptr())) };
+        Ok(ImageStat {
+            size: info.size,
+            obj_size: info.obj_size,
+            num_objs: info.num_objs,
+            order: info.order as u8,
+            block_name_prefix: prefix,
+            parent_pool: info.parent_pool,
+            parent_name,
+        })
+    }
+
+    fn features(&self) -> Result<u64> {
+        self.u64_getter(self.api.rbd_get_features, "features")
+    }
+
+    fn old_format(&self) -> Result<bool> {
+        let _g = self.shared();
+        let mut v = 0u8;
+        // SAFETY: open image, out-pointer.
+        check(unsafe { (self.api.rbd_get_old_format)(self.handle, &mut v) }, || self.ctx("old_format"))?;
+        Ok(v != 0)
+    }
+
+    fn stripe_unit(&self) -> Result<u64> {
+        self.u64_getter(self.api.rbd_get_stripe_unit, "stripe_unit")
+    }
+
+    fn stripe_count(&self) -> Result<u64> {
+        self.u64_getter(self.api.rbd_get_stripe_count, "stripe_count")
+    }
+
+    fn read(&self, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let _g = self.shared();
+        let mut size = 0u64;
+        // SAFETY: open image, out-pointer.
+        check(unsafe { (self.api.rbd_get_size)(self.handle, &mut size) }, || self.ctx("size"))?;
+        // librbd clips a read at the end; allocate only what can come back.
+        let want = if offset >= size { length.min(1) } else { length.min(size - offset) };
+        let want = usize::try_from(want).map_err(|_| Error::InvalidArgument("read too large".into()))?;
+        let mut buf = vec![0u8; want];
+        // SAFETY: buffer of `want` bytes.
+        let n = unsafe { (self.api.rbd_read2)(self.handle, offset, want, buf.as_mut_ptr().cast(), 0) };
+        if n < 0 {
+            return Err(Error::from_errno(n as c_int, self.ctx(&format!("read {length} bytes at {offset}"))));
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<u64> {
+        let _g = self.shared();
+        // SAFETY: `data` is valid for `data.len()` bytes.
+        let n = unsafe { (self.api.rbd_write2)(self.handle, offset, data.len(), data.as_ptr().cast(), 0) };
+        if n < 0 {
+            return Err(Error::from_errno(n as c_int, self.ctx(&format!("write {} bytes at {offset}", data.len()))));
+        }
+        if (n as usize) < data.len() {
+            return Err(Error::IncompleteWrite { requested: data.len() as u64, written: n as u64 });
+        }
+        Ok(n as u64)
+    }
+
+    fn discard(&self, offset: u64, length: u64) -> Result<()> {
+        let _g = self.shared();
+        // SAFETY: open image.
+        check(unsafe { (self.api.rbd_discard)(self.handle, offset, length) }, || {
+            self.ctx(&format!("discard {length} bytes at {offset}"))
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        let _g = self.shared();
+        // SAFETY: open image.
+        check(unsafe { (self.api.rbd_flush)(self.handle) }, || self.ctx("flush"))
+    }
+
+    fn invalidate_cache(&self) -> Result<()> {
+        let _g = self.shared();
+        // SAFETY: open image.
+        check(unsafe { (self.api.rbd_invalidate_cache)(self.handle) }, || self.ctx("invalidate_cache"))
+    }
+
+    fn resize(&self, size: u64) -> Result<()> {
+        let _g = self.exclusive();
+        // SAFETY: open image, no I/O in flight (exclusive).
+        check(unsafe { (self.api.rbd_resize)(self.handle, size) }, || self.ctx(&format!("resize to {size}")))
+    }
+
+    fn create_snap(&self, name: &str) -> Result<()> {
+        self.snap_call(self.api.rbd_snap_create, name, "create snapshot")
+    }
+
+    fn remove_snap(&self, name: &str) -> Result<()> {
+        self.snap_call(self.api.rbd_snap_remove, name, "remove snapshot")
+    }
+
+    fn rollback_to_snap(&self, name: &str) -> Result<()> {
+        let c = cstr(name, "snapshot name")?;
+        let _g = self.exclusive();
+        // SAFETY: open image, C string, no I/O in flight.
+        check(unsafe { (self.api.rbd_snap_rollback)(self.handle, c.as_ptr()) }, || {
+            self.ctx(&format!("rollback to snapshot `{name}`"))
+        })
+    }
+
+    fn protect_snap(&self, name: &str) -> Result<()> {
+        self.snap_call(self.api.rbd_snap_protect, name, "protect snapshot")
+    }
+
+    fn unprotect_snap(&self, name: &str) -> Result<()> {
+        self.snap_call(self.api.rbd_snap_unprotect, name, "unprotect snapshot")
+    }
+
+    fn is_protected_snap(&self, name: &str) -> Result<bool> {
+        let c = cstr(name, "snapshot name")?;
+        let _g = self.shared();
+        let mut v: c_int = 0;
+        // SAFETY: open image, C string, out-pointer.
+        check(unsafe { (self.api.rbd_snap_is_protected)(self.handle, c.as_ptr(), &mut v) }, || {
+            self.ctx(&format!("is_protected_snap `{name}`"))
+        })?;
+        Ok(v != 0)
+    }
+
+    fn list_snaps(&self) -> Result<Vec<SnapInfo>> {
+        let _g = self.shared();
+        let mut max: c_int = 16;
+        loop {
+            // SAFETY: plain-old-data entries filled by librbd.
+            let mut buf: Vec<ffi::rbd_snap_info_t> = (0..max).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut n = max;
+            // SAFETY: buffer of `max` entries.
+            let ret = unsafe { (self.api.rbd_snap_list)(self.handle, buf.as_mut_ptr(), &mut n) };
+            if ret == -libc_erange() {
+                max = n.max(max * 2);
+                continue;
+            }
+            check(ret, || self.ctx("list snapshots"))?;
+            let count = ret as usize;
+            // SAFETY: librbd filled `count` entries with C-string names.
+            let snaps = buf[..count]
+                .iter()
+                .map(|s| SnapInfo { id: s.id, size: s.size, name: unsafe { owned(s.name) } })
+                .collect();
+            // SAFETY: frees what rbd_snap_list allocated, once.
+            unsafe { (self.api.rbd_snap_list_end)(buf.as_mut_ptr()) };
+            return Ok(snaps);
+        }
+    }
+
+    fn set_snap(&self, name: Option<&str>) -> Result<()> {
+        let c = name.map(|n| cstr(n, "snapshot name")).transpose()?;
+        let _g = self.exclusive();
+        // SAFETY: open image; null selects the head; no I/O in flight.
+        check(unsafe { (self.api.rbd_snap_set)(self.handle, c.as_ref().map_or(ptr::null(), |c| c.as_ptr())) }, || {
+            self.ctx(&format!("set snapshot {name:?}"))
+        })
+    }
+
+    fn diff_iterate(
+        &self,
+        offset: u64,
+        length: u64,
+        from_snap: Option<&str>,
+        include_parent: bool,
+        whole_object: bool,
+        each: &mut dyn FnMut(Extent),
+    ) -> Result<()> {
+        let c = from_snap.map(|n| cstr(n, "snapshot name")).transpose()?;
+        let _g = self.shared();
+        let mut sink = DiffSink { each, panicked: false };
+        // SAFETY: open image; the callback receives `sink`, which outlives the call.
+        let ret = unsafe {
+            (self.api.rbd_diff_iterate2)(
+                self.handle,
+                c.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
+                offset,
+                length,
+                u8::from(include_parent),
+                u8::from(whole_object),
+                diff_callback,
+                (&mut sink as *mut DiffSink<'_>).cast(),
+            )
+        };
+        if sink.panicked {
+            return Err(Error::Logic("the diff callback panicked".into()));
+        }
+        check(ret, || self.ctx("diff_iterate"))
+    }
+
+    fn list_children(&self) -> Result<Vec<Child>> {
+        let _g = self.shared();
+        let api = self.api;
+        let mut specs = list_with_retry(
+            // SAFETY: buffer of `n` specs.
+            |buf, n| unsafe { (api.rbd_list_children3)(self.handle, buf, n) },
+            || ffi::rbd_linked_image_spec_t {
+                pool_id: 0,
+                pool_name: ptr::null_mut(),
+                pool_namespace: ptr::null_mut(),
+                image_id: ptr::null_mut(),
+                image_name: ptr::null_mut(),
+                trash: false,
+            },
+            &self.ctx("list children"),
+        )?;
+        let mut children: Vec<Child> = specs
+            .iter()
+            .filter(|s| !s.trash)
+            // SAFETY: C strings filled by librbd.
+            .map(|s| unsafe { Child { pool: owned(s.pool_name), image: owned(s.image_name) } })
+            .collect();
+        // SAFETY: frees what rbd_list_children3 filled, once.
+        unsafe { (api.rbd_linked_image_spec_list_cleanup)(specs.as_mut_ptr(), specs.len()) };
+        children.sort();
+        Ok(children)
+    }
+
+    fn parent_info(&self) -> Result<Option<ParentInfo>> {
+        let _g = self.shared();
+        // SAFETY: plain-old-data out-structs filled by librbd.
+        let mut image: ffi::rbd_linked_image_spec_t = unsafe { std::mem::zeroed() };
+        let mut snap: ffi::rbd_snap_spec_t = unsafe { std::mem::zeroed() };
+        // SAFETY: open image, out-pointers.
+        let ret = unsafe { (self.api.rbd_get_parent)(self.handle, &mut image, &mut snap) };
+        if ret == -2 {
+            return Ok(None); // ENOENT: not a clone
+        }
+        check(ret, || self.ctx("parent info"))?;
+        // SAFETY: C strings filled by librbd, freed once below.
+        let info = unsafe { ParentInfo { pool: owned(image.pool_name), image: owned(image.image_name), snap: owned(snap.name) } };
+        // SAFETY: frees what rbd_get_parent filled.
+        unsafe {
+            (self.api.rbd_linked_image_spec_cleanup)(&mut image);
+            (self.api.rbd_snap_spec_cleanup)(&mut snap);
+        }
+        Ok(Some(info))
+    }
+
+    fn flatten(&self) -> Result<()> {
+        let _g = self.shared();
+        // SAFETY: open image.
+        check(unsafe { (self.api.rbd_flatten)(self.handle) }, || self.ctx("flatten"))
+    }
+
+    fn copy(&self, dest_pool: &str, dest_name: &str) -> Result<()> {
+        let dest = self.pools.open(dest_pool)?;
+        let c = cstr(dest_name, "image name")?;
+        let _g = self.shared();
+        // SAFETY: open image, valid destination ioctx, C string.
+        check(unsafe { (self.api.rbd_copy)(self.handle, dest.handle, c.as_ptr()) }, || {
+            self.ctx(&format!("copy to {dest_pool}/{dest_name}"))
+        })
+    }
+
+    fn list_lockers(&self) -> Result<LockInfo> {
+        let _g = self.shared();
+        let mut sizes = [256usize; 4];
+        loop {
+            let mut bufs: [Vec<u8>; 4] = sizes.map(|n| vec![0u8; n]);
+            let mut lens = sizes;
+            let mut exclusive: c_int = 0;
+            let [tag, clients, cookies, addrs] = &mut bufs;
+            // SAFETY: four buffers with their lengths.
+            let ret = unsafe {
+                (self.api.rbd_list_lockers)(
+                    self.handle,
+                    &mut exclusive,
+                    tag.as_mut_ptr().cast(),
+                    &mut lens[0],
+                    clients.as_mut_ptr().cast(),
+                    &mut lens[1],
+                    cookies.as_mut_ptr().cast(),
+                    &mut lens[2],
+                    addrs.as_mut_ptr().cast(),
+                    &mut lens[3],
+                )
+            };
+            if ret == -(libc_erange() as isize) {
+                for (size, len) in sizes.iter_mut().zip(lens) {
+                    *size = (*size).max(len).max(*size * 2);
+                }
+                continue;
+            }
+            check(ret as c_int, || self.ctx("list lockers"))?;
+            let split = |b: &[u8], len: usize| -> Vec<String> {
+                b[..len.min(b.len())]
+                    .split(|&c| c == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            };
+            let tag = split(tag, lens[0]).into_iter().next().unwrap_or_default();
+            let (clients, cookies, addrs) = (split(clients, lens[1]), split(cookies, lens[2]), split(addrs, lens[3]));
+            let mut lockers: Vec<Locker> = clients
+                .into_iter()
+                .zip(cookies)
+                .zip(addrs)
+                .map(|((client, cookie), address)| Locker { client, cookie, address })
+                .collect();
+            lockers.sort();
+            return Ok(LockInfo { tag, exclusive: exclusive != 0 && !lockers.is_empty(), lockers });
+        }
+    }
+
+    fn lock_exclusive(&self, cookie: &str) -> Result<()> {
+        self.snap_call(self.api.rbd_lock_exclusive, cookie, "lock_exclusive with cookie")
+    }
+
+    fn lock_shared(&self, cookie: &str, tag: &str) -> Result<()> {
+        let (c, t) = (cstr(cookie, "cookie")?, cstr(tag, "tag")?);
+        let _g = self.shared();
+        // SAFETY: open image, C strings.
+        check(unsafe { (self.api.rbd_lock_shared)(self.handle, c.as_ptr(), t.as_ptr()) }, || {
+            self.ctx(&format!("lock_shared cookie `{cookie}` tag `{tag}`"))
+        })
+    }
+
+    fn unlock(&self, cookie: &str) -> Result<()> {
+        self.snap_call(self.api.rbd_unlock, cookie, "unlock cookie")
+    }
+
+    fn break_lock(&self, client: &str, cookie: &str) -> Result<()> {
+        let (cl, co) = (cstr(client, "client")?, cstr(cookie, "cookie")?);
+        let _g = self.shared();
+        // SAFETY: open image, C strings.
+        check(unsafe { (self.api.rbd_break_lock)(self.handle, cl.as_ptr(), co.as_ptr()) }, || {
+            self.ctx(&format!("break lock of {client} cookie `{cookie}`"))
+        })
+    }
+}

@@ -1,0 +1,101 @@
+//! The `rbd-wasm` command line, as an operator uses it.
+
+use std::process::{Command, Output};
+
+use rbd_wasm_tests::{guest, host_binary};
+
+fn rbd_wasm(store: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(host_binary())
+        .args(args)
+        .env("RBD_WASM_STORE", store)
+        .env("RBD_WASM_CACHE", store.join("cache"))
+        .output()
+        .expect("run rbd-wasm")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn run_hello_then_inspect_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = guest("hello");
+    let out = rbd_wasm(dir.path(), &["run", hello.to_str().unwrap()]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("[hello] created rbd/myimage"), "stdout is tagged: {}", text(&out.stdout));
+
+    let ls = rbd_wasm(dir.path(), &["image", "ls"]);
+    assert_eq!(text(&ls.stdout), "myimage\n");
+
+    let info = rbd_wasm(dir.path(), &["image", "info", "myimage"]);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    assert!(text(&info.stdout).contains("size 4 GiB (4294967296 bytes)"), "{}", text(&info.stdout));
+
+    let read = rbd_wasm(dir.path(), &["image", "read", "myimage", "--length", "601"]);
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    assert_eq!(&read.stdout[..600], "foo".repeat(200).as_bytes());
+    assert_eq!(read.stdout[600], 0);
+
+    let snap = dir.path().join("export.img");
+    let export = rbd_wasm(dir.path(), &["image", "export", "myimage", snap.to_str().unwrap()]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    assert_eq!(std::fs::metadata(&snap).unwrap().len(), 4 << 30);
+}
+
+#[test]
+fn run_passes_arguments_after_the_double_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rbd_wasm(dir.path(), &["pool", "create", "backups"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hello = guest("hello");
+    let out = rbd_wasm(dir.path(), &["run", "--pool", "backups", hello.to_str().unwrap(), "--", "backups", "img1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ls = rbd_wasm(dir.path(), &["image", "ls", "--pool", "backups"]);
+    assert_eq!(text(&ls.stdout), "img1\n");
+}
+
+#[test]
+fn run_of_a_missing_file_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rbd_wasm(dir.path(), &["run", "/nonexistent/job.wasm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read job `/nonexistent/job.wasm`"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn run_of_another_world_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = guest("plain-command");
+    let out = rbd_wasm(dir.path(), &["run", plain.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("component of another world"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_failing_job_exits_1_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let conformance = guest("conformance");
+    let out = rbd_wasm(dir.path(), &["run", "--pool", "rbd", conformance.to_str().unwrap(), "--", "job_error_is_reported"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("this job fails on purpose"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_trapping_job_exits_3_with_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let conformance = guest("conformance");
+    let out = rbd_wasm(dir.path(), &["run", conformance.to_str().unwrap(), "--", "job_panic_is_a_trap"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("wasm backtrace"), "{stderr}");
+    assert!(stderr.contains("[conformance] "), "guest stderr is tagged: {stderr}");
+}
+
+#[test]
+fn info_of_a_missing_image_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rbd_wasm(dir.path(), &["image", "info", "nothing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
+}

@@ -1,0 +1,137 @@
+//! The conformance suite: every case of the conformance guest, run through the host.
+//!
+//! Each test names one behaviour of the `ceph:rbd` API; the guest's case of the same name
+//! makes the calls and checks the answers (see tests/guests/conformance). The
+//! `every_guest_case_has_a_test` test fails when a case is added to the guest without a test
+//! here, so none is silently skipped.
+
+use rbd_wasm_tests::{embedded_store, run};
+
+/// Run one conformance case on a fresh embedded store and expect success.
+fn case_on_embedded(case: &str) {
+    let store = embedded_store();
+    run("conformance", &[case, "t"], store.backend.clone()).assert_ok();
+}
+
+macro_rules! conformance_cases {
+    ($($case:ident),* $(,)?) => {
+        /// The names this file has a test for.
+        const TESTED: &[&str] = &[$(stringify!($case)),*];
+
+        mod embedded {
+            $(
+                #[test]
+                fn $case() {
+                    super::case_on_embedded(stringify!($case));
+                }
+            )*
+        }
+    };
+}
+
+conformance_cases! {
+    version_reports_librbd_version,
+    granted_pools_are_listed,
+    open_pool_outside_grant_is_not_found,
+    pool_name_is_its_name,
+    create_lists_and_removes_images,
+    create_existing_name_is_exists,
+    create_size_zero_is_allowed,
+    create_order_out_of_range,
+    create_order_bounds_are_accepted,
+    create_old_format_with_features_is_invalid,
+    create_old_format_gives_a_current_image,
+    create_unknown_feature_bits_are_invalid,
+    create_stripe_unit_not_dividing_object_is_invalid,
+    create_with_striping_reports_it,
+    remove_missing_is_not_found,
+    remove_with_snapshots_is_has_snapshots,
+    remove_open_image_is_busy,
+    rename_moves_the_image,
+    rename_missing_is_not_found,
+    rename_onto_existing_is_exists,
+    open_missing_is_not_found,
+    open_at_missing_snapshot_is_not_found,
+    open_at_snapshot_reads_it_and_is_read_only,
+    open_read_only_rejects_changes,
+    dropping_an_image_closes_it,
+    image_name_is_the_opened_name,
+    stat_reports_layout,
+    default_features_and_striping,
+    write_then_read_round_trips_across_objects,
+    read_ranges_answers_in_order,
+    holes_read_as_zeroes,
+    read_past_end_is_clipped,
+    read_at_or_past_end_is_invalid,
+    read_of_zero_bytes_is_empty,
+    write_past_end_is_incomplete_write,
+    write_at_or_past_end_is_invalid,
+    write_at_snapshot_is_read_only,
+    discard_zeroes_the_range,
+    flush_and_invalidate_cache_succeed,
+    resize_shrinks_and_grows,
+    image_cursor_reads_writes_and_seeks,
+    snapshots_are_listed_oldest_first_with_sizes,
+    snapshot_is_immutable,
+    create_snap_existing_is_exists,
+    remove_snap_removes_it,
+    remove_snap_missing_is_not_found,
+    remove_snap_protected_is_busy,
+    protect_and_unprotect_snapshot,
+    protect_twice_is_busy,
+    protect_missing_snapshot_is_not_found,
+    unprotect_unprotected_is_invalid,
+    unprotect_with_children_is_busy,
+    set_snap_missing_is_not_found,
+    set_snap_selects_snapshot_size,
+    rollback_restores_data_and_size,
+    rollback_missing_is_not_found,
+    diff_from_missing_snapshot_is_not_found,
+    diff_from_newer_snapshot_is_invalid,
+    diff_from_beginning_covers_the_data,
+    diff_between_snapshots_reproduces_newer,
+    diff_of_unchanged_image_is_empty,
+    diff_iterator_after_close_is_not_found,
+    diff_over_huge_sparse_range_is_quick,
+    clone_reads_parent_data,
+    clone_writes_copy_up_and_leave_parent_alone,
+    clone_of_unprotected_snapshot_is_invalid,
+    clone_of_missing_parent_or_snapshot_is_not_found,
+    clone_onto_existing_name_is_exists,
+    clone_without_layering_feature_is_invalid,
+    clone_into_another_pool,
+    list_children_of_snapshot,
+    parent_info_of_non_clone_is_none,
+    flatten_detaches_the_clone,
+    flatten_of_non_clone_is_invalid,
+    copy_copies_data_into_new_image,
+    copy_at_snapshot_copies_the_snapshot,
+    copy_onto_existing_name_is_exists,
+    copy_of_clone_is_flat,
+    unlocked_image_has_no_lockers,
+    exclusive_lock_is_listed_and_released,
+    exclusive_lock_twice_same_cookie_is_exists,
+    exclusive_lock_other_cookie_is_busy,
+    shared_locks_share_a_tag,
+    unlock_not_held_is_not_found,
+    break_lock_releases_it,
+    break_lock_missing_is_not_found,
+}
+
+/// Cases that end a job badly on purpose; tests/tests/jobs.rs checks how they are reported.
+const JOB_OUTCOME_CASES: &[&str] = &["job_error_is_reported", "job_panic_is_a_trap"];
+
+#[test]
+fn every_guest_case_has_a_test() {
+    let store = embedded_store();
+    let listing = run("conformance", &["list-cases"], store.backend.clone());
+    listing.assert_ok();
+    let untested: Vec<&str> = listing
+        .stdout
+        .lines()
+        .filter(|case| !TESTED.contains(case) && !JOB_OUTCOME_CASES.contains(case))
+        .collect();
+    assert!(untested.is_empty(), "guest cases without a host test: {untested:?}");
+    let unknown: Vec<&&str> = TESTED.iter().filter(|t| !listing.stdout.lines().any(|l| l == **t)).collect();
+    assert!(unknown.is_empty(), "tests for cases the guest does not have: {unknown:?}");
+}

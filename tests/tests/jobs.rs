@@ -1,0 +1,113 @@
+//! The example jobs, and how the host reports every way a job can go wrong.
+
+use rbd_wasm::backend::Backend;
+use rbd_wasm::runtime::JobError;
+use rbd_wasm_tests::{embedded_store, guest, run, runtime};
+
+#[test]
+fn hello_creates_myimage_with_foo_repeated() {
+    let store = embedded_store();
+    let job = run("hello", &[], store.backend.clone());
+    job.assert_ok();
+    assert!(job.stdout.contains("wrote 600 bytes at offset 0"), "stdout: {}", job.stdout);
+
+    let image = store.backend.open("rbd", "myimage", None, true).expect("myimage exists");
+    assert_eq!(image.size().unwrap(), 4 << 30);
+    assert_eq!(image.read(0, 600).unwrap(), "foo".repeat(200).into_bytes());
+    assert_eq!(image.read(600, 10).unwrap(), vec![0; 10], "nothing past the 600 bytes");
+}
+
+#[test]
+fn hello_twice_fails_because_the_image_exists() {
+    let store = embedded_store();
+    run("hello", &[], store.backend.clone()).assert_ok();
+    match run("hello", &[], store.backend.clone()).result {
+        Err(JobError::Failed(message)) => assert!(message.contains("exists"), "{message}"),
+        other => panic!("expected a failed job, got {other:?}"),
+    }
+}
+
+#[test]
+fn hello_takes_pool_and_image_arguments() {
+    let store = embedded_store();
+    run("hello", &["rbd2", "other"], store.backend.clone()).assert_ok();
+    assert_eq!(store.backend.list("rbd2").unwrap(), vec!["other".to_string()]);
+    assert!(store.backend.list("rbd").unwrap().is_empty());
+}
+
+#[test]
+fn snapshots_example_reports_what_changed() {
+    let store = embedded_store();
+    let job = run("snapshots", &[], store.backend.clone());
+    job.assert_ok();
+    assert!(job.stdout.contains("changed extents from `before` to `after`"), "{}", job.stdout);
+    let image = store.backend.open("rbd", "snapdemo", None, true).unwrap();
+    let names: Vec<String> = image.list_snaps().unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["before", "after"]);
+    // The job reported the zeroed first object and the changed one.
+    assert!(job.stdout.contains("zero"), "{}", job.stdout);
+    assert!(job.stdout.contains("data"), "{}", job.stdout);
+}
+
+#[test]
+fn a_job_that_returns_an_error_is_a_failed_job() {
+    let store = embedded_store();
+    match run("conformance", &["job_error_is_reported", "t"], store.backend.clone()).result {
+        Err(e @ JobError::Failed(_)) => {
+            assert!(e.to_string().contains("this job fails on purpose"));
+            assert_eq!(e.exit_code(), 1);
+        }
+        other => panic!("expected a failed job, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_guest_panic_is_a_trap_with_the_guest_backtrace() {
+    let store = embedded_store();
+    let job = run("conformance", &["job_panic_is_a_trap", "t"], store.backend.clone());
+    match &job.result {
+        Err(e @ JobError::Trap(_)) => {
+            let text = e.to_string();
+            assert!(text.contains("wasm backtrace"), "no backtrace in: {text}");
+            assert!(text.contains("job_panic_is_a_trap"), "backtrace does not name the guest function: {text}");
+            assert_eq!(e.exit_code(), 3);
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    // The guest's own panic message went to its stderr.
+    assert!(job.stderr.contains("index out of bounds"), "stderr: {}", job.stderr);
+}
+
+#[test]
+fn a_missing_job_file_is_unreadable() {
+    let err = runtime().load("/nonexistent/job.wasm".as_ref()).err().expect("load fails");
+    assert!(matches!(err, JobError::Unreadable { .. }), "{err}");
+}
+
+#[test]
+fn a_core_module_is_not_a_component() {
+    let empty_module = b"\0asm\x01\0\0\0";
+    let err = runtime().load_bytes("module.wasm".as_ref(), empty_module).err().expect("load fails");
+    assert!(matches!(err, JobError::NotAComponent { .. }), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn bytes_that_are_not_wasm_are_not_a_component() {
+    let err = runtime().load_bytes("job.txt".as_ref(), b"#!/bin/sh\necho hi\n").err().expect("load fails");
+    assert!(matches!(err, JobError::NotAComponent { .. }), "{err}");
+}
+
+#[test]
+fn a_truncated_component_is_not_a_component() {
+    let bytes = std::fs::read(guest("hello")).unwrap();
+    let err = runtime().load_bytes("cut.wasm".as_ref(), &bytes[..bytes.len() / 2]).err().expect("load fails");
+    assert!(matches!(err, JobError::NotAComponent { .. }), "{err}");
+}
+
+#[test]
+fn a_component_of_another_world_is_rejected() {
+    let err = runtime().load(&guest("plain-command")).err().expect("load fails");
+    assert!(matches!(err, JobError::WrongWorld { .. }), "{err}");
+    assert!(err.to_string().contains("job-world"), "{err}");
+}
