@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The README's second command: the whole test suite. Installs what it needs, builds the
-# guests, and runs every test.
+# The README's second command: the whole test suite, Ceph included. Installs what it needs
+# (the wasm32-wasip2 target; Ceph's Debian packages), builds the guests, starts a throwaway
+# single-node Ceph cluster on 127.0.0.1, runs every test on both backends, and stops the
+# cluster again, however the tests end. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-rust-deps.sh
+scripts/install-ceph.sh
 
 echo "==> building the guests (wasm32-wasip2, release)" >&2
 cargo build --release --target wasm32-wasip2 \
@@ -12,6 +15,15 @@ cargo build --release --target wasm32-wasip2 \
 
 echo "==> building the host" >&2
 cargo build -p rbd-wasm --bin rbd-wasm
+cargo test --workspace --no-run --exclude hello --exclude snapshots --exclude conformance \
+    --exclude plain-command --exclude rbd-wasm-guest
+
+ceph_dir="${RBD_WASM_CEPH_DIR:-$(mktemp -d /tmp/rbd-wasm-ceph.XXXXXX)}"
+stop_cluster() { scripts/ceph-cluster.sh stop "$ceph_dir" || true; }
+trap stop_cluster EXIT
+echo "==> starting a throwaway Ceph cluster in $ceph_dir" >&2
+scripts/ceph-cluster.sh start "$ceph_dir" >/dev/null
+export RBD_WASM_CEPH_CONF="$ceph_dir/ceph.conf"
 
 echo "==> running the tests" >&2
 cargo test --workspace --exclude hello --exclude snapshots --exclude conformance \

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use rbd_wasm::backend::{embedded::EmbeddedBackend, Backend, Image};
+use rbd_wasm::backend::embedded::EmbeddedBackend;
+use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
+use rbd_wasm::backend::{Backend, Image};
 use rbd_wasm::capability::{Grant, Grants};
 use rbd_wasm::output::OutputSink;
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
@@ -33,13 +35,23 @@ enum Command {
     Pool(PoolCommand),
 }
 
-/// Where the images are.
+/// Where the images are: a Ceph cluster (with `--conf`), else the embedded store.
 #[derive(Args, Clone)]
 struct StoreArgs {
     /// The embedded store's directory (created if missing). Default:
     /// `$XDG_DATA_HOME/rbd-wasm/store` or `~/.local/share/rbd-wasm/store`.
-    #[arg(long, env = "RBD_WASM_STORE", global = true)]
+    #[arg(long, env = "RBD_WASM_STORE", conflicts_with = "conf")]
     store: Option<PathBuf>,
+    /// Use the Ceph cluster of this configuration file (through librbd) instead of the
+    /// embedded store.
+    #[arg(short = 'c', long, env = "CEPH_CONF")]
+    conf: Option<PathBuf>,
+    /// The Ceph client id (without `client.`), as `rbd --id`.
+    #[arg(long, requires = "conf")]
+    id: Option<String>,
+    /// The keyring of that client, as `rbd --keyring`.
+    #[arg(long, requires = "conf")]
+    keyring: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -165,8 +177,22 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// The one place where the CLI opens storage with the operator's ambient authority.
+/// The one place where the CLI opens storage with the operator's ambient authority: the
+/// cluster named by `--conf`, or else the embedded store's directory.
+fn open_backend(store: &StoreArgs) -> anyhow::Result<Arc<dyn Backend>> {
+    if let Some(conf) = &store.conf {
+        let options = ConnectOptions { conf: Some(conf.clone()), id: store.id.clone(), keyring: store.keyring.clone() };
+        let backend = LibrbdBackend::connect(&options)
+            .with_context(|| format!("cannot connect to the Ceph cluster of {}", conf.display()))?;
+        return Ok(Arc::new(backend));
+    }
+    Ok(open_embedded(store)?)
+}
+
 fn open_embedded(store: &StoreArgs) -> anyhow::Result<Arc<EmbeddedBackend>> {
+    if store.conf.is_some() {
+        bail!("this command works on the embedded store only (use Ceph's own tools on a cluster)");
+    }
     let dir = match &store.store {
         Some(dir) => dir.clone(),
         None => default_store_dir()?,
@@ -188,8 +214,7 @@ fn default_store_dir() -> anyhow::Result<PathBuf> {
 
 fn run_job(args: RunArgs) -> ExitCode {
     let result = (|| -> Result<(), JobError> {
-        let backend: Arc<dyn Backend> =
-            open_embedded(&args.store).map_err(|e| JobError::Setup(format!("{e:#}")))?;
+        let backend = open_backend(&args.store).map_err(|e| JobError::Setup(format!("{e:#}")))?;
         let mut config = RuntimeConfig { max_concurrent_jobs: 4, ..RuntimeConfig::default() };
         if args.no_cache {
             config.cache_dir = None;
@@ -240,20 +265,20 @@ fn split_spec(spec: &str) -> (&str, Option<&str>) {
 fn image_command(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Ls { store, pool } => {
-            let backend = open_embedded(&store)?;
+            let backend = open_backend(&store)?;
             for name in backend.list(&pool)? {
                 println!("{name}");
             }
         }
         ImageCommand::Info { store, pool, image } => {
-            let backend = open_embedded(&store)?;
+            let backend = open_backend(&store)?;
             let (name, snap) = split_spec(&image);
             let img = backend.open(&pool, name, snap, true)?;
             print_info(&pool, &image, img.as_ref())?;
         }
-        ImageCommand::Rm { store, pool, image } => open_embedded(&store)?.remove(&pool, &image)?,
+        ImageCommand::Rm { store, pool, image } => open_backend(&store)?.remove(&pool, &image)?,
         ImageCommand::Read { store, pool, image, offset, length } => {
-            let backend = open_embedded(&store)?;
+            let backend = open_backend(&store)?;
             let (name, snap) = split_spec(&image);
             let img = backend.open(&pool, name, snap, true)?;
             let mut out = std::io::stdout().lock();
@@ -261,7 +286,7 @@ fn image_command(cmd: ImageCommand) -> anyhow::Result<()> {
             out.flush()?;
         }
         ImageCommand::Export { store, pool, image, dest } => {
-            let backend = open_embedded(&store)?;
+            let backend = open_backend(&store)?;
             let (name, snap) = split_spec(&image);
             let img = backend.open(&pool, name, snap, true)?;
             let size = img.size()?;
@@ -372,7 +397,7 @@ fn human(bytes: u64) -> String {
 fn pool_command(cmd: PoolCommand) -> anyhow::Result<()> {
     match cmd {
         PoolCommand::Ls { store } => {
-            for pool in open_embedded(&store)?.list_pools()? {
+            for pool in open_backend(&store)?.list_pools()? {
                 println!("{pool}");
             }
         }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use rbd_wasm::backend::embedded::EmbeddedBackend;
+use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::Backend;
 use rbd_wasm::capability::{Grant, Grants};
 use rbd_wasm::output::OutputSink;
@@ -30,9 +31,20 @@ fn target_dir() -> PathBuf {
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(build_guests);
-    let path = target_dir().join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    let path = wasm_path(name);
     assert!(path.exists(), "guest {name} was not built at {}", path.display());
     path
+}
+
+/// Where cargo puts a guest: libraries get `_` for `-` in their file name, binaries do not.
+fn wasm_path(name: &str) -> PathBuf {
+    let dir = target_dir().join("wasm32-wasip2/release");
+    let lib = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    if lib.exists() {
+        lib
+    } else {
+        dir.join(format!("{name}.wasm"))
+    }
 }
 
 fn newest_source() -> SystemTime {
@@ -59,10 +71,9 @@ fn newest_source() -> SystemTime {
 }
 
 fn build_guests() {
-    let dir = target_dir().join("wasm32-wasip2/release");
     let source = newest_source();
     let fresh = GUESTS.iter().all(|g| {
-        std::fs::metadata(dir.join(format!("{}.wasm", g.replace('-', "_"))))
+        std::fs::metadata(wasm_path(g))
             .and_then(|m| m.modified())
             .is_ok_and(|built| built >= source)
     });
@@ -78,12 +89,17 @@ fn build_guests() {
     assert!(status.success(), "building the guests failed: {status}");
 }
 
+/// The compiled-component cache the tests share (and the CLI tests hand to `rbd-wasm`).
+pub fn test_cache_dir() -> PathBuf {
+    target_dir().join("rbd-wasm-test-cache")
+}
+
 /// The shared runtime, with its compiled-component cache in `target/`.
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         Runtime::new(RuntimeConfig {
-            cache_dir: Some(target_dir().join("rbd-wasm-test-cache")),
+            cache_dir: Some(test_cache_dir()),
             max_concurrent_jobs: 64,
             ..RuntimeConfig::default()
         })
@@ -127,6 +143,32 @@ impl TestStore {
     pub fn second_client(&self) -> Arc<EmbeddedBackend> {
         Arc::new(EmbeddedBackend::open(self.dir.path()).expect("reopen store"))
     }
+}
+
+/// The test cluster's conf file: `RBD_WASM_CEPH_CONF`, which `scripts/test.sh` sets after
+/// starting a throwaway cluster (`scripts/ceph-cluster.sh`).
+pub fn ceph_conf() -> PathBuf {
+    match std::env::var_os("RBD_WASM_CEPH_CONF") {
+        Some(conf) => PathBuf::from(conf),
+        None => panic!(
+            "RBD_WASM_CEPH_CONF is not set: the librbd tests need a Ceph cluster; run scripts/test.sh, \
+             which starts one (or start one with scripts/ceph-cluster.sh start and export the conf path)"
+        ),
+    }
+}
+
+/// A new client connection to the test cluster (its own identity for locks).
+pub fn librbd_backend() -> Arc<LibrbdBackend> {
+    let options = ConnectOptions { conf: Some(ceph_conf()), ..ConnectOptions::default() };
+    Arc::new(LibrbdBackend::connect(&options).unwrap_or_else(|e| panic!("connecting to the test cluster: {e}")))
+}
+
+/// A name prefix no other test run on the shared cluster uses.
+pub fn unique_prefix(name: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{name}-{}-{nanos:x}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What a job run left behind.

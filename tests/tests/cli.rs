@@ -8,7 +8,8 @@ fn rbd_wasm(store: &std::path::Path, args: &[&str]) -> Output {
     Command::new(host_binary())
         .args(args)
         .env("RBD_WASM_STORE", store)
-        .env("RBD_WASM_CACHE", store.join("cache"))
+        .env_remove("CEPH_CONF")
+        .env("RBD_WASM_CACHE", rbd_wasm_tests::test_cache_dir())
         .output()
         .expect("run rbd-wasm")
 }

@@ -1,16 +1,23 @@
-//! The conformance suite: every case of the conformance guest, run through the host.
+//! The conformance suite: every case of the conformance guest, run through the host on
+//! both backends (the embedded store, and librbd on the test cluster).
 //!
 //! Each test names one behaviour of the `ceph:rbd` API; the guest's case of the same name
 //! makes the calls and checks the answers (see tests/guests/conformance). The
 //! `every_guest_case_has_a_test` test fails when a case is added to the guest without a test
 //! here, so none is silently skipped.
 
-use rbd_wasm_tests::{embedded_store, run};
+use rbd_wasm_tests::{embedded_store, librbd_backend, run, unique_prefix};
 
 /// Run one conformance case on a fresh embedded store and expect success.
 fn case_on_embedded(case: &str) {
     let store = embedded_store();
     run("conformance", &[case, "t"], store.backend.clone()).assert_ok();
+}
+
+/// Run one conformance case on the test cluster, under names no other test uses.
+fn case_on_librbd(case: &str) {
+    let prefix = unique_prefix("c");
+    run("conformance", &[case, &prefix], librbd_backend()).assert_ok();
 }
 
 macro_rules! conformance_cases {
@@ -23,6 +30,15 @@ macro_rules! conformance_cases {
                 #[test]
                 fn $case() {
                     super::case_on_embedded(stringify!($case));
+                }
+            )*
+        }
+
+        mod librbd {
+            $(
+                #[test]
+                fn $case() {
+                    super::case_on_librbd(stringify!($case));
                 }
             )*
         }
@@ -41,7 +57,7 @@ conformance_cases! {
     create_order_bounds_are_accepted,
     create_old_format_with_features_is_invalid,
     create_old_format_gives_a_current_image,
-    create_unknown_feature_bits_are_invalid,
+    create_unknown_feature_bits_are_not_supported,
     create_stripe_unit_not_dividing_object_is_invalid,
     create_with_striping_reports_it,
     remove_missing_is_not_found,
@@ -98,7 +114,7 @@ conformance_cases! {
     clone_of_unprotected_snapshot_is_invalid,
     clone_of_missing_parent_or_snapshot_is_not_found,
     clone_onto_existing_name_is_exists,
-    clone_without_layering_feature_is_invalid,
+    clone_without_layering_feature_is_not_supported,
     clone_into_another_pool,
     list_children_of_snapshot,
     parent_info_of_non_clone_is_none,

@@ -78,8 +78,6 @@ pub(crate) struct Header {
 /// One version of an image: the head or a snapshot. Reads, diffs and copies take a view.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct View<'a> {
-    /// `None` for the head.
-    pub snap_id: Option<u64>,
     pub size: u64,
     pub objects: &'a ObjectMap,
     pub parent: Option<&'a ParentLink>,
@@ -121,7 +119,6 @@ impl Header {
     pub fn view(&self, snap_id: Option<u64>) -> Result<View<'_>> {
         match snap_id {
             None => Ok(View {
-                snap_id: None,
                 size: self.size,
                 objects: &self.objects,
                 parent: self.parent.as_ref(),
@@ -129,7 +126,6 @@ impl Header {
             Some(id) => {
                 let snap = self.snap(id).ok_or_else(|| Error::NotFound(format!("snapshot id {id}")))?;
                 Ok(View {
-                    snap_id: Some(id),
                     size: snap.size,
                     objects: &snap.objects,
                     parent: snap.parent.as_ref(),
@@ -166,11 +162,6 @@ impl Header {
             set.extend(map.iter().filter(|(_, g)| **g != ZERO_GEN).map(|(o, g)| (*o, *g)));
         }
         set
-    }
-
-    /// Every parent link, of the head and of the snapshots.
-    pub fn links(&self) -> impl Iterator<Item = &ParentLink> {
-        self.parent.iter().chain(self.snaps.iter().filter_map(|s| s.parent.as_ref()))
     }
 
     /// A fresh generation number.

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::diff::diff;
 use super::header::{Header, ParentLink, Snap};
-use super::objects::{is_zero, Objects};
+use super::locks;
+use super::objects::{is_zero, zeroed, Objects};
 use super::pool::{self, PoolTxn};
 use super::shared::{obj_end, ImageShared};
 use super::validate;
@@ -22,14 +23,15 @@ use crate::{
 /// `ENOMEM`, for a read too large to allocate.
 const ENOMEM: i32 = 12;
 
-/// An open image. It holds the image's watch file shared for as long as it lives, which is
-/// what makes `remove` answer `Busy`.
+/// An open image. Unless it was opened read-only, it holds the image's watch file shared for
+/// as long as it lives, which is what makes `remove` answer `Busy` (librbd registers no
+/// watch for a read-only open, and removes such an image).
 pub struct EmbeddedImage {
     shared: Arc<ImageShared>,
     /// The selected snapshot; `None` for the head.
     snap: Mutex<Option<u64>>,
     read_only: bool,
-    _watch: File,
+    _watch: Option<File>,
 }
 
 impl std::fmt::Debug for EmbeddedImage {
@@ -47,7 +49,7 @@ fn invalid(what: impl Into<String>) -> Error {
 }
 
 impl EmbeddedImage {
-    pub(crate) fn new(shared: Arc<ImageShared>, snap: Option<u64>, read_only: bool, watch: File) -> Self {
+    pub(crate) fn new(shared: Arc<ImageShared>, snap: Option<u64>, read_only: bool, watch: Option<File>) -> Self {
         EmbeddedImage { shared, snap: Mutex::new(snap), read_only, _watch: watch }
     }
 
@@ -98,8 +100,9 @@ impl EmbeddedImage {
 
 impl Image for EmbeddedImage {
     fn size(&self) -> Result<u64> {
-        let (header, snap) = self.current()?;
-        Ok(header.view(snap)?.size)
+        let header = self.shared.current()?;
+        // librbd answers 0 for a selected snapshot that was removed meanwhile.
+        Ok(header.view(*self.selected()).map_or(0, |v| v.size))
     }
 
     fn stat(&self) -> Result<ImageStat> {
@@ -143,10 +146,8 @@ impl Image for EmbeddedImage {
         let view = header.view(snap)?;
         let end = Self::clip(offset, length, view.size)?;
         let n = usize::try_from(end - offset).map_err(|_| invalid("read too large"))?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(n)
-            .map_err(|_| Error::Other { errno: ENOMEM, message: format!("cannot allocate {n} bytes") })?;
-        buf.resize(n, 0);
+        let mut buf = zeroed(n)
+            .ok_or_else(|| Error::Other { errno: ENOMEM, message: format!("cannot allocate {n} bytes") })?;
         self.shared.read_view(&header, &view, offset, &mut buf)?;
         Ok(buf)
     }
@@ -195,8 +196,7 @@ impl Image for EmbeddedImage {
 
     fn invalidate_cache(&self) -> Result<()> {
         self.shared.invalidate();
-        self.current()?;
-        Ok(())
+        self.shared.current().map(drop)
     }
 
     fn resize(&self, size: u64) -> Result<()> {
@@ -206,7 +206,8 @@ impl Image for EmbeddedImage {
 
     fn create_snap(&self, name: &str) -> Result<()> {
         validate::new_name("snapshot", name)?;
-        self.check_writable()?;
+        // librbd snapshots the head even while a snapshot is selected.
+        self.check_not_read_only()?;
         self.shared.modify(true, |txn| {
             let h = &mut txn.header;
             if h.snap_named(name).is_some() {
@@ -301,7 +302,7 @@ impl Image for EmbeddedImage {
         // librbd treats an empty name like no name: the head.
         let id = match name {
             None | Some("") => None,
-            Some(name) => Some(Self::snap_id(&self.shared.current()?, name)?),
+            Some(name) => Some(Self::snap_id(&*self.shared.current()?, name)?),
         };
         *self.selected() = id;
         Ok(())
@@ -324,10 +325,10 @@ impl Image for EmbeddedImage {
             }
         }
         let end = header.view(snap)?;
-        let stop = offset
-            .checked_add(length)
-            .ok_or_else(|| invalid("offset + length overflows"))?
-            .min(end.size);
+        if length == 0 {
+            return Ok(());
+        }
+        let stop = Self::clip(offset, length, end.size)?;
         let from = from.map(|id| header.view(Some(id))).transpose()?;
         diff(&self.shared, &header, end, from, offset, stop, include_parent, each)
     }
@@ -420,6 +421,7 @@ impl Image for EmbeddedImage {
     }
 
     fn break_lock(&self, client: &str, cookie: &str) -> Result<()> {
+        locks::check_entity(client)?;
         self.shared.modify(true, |txn| txn.header.locks.unlock(client, cookie))
     }
 }

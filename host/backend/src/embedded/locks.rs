@@ -85,6 +85,18 @@ impl Locks {
     }
 }
 
+/// A locker's name must parse as a Ceph entity (`client.4151`); anything else is
+/// `InvalidArgument`, as `break_lock` answers on a cluster.
+pub(crate) fn check_entity(name: &str) -> Result<()> {
+    let valid = name.split_once('.').is_some_and(|(kind, id)| {
+        matches!(kind, "client" | "mon" | "osd" | "mds" | "mgr") && !id.is_empty() && id.parse::<u64>().is_ok()
+    });
+    if !valid {
+        return Err(Error::InvalidArgument(format!("{name:?} is not a client name")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

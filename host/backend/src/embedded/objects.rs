@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::store::{collect, is_temp_name, sync_dir};
@@ -49,6 +49,17 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((u64::from_str_radix(objno, 16).ok()?, gen.parse().ok()?))
 }
 
+/// A zeroed buffer of `n` bytes, or `None` if it cannot be allocated (a read of a huge
+/// range must fail, not abort the process).
+pub(crate) fn zeroed(n: usize) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(n).ok()?;
+    while buf.len() < n {
+        buf.extend_from_slice(&ZEROES[..CHUNK.min(n - buf.len())]);
+    }
+    Some(buf)
+}
+
 /// Whether a buffer is all zeroes.
 pub(crate) fn is_zero(buf: &[u8]) -> bool {
     buf.chunks(CHUNK).all(|c| c == &ZEROES[..c.len()])
@@ -57,10 +68,6 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
 impl Objects {
     pub fn new(dir: PathBuf) -> Objects {
         Objects { dir, open: Mutex::new(HashMap::new()), dirty: Mutex::new(HashSet::new()) }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn path(&self, objno: u64, gen: u64) -> PathBuf {

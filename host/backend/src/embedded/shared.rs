@@ -87,7 +87,7 @@ struct Cached {
     /// (device, inode) of `file`.
     stamp: Option<(u64, u64)>,
     /// The header file read last, kept open so its inode number is not reused.
-    file: Option<File>,
+    _file: Option<File>,
 }
 
 /// See the module documentation.
@@ -178,7 +178,7 @@ impl ImageShared {
         let meta = file.metadata()?;
         self.objects.retain(&header.referenced());
         let header = Arc::new(header);
-        *state = Cached { header: Some(header.clone()), stamp: Some((meta.dev(), meta.ino())), file: Some(file) };
+        *state = Cached { header: Some(header.clone()), stamp: Some((meta.dev(), meta.ino())), _file: Some(file) };
         Ok(header)
     }
 
@@ -278,9 +278,9 @@ impl ImageShared {
             self.objects.collect_garbage(&old.referenced());
             collect(&self.dir.0, is_temp_name);
         }
-        let mut txn = Txn { shared: self, header: (*old).clone(), created: Vec::new() };
+        let mut txn = Txn { shared: self, header: (*old).clone(), created: Vec::new(), copied: false };
         let result = change(&mut txn);
-        let Txn { header, created, .. } = txn;
+        let Txn { header, created, copied, .. } = txn;
         let undo = |created: &[(u64, u64)]| created.iter().for_each(|&(o, g)| self.objects.remove(o, g));
         let value = match result {
             Ok(v) => v,
@@ -293,8 +293,11 @@ impl ImageShared {
             undo(&created);
             return Ok(value);
         }
-        let bytes = to_json(&header)?;
-        let file = match write_atomic(&self.dir.header(), &bytes, false) {
+        // Copies hold data that existed before: their names must be durable before the header
+        // that points at them (their contents were fsynced when they were made).
+        let synced = if copied { sync_dir(&self.dir.objects()) } else { Ok(()) };
+        let written = synced.and_then(|()| to_json(&header)).and_then(|b| write_atomic(&self.dir.header(), &b, false));
+        let file = match written {
             Ok(f) => f,
             Err(e) => {
                 undo(&created);
@@ -304,7 +307,7 @@ impl ImageShared {
         // Committed: from here on the new header is what is on disk.
         let stamp = file.metadata().ok().map(|m| (m.dev(), m.ino()));
         let garbage: Vec<(u64, u64)> = old.referenced().difference(&header.referenced()).copied().collect();
-        *lock(&self.state) = Cached { header: Some(Arc::new(header)), stamp, file: Some(file) };
+        *lock(&self.state) = Cached { header: Some(Arc::new(header)), stamp, _file: Some(file) };
         for (objno, gen) in garbage {
             self.objects.remove(objno, gen);
         }
@@ -328,6 +331,8 @@ pub(crate) struct Txn<'a> {
     pub shared: &'a ImageShared,
     pub header: Header,
     created: Vec<(u64, u64)>,
+    /// Whether a new object holds data copied from an existing version.
+    copied: bool,
 }
 
 impl Txn<'_> {
@@ -364,12 +369,14 @@ impl Txn<'_> {
                 let gen = self.header.alloc_gen()?;
                 self.shared.objects.copy(objno, frozen, gen)?;
                 self.created.push((objno, gen));
+                self.copied = true;
                 gen
             }
             Some(_) => self.new_object(objno, &[], false)?,
             None => {
                 let data = if keep { self.parent_data(objno)? } else { Vec::new() };
                 let copied_up = !data.is_empty();
+                self.copied |= copied_up;
                 self.new_object(objno, &data, copied_up)?
             }
         };

@@ -197,13 +197,6 @@ impl FileLock {
         Ok(FileLock { file })
     }
 
-    /// Block until the lock is held shared.
-    pub fn shared(path: &Path) -> Result<FileLock> {
-        let file = Self::open(path)?;
-        file.lock_shared()?;
-        Ok(FileLock { file })
-    }
-
     /// Take the lock exclusively if nobody holds it; `Ok(None)` if someone does.
     pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>> {
         let file = Self::open(path)?;

@@ -67,8 +67,9 @@ pub(crate) fn order(order: u8) -> Result<()> {
     Ok(())
 }
 
-/// `CreateRequest::validate_features`: unknown bits, internal bits, and the dependencies
-/// between object map, fast diff, journaling and exclusive lock.
+/// `CreateRequest::validate_features`: unknown bits, internal bits, and the dependencies of
+/// object map and journaling on exclusive lock. (Fast diff without object map is dropped
+/// rather than refused: see [`settle_features`].)
 fn feature_bits(bits: u64) -> Result<()> {
     if bits & !ALL_FEATURES != 0 {
         return Err(Error::NotSupported(format!("unknown feature bits {bits:#x}")));
@@ -80,9 +81,6 @@ fn feature_bits(bits: u64) -> Result<()> {
         )));
     }
     let has = |f: u64| bits & f != 0;
-    if has(features::FAST_DIFF) && !has(features::OBJECT_MAP) {
-        return Err(Error::InvalidArgument("fast-diff needs object-map".into()));
-    }
     if has(features::OBJECT_MAP) && !has(features::EXCLUSIVE_LOCK) {
         return Err(Error::InvalidArgument("object-map needs exclusive-lock".into()));
     }
@@ -90,6 +88,16 @@ fn feature_bits(bits: u64) -> Result<()> {
         return Err(Error::InvalidArgument("journaling needs exclusive-lock".into()));
     }
     Ok(())
+}
+
+/// Pacific creates an image asked for fast-diff without object-map without fast-diff
+/// (`features=1|4|16` gives 5).
+fn settle_features(bits: u64) -> u64 {
+    if bits & features::OBJECT_MAP == 0 {
+        bits & !features::FAST_DIFF
+    } else {
+        bits
+    }
 }
 
 /// The settled shape of a new image.
@@ -121,6 +129,7 @@ fn striping(order: u8, features: u64, unit: u64, count: u64) -> Result<Shape> {
     } else {
         features & !features::STRIPINGV2
     };
+    let features = settle_features(features);
     Ok(Shape { order, features, stripe_unit: unit, stripe_count: count })
 }
 
@@ -140,16 +149,16 @@ pub(crate) fn old_format(options: &CreateOptions) -> Result<()> {
 
 /// See [`old_format`]; this is the part after the name-exists check.
 pub(crate) fn create_shape(options: &CreateOptions) -> Result<Shape> {
-    let o = options.order.unwrap_or(DEFAULT_ORDER);
+    // librbd takes an order of 0 as "not given".
+    let o = options.order.filter(|o| *o != 0).unwrap_or(DEFAULT_ORDER);
     order(o)?;
     let bits = if options.features == 0 { features::DEFAULT } else { options.features };
     feature_bits(bits)?;
     striping(o, bits, options.stripe_unit, options.stripe_count)
 }
 
-/// `RBD.clone`'s options against the parent's shape (`CloneRequest`): the child inherits
-/// the parent's features (less STRIPINGV2), order and striping unless told otherwise, and
-/// must have layering (`NotSupported`, ENOSYS, as librbd answers).
+/// `RBD.clone`'s first check (`CloneRequest::validate_options`), before the parent is looked
+/// up: unknown feature bits are `NotSupported`.
 pub(crate) fn clone_features(options: &CloneOptions) -> Result<()> {
     if options.features != 0 && options.features & !ALL_FEATURES != 0 {
         return Err(Error::NotSupported(format!(
@@ -160,7 +169,11 @@ pub(crate) fn clone_features(options: &CloneOptions) -> Result<()> {
     Ok(())
 }
 
-/// The child's shape; see [`clone_features`].
+/// The child's shape, against the parent's (`CloneRequest`, then `CreateRequest`): the child
+/// inherits the parent's features (less STRIPINGV2), order and striping unless told
+/// otherwise; it must have layering (`NotSupported`, ENOSYS, as librbd answers); then the
+/// create rules apply, so a child order whose objects are smaller than the parent's stripe
+/// unit is `InvalidArgument`, as on a cluster.
 pub(crate) fn clone_shape(options: &CloneOptions, parent: Shape) -> Result<Shape> {
     let bits = if options.features == 0 {
         parent.features & !features::STRIPINGV2
@@ -170,7 +183,7 @@ pub(crate) fn clone_shape(options: &CloneOptions, parent: Shape) -> Result<Shape
     if bits & features::LAYERING == 0 {
         return Err(Error::NotSupported("a clone must have the layering feature".into()));
     }
-    let o = options.order.unwrap_or(parent.order);
+    let o = options.order.filter(|o| *o != 0).unwrap_or(parent.order);
     feature_bits(bits)?;
     order(o)?;
     striping(o, bits, parent.stripe_unit, parent.stripe_count)
@@ -215,11 +228,14 @@ mod tests {
 
     #[test]
     fn feature_dependencies_are_checked() {
-        for bits in [features::FAST_DIFF | features::LAYERING, features::OBJECT_MAP, features::JOURNALING, 256]
-        {
+        for bits in [features::OBJECT_MAP, features::JOURNALING, 256] {
             let o = CreateOptions { features: bits, ..Default::default() };
             assert!(matches!(create_shape(&o), Err(Error::InvalidArgument(_))), "{bits}");
         }
+        let o = CreateOptions { features: 1 | 4 | 16, ..Default::default() };
+        assert_eq!(create_shape(&o).unwrap().features, 5);
+        let o = CreateOptions { order: Some(0), ..Default::default() };
+        assert_eq!(create_shape(&o).unwrap().order, DEFAULT_ORDER);
         let o = CreateOptions { features: 1 << 20, ..Default::default() };
         assert!(matches!(create_shape(&o), Err(Error::NotSupported(_))));
     }

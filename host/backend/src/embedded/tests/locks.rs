@@ -1,0 +1,93 @@
+//! Advisory locks across two clients, answering as the cluster did (scripts/probe-librbd.py).
+
+use super::*;
+use crate::{LockInfo, Locker};
+
+#[test]
+fn exclusive_locks_between_two_clients() {
+    let fx = Fx::new();
+    let a = fx.image("img", MIB, 22);
+    let other = fx.client();
+    let b = other.open("rbd", "img", None, false).unwrap();
+    let a2 = fx.be.open("rbd", "img", None, false).unwrap();
+    assert_eq!(a.list_lockers().unwrap(), LockInfo::default());
+    a.lock_exclusive("c1").unwrap();
+    let me = fx.be.client_name();
+    let info = b.list_lockers().unwrap();
+    assert!(info.exclusive && info.tag.is_empty());
+    assert_eq!(info.lockers.len(), 1);
+    assert_eq!((info.lockers[0].client.as_str(), info.lockers[0].cookie.as_str()), (me.as_str(), "c1"));
+    assert!(info.lockers[0].address.starts_with("embedded:"), "{}", info.lockers[0].address);
+    assert_eq!(kind(a.lock_exclusive("c1")), "exists");
+    assert_eq!(kind(a2.lock_exclusive("c1")), "exists", "same client through another handle");
+    assert_eq!(kind(a.lock_exclusive("c2")), "busy");
+    assert_eq!(kind(b.lock_exclusive("c1")), "busy");
+    assert_eq!(kind(b.lock_shared("s", "t")), "busy");
+    assert_eq!(kind(a.lock_shared("c1", "t")), "busy", "a tag conflict comes first");
+    assert_eq!(b.write(0, b"x").unwrap(), 1, "advisory: writes go on");
+    assert_eq!(kind(b.unlock("c1")), "not-found");
+    a2.unlock("c1").unwrap();
+    a.lock_exclusive("c1").unwrap();
+    assert_eq!(kind(a.unlock("nope")), "not-found");
+    a.unlock("c1").unwrap();
+    assert_eq!(kind(a.unlock("c1")), "not-found");
+    assert_eq!(a.list_lockers().unwrap(), LockInfo::default());
+}
+
+#[test]
+fn shared_locks_need_the_same_tag() {
+    let fx = Fx::new();
+    let a = fx.image("img", MIB, 22);
+    let other = fx.client();
+    let b = other.open("rbd", "img", None, false).unwrap();
+    a.lock_shared("s1", "tagA").unwrap();
+    b.lock_shared("s2", "tagA").unwrap();
+    assert_eq!(kind(b.lock_shared("s3", "tagB")), "busy");
+    assert_eq!(kind(a.lock_shared("s1", "tagA")), "exists");
+    assert_eq!(kind(a.lock_shared("s1", "other")), "busy");
+    a.lock_shared("s4", "tagA").unwrap();
+    assert_eq!(kind(a.lock_exclusive("x")), "busy");
+    assert_eq!(kind(a.lock_shared("s5", "")), "busy");
+    let info = a.list_lockers().unwrap();
+    assert!(!info.exclusive);
+    assert_eq!(info.tag, "tagA");
+    let mut want = vec![
+        Locker { client: fx.be.client_name(), cookie: "s1".into(), address: info.lockers[0].address.clone() },
+        Locker { client: fx.be.client_name(), cookie: "s4".into(), address: info.lockers[0].address.clone() },
+        Locker { client: other.client_name(), cookie: "s2".into(), address: String::new() },
+    ];
+    want[2].address = info.lockers.iter().find(|l| l.cookie == "s2").unwrap().address.clone();
+    want.sort();
+    assert_eq!(info.lockers, want, "sorted");
+}
+
+#[test]
+fn break_lock_removes_another_clients_lock() {
+    let fx = Fx::new();
+    let a = fx.image("img", MIB, 22);
+    let other = fx.client();
+    let b = other.open("rbd", "img", None, false).unwrap();
+    b.lock_exclusive("theirs").unwrap();
+    assert_eq!(kind(a.break_lock(&other.client_name(), "nope")), "not-found");
+    assert_eq!(kind(a.break_lock("client.999999", "theirs")), "not-found");
+    assert_eq!(kind(a.break_lock("bogus", "theirs")), "invalid-argument");
+    a.break_lock(&other.client_name(), "theirs").unwrap();
+    assert_eq!(a.list_lockers().unwrap(), LockInfo::default());
+    a.lock_exclusive("mine").unwrap();
+}
+
+#[test]
+fn locks_outlive_their_clients() {
+    let fx = Fx::new();
+    let other = fx.client();
+    fx.image("img", MIB, 22);
+    let b = other.open("rbd", "img", None, false).unwrap();
+    b.lock_exclusive("c").unwrap();
+    let name = other.client_name();
+    drop(b);
+    drop(other);
+    let a = fx.be.open("rbd", "img", None, false).unwrap();
+    assert_eq!(kind(a.lock_exclusive("c")), "busy", "like a crashed client's lock");
+    a.break_lock(&name, "c").unwrap();
+    a.lock_exclusive("c").unwrap();
+}
