@@ -236,6 +236,11 @@ cmd_start() {
         fi
         rm -rf "$DIR"
     fi
+    # Fail fast on a taken port: ceph-mon would retry binding for 10 s and a
+    # client might meanwhile talk to whatever listens there.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "127.0.0.1:$port is in use (another cluster?); set RBD_WASM_CEPH_PORT"
+    fi
     mkdir -p "$DIR"/{run,log,crash,mon/ceph-a,osd/ceph-0,mgr/ceph-x}
     touch "$DIR/$MARKER"
 

@@ -15,14 +15,17 @@ Usage (run with the system python, which has the rados and rbd modules):
 --conf defaults to $CEPH_CONF, then /tmp/rbd-wasm-ceph/ceph.conf.
 --markdown prints the results as the tables in docs/librbd-semantics.md.
 
-The script works in pools `rbd` and `rbd2` (created by ceph-cluster.sh) with
-images named probe-*, removes them before and after, and creates and deletes a
-scratch pool `probe-empty`. It exits 2 if the cluster is unreachable and 1 if
-its own setup (not a probed call) fails.
+The script creates its own fresh pools (probe-rbd, probe-rbd2, probe-empty)
+so that results such as snapshot ids do not depend on earlier runs, and
+deletes them at the end. Cases that break locks get the victim's client
+blocklisted, so those use extra connections of their own. It exits 2 if the
+cluster is unreachable and 1 if its own setup (not a probed call) fails.
 """
 
 import argparse
+import json
 import os
+import re
 import sys
 import threading
 import time
@@ -91,6 +94,8 @@ def probe(case, call, fn, timeout=None):
             res = fmt_exc(e)
         else:
             res = "-> " + fmt_value(v)
+    # Long runs of one character (names like 'x'*300) are shortened.
+    res = re.sub(r"(.)\1{39,}", lambda m: "%s<x%d>" % (m.group(1), len(m.group(0))), res)
     results.append((section, case, call, res))
     if not markdown:
         print("%s/%s: %s" % (section, case, res), flush=True)
@@ -109,36 +114,31 @@ def begin(name):
 R = rbd.RBD()
 
 
-def cleanup(ioctxs):
-    """Remove every probe-* image in the given pools: break locks, unprotect
-    and remove snapshots, then remove the image. Clones must go before their
-    parents (possibly in another pool), so loop until nothing is left or no
-    progress is made."""
-    for _ in range(6):
-        left = [(io, n) for io in ioctxs for n in R.list(io) if n.startswith("probe-")]
-        if not left:
-            return
-        for io, n in left:
-            try:
-                with rbd.Image(io, n) as im:
-                    for lk in (im.list_lockers() or {}).get("lockers", []):
-                        try:
-                            im.break_lock(lk[0], lk[1])
-                        except rbd.Error:
-                            pass
-                    for s in list(im.list_snaps()):
-                        try:
-                            if im.is_protected_snap(s["name"]):
-                                im.unprotect_snap(s["name"])
-                            im.remove_snap(s["name"])
-                        except rbd.Error:
-                            pass
-                R.remove(io, n)
-            except rbd.Error:
-                pass
-    left = [n for io in ioctxs for n in R.list(io) if n.startswith("probe-")]
-    if left:
-        print("warning: could not remove %s" % left, file=sys.stderr)
+POOL, POOL2, EMPTY_POOL = "probe-rbd", "probe-rbd2", "probe-empty"
+CONF = None
+CLUSTER = None  # the main connection, never the victim of break_lock
+
+
+def connect():
+    """A new cluster connection: a new client (client.<global id>) for locks."""
+    c = rados.Rados(conffile=CONF)
+    c.conf_set("client_mount_timeout", "15")
+    c.connect(timeout=15)
+    return c
+
+
+def fresh_pool(cluster, name, init=True):
+    """(Re)create a scratch pool, as `rbd pool init` would have it."""
+    if cluster.pool_exists(name):
+        cluster.delete_pool(name)
+    cluster.create_pool(name)
+    if init:
+        with cluster.open_ioctx(name) as io:
+            R.pool_init(io, True)
+
+
+def client_of(im, cookie):
+    return [x[0] for x in im.list_lockers()["lockers"] if x[1] == cookie][0]
 
 
 def mk(ioctx, name, size=8 * MiB, **kw):
@@ -276,17 +276,23 @@ def probe_create(io):
     probe("size 2**64-1", "create(io,n,2**64-1)", lambda: mk(io, "probe-max", 2 ** 64 - 1))
     probe("size 2**63-1", "create(io,n,2**63-1)", lambda: mk(io, "probe-max2", 2 ** 63 - 1))
     probe("size 2**62", "create(io,n,2**62)", lambda: mk(io, "probe-max3", 2 ** 62))
+    probe("size 2**40", "create(io,n,2**40)", lambda: mk(io, "probe-tib", 2 ** 40))
+    # The object map holds at most 256,000,000 objects (cls_rbd's limit).
+    probe("size 256e6 objects + 1 byte (object map limit)", "create(io,n,(256000000<<22)+1)",
+          lambda: mk(io, "probe-om", (256000000 << 22) + 1))
+    probe("size 2**64-1 without object map", "create(io,n,2**64-1,features=1); stat()",
+          lambda: (mk(io, "probe-max4", 2 ** 64 - 1, features=1),
+                   opened(io, "probe-max4").stat())[1])
     probe("size not a multiple of 512", "create(io,n,1000)", lambda: mk(io, "probe-odd", 1000))
 
     def name_case(n):
         def f():
+            before = set(R.list(io))
             mk(io, n, MiB)
-            key = n.decode() if isinstance(n, bytes) else n
-            listed = [x for x in R.list(io) if x == key or x.startswith(key[:7] + "a")] \
-                if "\0" in key else [x for x in R.list(io) if x == key]
+            new = sorted(set(R.list(io)) - before)
             with opened(io, n) as im:
                 got = im.get_name()
-            return "created; list() has %r; get_name()=%r" % (listed, got)
+            return "created; list() gained %r; get_name()=%r" % (new, got)
         return f
     probe("name ''", "create(io,'',1MiB)", name_case(""))
     probe("name 'a/b'", "create(io,'probe-a/b',1MiB)", name_case("probe-a/b"))
@@ -298,21 +304,13 @@ def probe_create(io):
     probe("name with space and newline", "create(io,'probe-a b\\n',1MiB)", name_case("probe-a b\n"))
     probe("name bytes", "create(io,b'probe-bytes',1MiB)", name_case(b"probe-bytes"))
     probe("name '.'", "create(io,'.',1MiB)", name_case("."))
-    try:
-        R.remove(io, ".")
-    except rbd.Error:
-        pass
 
 
 def probe_list_remove_rename(cluster, io):
     begin("list/remove/rename")
+    fresh_pool(cluster, EMPTY_POOL, init=False)
     try:
-        cluster.delete_pool("probe-empty")
-    except rados.Error:
-        pass
-    cluster.create_pool("probe-empty")
-    try:
-        with cluster.open_ioctx("probe-empty") as eio:
+        with cluster.open_ioctx(EMPTY_POOL) as eio:
             probe("list on empty, never-initialised pool", "list(ioctx of new pool)", lambda: R.list(eio))
             probe("list2 on empty pool", "list2(ioctx)", lambda: list(R.list2(eio)))
 
@@ -334,9 +332,11 @@ def probe_list_remove_rename(cluster, io):
             probe("rados objects rbd_id.*", "ioctx.list_objects()",
                   lambda: sorted(o.key for o in eio.list_objects() if o.key.startswith("rbd_id.")))
             probe("remove '' after failed rename", "remove(io,'')", lambda: R.remove(eio, ""))
-            cleanup([eio])
+            probe("probe-a after remove ''", "Image(io,'probe-a').read(0,1)",
+                  lambda: opened(eio, "probe-a").read(0, 1))
+            probe("list after remove ''", "list(io)", lambda: R.list(eio))
     finally:
-        cluster.delete_pool("probe-empty")
+        cluster.delete_pool(EMPTY_POOL)
     probe("open_ioctx missing pool", "cluster.open_ioctx('nope')", lambda: cluster.open_ioctx("probe-nope"))
 
     probe("remove missing", "remove(io,'probe-missing')", lambda: R.remove(io, "probe-missing"))
@@ -673,6 +673,21 @@ def probe_snapshots(io):
             return [s["name"] for s in im2.list_snaps()]
     probe("list_snaps order", "create_snap zeta, alpha, mid; names", snap_order)
 
+    def first_ids():
+        fresh_pool(CLUSTER, EMPTY_POOL)
+        try:
+            with CLUSTER.open_ioctx(EMPTY_POOL) as fio:
+                mk(fio, "probe-ids", MiB)
+                with opened(fio, "probe-ids") as im2:
+                    im2.create_snap("a")
+                    im2.create_snap("b")
+                    im2.remove_snap("b")
+                    im2.create_snap("c")
+                    return [(s["id"], s["name"]) for s in im2.list_snaps()]
+        finally:
+            CLUSTER.delete_pool(EMPTY_POOL)
+    probe("snapshot ids in a fresh pool", "new pool; snap a, b; remove b; snap c; ids", first_ids)
+
     def snap_dict():
         with opened(io, "probe-sn5") as im2:
             return next(iter(im2.list_snaps()))
@@ -725,9 +740,15 @@ def probe_diff(io):
               lambda: diff(im, 0, size, "s3"))
         probe("partial discard from s3, whole_object", "…whole_object=True",
               lambda: diff(im, 0, size, "s3", whole_object=True))
+        im.create_snap("s3a")
+        im.discard(3 * OBJ + 65536, 131072)
+        probe("64K-aligned partial discard from s3a", "discard(3*OBJ+64K,128K); diff_iterate(0,size,'s3a')",
+              lambda: diff(im, 0, size, "s3a"))
+        probe("64K-aligned partial discard from s3a, whole_object", "…whole_object=True",
+              lambda: diff(im, 0, size, "s3a", whole_object=True))
         im.create_snap("s3b")
-        im.discard(3 * OBJ + OBJ - 4096, 4096)
-        probe("tail discard of an object from s3b", "discard(4*OBJ-4096,4096); diff_iterate(0,size,'s3b')",
+        im.discard(3 * OBJ + OBJ - 65536, 65536)
+        probe("64K tail discard of an object from s3b", "discard(4*OBJ-64K,64K); diff_iterate(0,size,'s3b')",
               lambda: diff(im, 0, size, "s3b"))
         probe("from None after discards", "diff_iterate(0,size,None)", lambda: diff(im, 0, size, None))
 
@@ -764,11 +785,16 @@ def probe_diff(io):
             def cb(o, l, e):
                 seen.append(o)
                 return 1
-            try:
-                im.diff_iterate(0, size, None, cb)
-                return "returned normally; calls=%d" % len(seen)
-            except Exception as e:  # noqa: BLE001
-                return "%s; calls=%d" % (fmt_exc(e), len(seen))
+            mk(io, "probe-dcb", 16 * MiB)
+            with opened(io, "probe-dcb") as im2:
+                for i in range(4):
+                    im2.write(b"x", i * OBJ)
+                try:
+                    im2.diff_iterate(0, 16 * MiB, None, cb)
+                    r = "returned normally"
+                except Exception as e:  # noqa: BLE001
+                    r = fmt_exc(e)
+            return "%s; callback called %d times (4 extents)" % (r, len(seen))
         probe("callback returns non-zero", "diff_iterate(...,cb returning 1)", cb_nonzero)
 
     mk(io, "probe-dp", 8 * MiB)
@@ -830,6 +856,10 @@ def probe_clone(io, io2):
     probe("features=1<<20", "clone(...,features=1|1<<20)", clone_f("probe-kf20", features=1 | 1 << 20))
     probe("order 30", "clone(...,order=30)", clone_f("probe-ko30", order=30))
     probe("order 20", "clone(...,order=20)", clone_f("probe-ko20", order=20))
+    probe("order 20, stripe_unit 1MiB", "clone(...,order=20,stripe_unit=1MiB,stripe_count=1)",
+          clone_f("probe-ko20s", order=20, stripe_unit=MiB, stripe_count=1))
+    probe("order 22 (= parent)", "clone(...,order=22)", clone_f("probe-ko22", order=22))
+    probe("order 23", "clone(...,order=23)", clone_f("probe-ko23", order=23))
     probe("order 11", "clone(...,order=11)", clone_f("probe-ko11", order=11))
     probe("clone name ''", "clone(io,'probe-p','ps',io,'')", lambda: R.clone(io, "probe-p", "ps", io, ""))
 
@@ -875,7 +905,7 @@ def probe_clone(io, io2):
         except Exception as e:  # noqa: BLE001
             cl = "clone: " + fmt_exc(e)
         return "%s; %s" % (prot, cl)
-    probe("clone of an old-format parent", "create old_format; snap; protect; clone", old_parent)
+    probe("clone of a parent created with old_format=True (is format 2)", "create(old_format=True); snap; protect; clone", old_parent)
 
     def grandchild():
         with opened(io, "probe-k") as c:
@@ -981,145 +1011,175 @@ def probe_copy(io, io2):
 
 def probe_locks(cluster, cluster2, io, io_b):
     begin("locks")
-    # Image with layering only: advisory locks alone.
+    # Image with layering only: advisory locks alone. a (connection 1, never
+    # a victim of break_lock), a2 (connection 1 again), b (connection 2).
     mk(io, "probe-l", 8 * MiB, features=1)
     a = opened(io, "probe-l")
     a2 = opened(io, "probe-l")
     b = opened(io_b, "probe-l")
-    try:
-        probe("client ids", "rados.get_instance_id() of the two connections",
-              lambda: (cluster.get_instance_id(), cluster2.get_instance_id()))
-        probe("list_lockers, no lock", "list_lockers()", a.list_lockers)
-        probe("lock_exclusive", "a.lock_exclusive('c1')", lambda: a.lock_exclusive("c1"))
-        probe("list_lockers, exclusive", "list_lockers()", a.list_lockers)
-        probe("lock_exclusive twice, same cookie", "a.lock_exclusive('c1')", lambda: a.lock_exclusive("c1"))
-        probe("lock_exclusive, same client, other cookie", "a.lock_exclusive('c2')",
-              lambda: a.lock_exclusive("c2"))
-        probe("lock_exclusive, other handle same connection, same cookie",
-              "a2.lock_exclusive('c1')", lambda: a2.lock_exclusive("c1"))
-        probe("lock_exclusive, second connection", "b.lock_exclusive('c1')", lambda: b.lock_exclusive("c1"))
-        probe("lock_shared while exclusive held", "b.lock_shared('s','t')", lambda: b.lock_shared("s", "t"))
-        probe("lock_shared by the holder", "a.lock_shared('c1','t')", lambda: a.lock_shared("c1", "t"))
-        probe("write by other client while advisory lock held (no exclusive-lock feature)",
-              "b.write(b'x',0)", lambda: b.write(b"x", 0), timeout=15)
-        probe("unlock by other client", "b.unlock('c1')", lambda: b.unlock("c1"))
-        probe("unlock by other handle, same connection", "a2.unlock('c1')", lambda: a2.unlock("c1"))
-        probe("relock after unlock", "a.lock_exclusive('c1')", lambda: a.lock_exclusive("c1"))
-        probe("unlock wrong cookie", "a.unlock('nope')", lambda: a.unlock("nope"))
-        probe("unlock", "a.unlock('c1')", lambda: a.unlock("c1"))
-        probe("unlock again", "a.unlock('c1')", lambda: a.unlock("c1"))
-        probe("unlock with nothing locked", "a.unlock('x')", lambda: a.unlock("x"))
-        probe("list_lockers after unlock", "list_lockers()", a.list_lockers)
+    probe("client ids", "get_instance_id() of the two connections",
+          lambda: (cluster.get_instance_id(), cluster2.get_instance_id()))
+    probe("list_lockers, no lock", "list_lockers()", a.list_lockers)
+    probe("lock_exclusive", "a.lock_exclusive('c1')", lambda: a.lock_exclusive("c1"))
+    probe("list_lockers, exclusive", "list_lockers()", a.list_lockers)
+    probe("lock_exclusive twice, same cookie", "a.lock_exclusive('c1')", lambda: a.lock_exclusive("c1"))
+    probe("lock_exclusive, same client, other cookie", "a.lock_exclusive('c2')",
+          lambda: a.lock_exclusive("c2"))
+    probe("lock_exclusive, other handle same connection, same cookie",
+          "a2.lock_exclusive('c1')", lambda: a2.lock_exclusive("c1"))
+    probe("lock_exclusive, second connection", "b.lock_exclusive('c1')", lambda: b.lock_exclusive("c1"))
+    probe("lock_shared while exclusive held", "b.lock_shared('s','t')", lambda: b.lock_shared("s", "t"))
+    probe("lock_shared by the holder", "a.lock_shared('c1','t')", lambda: a.lock_shared("c1", "t"))
+    probe("write by other client while advisory lock held (no exclusive-lock feature)",
+          "b.write(b'x',0)", lambda: b.write(b"x", 0), timeout=15)
+    probe("unlock by other client", "b.unlock('c1')", lambda: b.unlock("c1"))
+    probe("unlock by other handle, same connection", "a2.unlock('c1')", lambda: a2.unlock("c1"))
+    probe("relock after unlock", "a.lock_exclusive('c1')", lambda: a.lock_exclusive("c1"))
+    probe("unlock wrong cookie", "a.unlock('nope')", lambda: a.unlock("nope"))
+    probe("unlock", "a.unlock('c1')", lambda: a.unlock("c1"))
+    probe("unlock again", "a.unlock('c1')", lambda: a.unlock("c1"))
+    probe("unlock with nothing locked", "a.unlock('x')", lambda: a.unlock("x"))
+    probe("list_lockers after unlock", "list_lockers()", a.list_lockers)
 
-        probe("lock_shared", "a.lock_shared('s1','tagA')", lambda: a.lock_shared("s1", "tagA"))
-        probe("lock_shared second client same tag", "b.lock_shared('s2','tagA')",
-              lambda: b.lock_shared("s2", "tagA"))
-        probe("list_lockers, shared", "list_lockers()", a.list_lockers)
-        probe("lock_shared different tag", "b.lock_shared('s3','tagB')", lambda: b.lock_shared("s3", "tagB"))
-        probe("lock_shared same client same cookie", "a.lock_shared('s1','tagA')",
-              lambda: a.lock_shared("s1", "tagA"))
-        probe("lock_shared same client same cookie, other tag", "a.lock_shared('s1','tagB')",
-              lambda: a.lock_shared("s1", "tagB"))
-        probe("lock_shared same client other cookie", "a.lock_shared('s4','tagA')",
-              lambda: a.lock_shared("s4", "tagA"))
-        probe("lock_exclusive while shared held", "a.lock_exclusive('x')", lambda: a.lock_exclusive("x"))
-        probe("lock_shared empty tag", "b.lock_shared('s5','')", lambda: b.lock_shared("s5", ""))
-        probe("list_lockers, 3 shared", "list_lockers()", a.list_lockers)
-        lk = a.list_lockers()
-        b_client = [x[0] for x in lk["lockers"] if x[1] == "s2"][0]
-        probe("break_lock missing cookie", "a.break_lock(b_client,'nope')", lambda: a.break_lock(b_client, "nope"))
-        probe("break_lock missing client", "a.break_lock('client.999999','s2')",
-              lambda: a.break_lock("client.999999", "s2"))
-        probe("break_lock malformed client", "a.break_lock('bogus','s2')", lambda: a.break_lock("bogus", "s2"))
-        probe("break_lock other client's shared lock", "a.break_lock(b_client,'s2')",
-              lambda: a.break_lock(b_client, "s2"))
-        probe("break_lock own lock", "a.break_lock(a_client,'s1')",
-              lambda: a.break_lock([x[0] for x in a.list_lockers()["lockers"] if x[1] == "s1"][0], "s1"))
-        probe("list_lockers after breaks", "list_lockers()", a.list_lockers)
-        probe("b.unlock after its lock was broken", "b.unlock('s2')", lambda: b.unlock("s2"))
-        for c in ("s4",):
-            try:
-                a.unlock(c)
-            except rbd.Error:
-                pass
-        probe("lock_exclusive empty cookie", "a.lock_exclusive('')", lambda: a.lock_exclusive(""))
-        probe("list_lockers with empty cookie", "list_lockers()", a.list_lockers)
-        probe("unlock empty cookie", "a.unlock('')", lambda: a.unlock(""))
-    finally:
-        for h in (a, a2, b):
-            h.close()
+    probe("lock_shared", "a.lock_shared('s1','tagA')", lambda: a.lock_shared("s1", "tagA"))
+    probe("lock_shared second client same tag", "b.lock_shared('s2','tagA')",
+          lambda: b.lock_shared("s2", "tagA"))
+    probe("list_lockers, shared", "list_lockers()", a.list_lockers)
+    probe("lock_shared different tag", "b.lock_shared('s3','tagB')", lambda: b.lock_shared("s3", "tagB"))
+    probe("lock_shared same client same cookie", "a.lock_shared('s1','tagA')",
+          lambda: a.lock_shared("s1", "tagA"))
+    probe("lock_shared same client same cookie, other tag", "a.lock_shared('s1','tagB')",
+          lambda: a.lock_shared("s1", "tagB"))
+    probe("lock_shared same client other cookie", "a.lock_shared('s4','tagA')",
+          lambda: a.lock_shared("s4", "tagA"))
+    probe("lock_exclusive while shared held", "a.lock_exclusive('x')", lambda: a.lock_exclusive("x"))
+    probe("lock_shared empty tag", "b.lock_shared('s5','')", lambda: b.lock_shared("s5", ""))
+    probe("list_lockers, 3 shared", "list_lockers()", a.list_lockers)
+    b_client = client_of(a, "s2")
+    b_addr = [x[2] for x in a.list_lockers()["lockers"] if x[1] == "s2"][0]
+    probe("break_lock missing cookie", "a.break_lock(b_client,'nope')", lambda: a.break_lock(b_client, "nope"))
+    probe("break_lock missing client", "a.break_lock('client.999999','s2')",
+          lambda: a.break_lock("client.999999", "s2"))
+    probe("break_lock malformed client", "a.break_lock('bogus','s2')", lambda: a.break_lock("bogus", "s2"))
+    probe("break_lock other client's shared lock", "a.break_lock(b_client,'s2')",
+          lambda: a.break_lock(b_client, "s2"))
+    probe("list_lockers after break", "a.list_lockers()", a.list_lockers)
+    probe("victim after break: read", "b.read(0,1)", lambda: b.read(0, 1), timeout=20)
+    probe("victim after break: unlock its broken lock", "b.unlock('s2')", lambda: b.unlock("s2"), timeout=20)
+    probe("victim after break: list(ioctx)", "RBD().list(io_b)", lambda: R.list(io_b), timeout=20)
+
+    def blocklisted():
+        ret, out, _ = cluster.mon_command('{"prefix": "osd blocklist ls", "format": "json"}', b"")
+        # Pacific prints the address list and then a (range) list: take the first.
+        entries, _ = json.JSONDecoder().raw_decode(out.decode() or "[]")
+        addrs = [e.get("addr") for e in entries]
+        return "victim's address %s in osd blocklist: %s" % (b_addr, b_addr in addrs)
+    probe("break_lock blocklists the victim", "mon_command osd blocklist ls", blocklisted)
+    for c in ("s1", "s4"):
+        a.unlock(c)
+    probe("lock_exclusive empty cookie", "a.lock_exclusive('')", lambda: a.lock_exclusive(""))
+    probe("list_lockers with empty cookie", "list_lockers()", a.list_lockers)
+    probe("unlock empty cookie", "a.unlock('')", lambda: a.unlock(""))
+
+    # Breaking one's own lock, on a connection of its own.
+    c3 = connect()
+    d = opened(c3.open_ioctx(POOL), "probe-l")
+    d.lock_exclusive("own")
+    d_client = client_of(d, "own")
+    probe("break_lock own lock", "d.break_lock(d_client,'own')", lambda: d.break_lock(d_client, "own"),
+          timeout=20)
+    probe("after breaking own lock: list_lockers", "d.list_lockers()", d.list_lockers, timeout=20)
+    probe("after breaking own lock: read", "d.read(0,1)", lambda: d.read(0, 1), timeout=20)
+    probe("after breaking own lock, seen by another client", "a.list_lockers()", a.list_lockers)
+    for h in (a, a2):
+        h.close()
 
     # Default features (exclusive-lock on): the feature's managed lock and the
-    # advisory locks are the same RADOS lock ("rbd_lock") on the header.
+    # advisory locks are the same RADOS lock ("rbd_lock") on the image header.
+    ce, cf = connect(), connect()
     mk(io, "probe-lx", 8 * MiB)
-    a = opened(io, "probe-lx")
-    b = opened(io_b, "probe-lx")
-    try:
-        probe("[excl-lock feature] list_lockers before any write", "list_lockers()", a.list_lockers)
-        a.write(b"x", 0)
-        probe("[excl-lock feature] list_lockers after a wrote", "a.write(); b.list_lockers()", b.list_lockers)
-        probe("[excl-lock feature] is_exclusive_lock_owner", "a.is_exclusive_lock_owner(), b.…",
-              lambda: (a.is_exclusive_lock_owner(), b.is_exclusive_lock_owner()))
-        probe("[excl-lock feature] other client lock_exclusive after a wrote", "b.lock_exclusive('c')",
-              lambda: b.lock_exclusive("c"))
-        probe("[excl-lock feature] writer lock_exclusive after it wrote", "a.lock_exclusive('c')",
-              lambda: a.lock_exclusive("c"))
-        probe("[excl-lock feature] other client lock_shared after a wrote", "b.lock_shared('c','t')",
-              lambda: b.lock_shared("c", "t"))
-        probe("[excl-lock feature] other client writes (lock handover)", "b.write(b'y',0)",
-              lambda: b.write(b"y", 0), timeout=20)
-        probe("[excl-lock feature] owner after handover", "a.is_exclusive_lock_owner(), b.…",
-              lambda: (a.is_exclusive_lock_owner(), b.is_exclusive_lock_owner()))
-        probe("[excl-lock feature] list_lockers after handover", "list_lockers()", a.list_lockers)
-        probe("[excl-lock feature] break_lock of the managed lock", "a.break_lock(b_client, auto cookie)",
-              lambda: a.break_lock(*b.list_lockers()["lockers"][0][:2]))
-        probe("[excl-lock feature] b writes after its managed lock was broken", "b.write(b'z',0)",
-              lambda: b.write(b"z", 0), timeout=20)
-    finally:
-        a.close()
-        b.close()
+    a = opened(ce.open_ioctx(POOL), "probe-lx")
+    b = opened(cf.open_ioctx(POOL), "probe-lx")
+    probe("[exclusive-lock feature] list_lockers before any write", "list_lockers()", a.list_lockers)
+    a.write(b"x", 0)
+    io_f = cf.open_ioctx(POOL)
+    probe("[exclusive-lock feature] list_lockers after a wrote, handle opened before", "a.write(); b.list_lockers()",
+          b.list_lockers)
+    probe("[exclusive-lock feature] list_lockers after a wrote, writer's handle", "a.list_lockers()",
+          a.list_lockers)
+    probe("[exclusive-lock feature] list_lockers after a wrote, handle opened after",
+          "Image(io,n).list_lockers()", lambda: opened(io_f, "probe-lx").list_lockers())
+    probe("[exclusive-lock feature] lock_get_owners", "list(b.lock_get_owners())",
+          lambda: list(b.lock_get_owners()))
+    probe("[exclusive-lock feature] is_exclusive_lock_owner", "(a.…, b.is_exclusive_lock_owner())",
+          lambda: (a.is_exclusive_lock_owner(), b.is_exclusive_lock_owner()))
+    probe("[exclusive-lock feature] other client lock_exclusive after a wrote", "b.lock_exclusive('c')",
+          lambda: b.lock_exclusive("c"))
+    probe("[exclusive-lock feature] writer lock_exclusive after it wrote", "a.lock_exclusive('c')",
+          lambda: a.lock_exclusive("c"))
+    probe("[exclusive-lock feature] other client lock_shared after a wrote", "b.lock_shared('c','t')",
+          lambda: b.lock_shared("c", "t"))
+    probe("[exclusive-lock feature] other client writes (lock handover)", "b.write(b'y',0)",
+          lambda: b.write(b"y", 0), timeout=20)
+    probe("[exclusive-lock feature] owners after handover", "(a.…, b.is_exclusive_lock_owner())",
+          lambda: (a.is_exclusive_lock_owner(), b.is_exclusive_lock_owner()))
+    probe("[exclusive-lock feature] first writer writes again (handover back)", "a.write(b'z',0)",
+          lambda: a.write(b"z", 0), timeout=20)
 
+    def break_managed():
+        with opened(io_f, "probe-lx") as fresh:
+            client, cookie = fresh.list_lockers()["lockers"][0][:2]
+            fresh.break_lock(client, cookie)
+            return "broke (%r, %r)" % (client, cookie)
+    probe("[exclusive-lock feature] break_lock of the managed lock (from list_lockers of a new handle)",
+          "break_lock(client, 'auto …')", break_managed, timeout=20)
+    probe("[exclusive-lock feature] old owner writes after its managed lock was broken", "a.write(b'w',0)",
+          lambda: a.write(b"w", 0), timeout=20)
+    probe("[exclusive-lock feature] breaker's connection writes", "b.write(b'v',0)",
+          lambda: b.write(b"v", 0), timeout=20)
+
+    # Advisory lock taken before any write on an exclusive-lock image. These
+    # writes may block for good, so this comes last.
+    cg, ch = connect(), connect()
     mk(io, "probe-ly", 8 * MiB)
-    a = opened(io, "probe-ly")
-    b = opened(io_b, "probe-ly")
-    probe("[excl-lock feature] advisory lock_exclusive before any write", "a.lock_exclusive('adv')",
+    a = opened(cg.open_ioctx(POOL), "probe-ly")
+    b = opened(ch.open_ioctx(POOL), "probe-ly")
+    probe("[exclusive-lock feature] advisory lock_exclusive before any write", "a.lock_exclusive('adv')",
           lambda: a.lock_exclusive("adv"))
-    probe("[excl-lock feature] holder writes while its advisory lock is held", "a.write(b'x',0)",
+    probe("[exclusive-lock feature] holder writes while its advisory lock is held", "a.write(b'x',0)",
           lambda: a.write(b"x", 0), timeout=15)
-    probe("[excl-lock feature] other client writes while advisory lock held", "b.write(b'x',0)",
+    probe("[exclusive-lock feature] other client writes while advisory lock held", "b.write(b'x',0)",
           lambda: b.write(b"x", 0), timeout=15)
-    probe("[excl-lock feature] list_lockers", "list_lockers()", lambda: b.list_lockers(), timeout=15)
-    # a and b may be stuck in a write: leave them (the process exits with os._exit).
+    probe("[exclusive-lock feature] list_lockers", "list_lockers()", lambda: b.list_lockers(), timeout=15)
+    # a and b may be stuck in a write: leave them (the process ends with os._exit).
 
 
 def main():
-    global markdown
+    global markdown, CONF, CLUSTER
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conf", default=os.environ.get("CEPH_CONF") or "/tmp/rbd-wasm-ceph/ceph.conf")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     markdown = args.markdown
+    CONF = args.conf
 
-    if not os.path.exists(args.conf):
-        print("probe-librbd: %s not found; start a cluster with scripts/ceph-cluster.sh start" % args.conf,
+    if not os.path.exists(CONF):
+        print("probe-librbd: %s not found; start a cluster with scripts/ceph-cluster.sh start" % CONF,
               file=sys.stderr)
         sys.exit(2)
     try:
-        cluster = rados.Rados(conffile=args.conf)
-        cluster.conf_set("client_mount_timeout", "15")
-        cluster.connect(timeout=15)
-        cluster2 = rados.Rados(conffile=args.conf)
-        cluster2.conf_set("client_mount_timeout", "15")
-        cluster2.connect(timeout=15)
+        cluster = CLUSTER = connect()
+        cluster2 = connect()
     except rados.Error as e:
-        print("probe-librbd: cluster unreachable via %s: %s" % (args.conf, e), file=sys.stderr)
+        print("probe-librbd: cluster unreachable via %s: %s" % (CONF, e), file=sys.stderr)
         sys.exit(2)
 
     t0 = time.time()
-    io = cluster.open_ioctx("rbd")
-    io2 = cluster.open_ioctx("rbd2")
-    io_b = cluster2.open_ioctx("rbd")
-    cleanup([io, io2])
+    fresh_pool(cluster, POOL)
+    fresh_pool(cluster, POOL2)
+    io = cluster.open_ioctx(POOL)
+    io2 = cluster.open_ioctx(POOL2)
+    io_b = cluster2.open_ioctx(POOL)
 
     probe_version()
     probe_create(io)
@@ -1142,9 +1202,11 @@ def main():
     else:
         print("\n%d cases in %.1f s" % (len(results), time.time() - t0))
     sys.stdout.flush()
-    # Images and connections are left to the next run's cleanup: a handle can
-    # be stuck in a write behind an advisory lock, and rados shutdown would
-    # then wait for it.
+    # Drop the scratch pools (images and all). Some handles may be stuck in a
+    # write behind an advisory lock, and closing them or shutting the
+    # connections down would wait for it: leave with os._exit.
+    for pool in (POOL, POOL2):
+        run_with_timeout(lambda pool=pool: cluster.delete_pool(pool), 30)
     os._exit(0)
 
 

@@ -45,6 +45,10 @@ pub const MAX_READ_BYTES: u64 = 64 << 20;
 pub const MAX_RANGES_PER_CALL: usize = 1024;
 /// Objects covered by one backend diff call behind `next-batch`: bounds a batch's memory.
 const DIFF_WINDOW_OBJECTS: u64 = 1024;
+/// A window that found nothing doubles, up to this many times the base, so a huge sparse
+/// image takes a few dozen backend calls rather than thousands (each librbd diff call costs
+/// milliseconds even over empty objects).
+const DIFF_WINDOW_MAX_GROWTH: u64 = 64;
 
 /// Run a blocking backend call off the async executor. A panic in the backend becomes a
 /// trap of this job, never a crash of the host.
@@ -135,7 +139,9 @@ pub struct DiffIterator {
     whole_object: bool,
     next: u64,
     end: u64,
+    /// The current window; grows over empty stretches, back to `base_window` after data.
     window: u64,
+    base_window: u64,
     selection: u64,
     /// The batch computed when the iterator was made, not yet handed out.
     pending: Option<Vec<types::Extent>>,
@@ -522,6 +528,7 @@ impl rbd::HostImage for RbdView<'_> {
             next: offset.saturating_add(window).min(end.max(offset)),
             end,
             window,
+            base_window: window,
             selection,
             pending: Some(first).filter(|b| !b.is_empty()),
         };
@@ -627,8 +634,13 @@ impl rbd::HostDiffIterator for RbdView<'_> {
                 open.with(|i| diff_batch(i, start, length, from.as_deref(), include_parent, whole_object))
             })
             .await?;
-            self.table.get_mut(&iter)?.next = start + length;
-            if !batch.is_empty() {
+            let it = self.table.get_mut(&iter)?;
+            it.next = start + length;
+            if batch.is_empty() {
+                let max = it.base_window.saturating_mul(DIFF_WINDOW_MAX_GROWTH);
+                it.window = it.window.saturating_mul(2).min(max);
+            } else {
+                it.window = it.base_window;
                 return Ok(Some(batch));
             }
         }
