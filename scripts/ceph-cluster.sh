@@ -134,7 +134,7 @@ write_conf() {
 # Throwaway single-node cluster written by scripts/ceph-cluster.sh.
 [global]
 fsid = $fsid
-mon host = 127.0.0.1:$port
+mon host = v1:127.0.0.1:$port
 mon initial members = a
 # msgr v1 only: one port, and what the verified setup used.
 ms bind msgr2 = false
@@ -257,7 +257,9 @@ cmd_start() {
         --cap mgr 'allow *' >/dev/null
     ceph-authtool "$DIR/mon.keyring" --import-keyring "$DIR/keyring" >/dev/null
 
-    monmaptool --create --fsid "$fsid" --add a "127.0.0.1:$port" "$DIR/monmap" >/dev/null
+    # --addv with an explicit v1 address: a plain --add picks msgr v2 for any
+    # port but 6789, which the v1-only daemons then cannot reach.
+    monmaptool --create --fsid "$fsid" --addv a "[v1:127.0.0.1:$port]" "$DIR/monmap" >/dev/null
     quiet ceph-mon -c "$DIR/ceph.conf" --mkfs -i a --monmap "$DIR/monmap" \
         --keyring "$DIR/mon.keyring"
     # Daemons fork into the background; what they print before that goes to

@@ -905,7 +905,8 @@ def probe_clone(io, io2):
         except Exception as e:  # noqa: BLE001
             cl = "clone: " + fmt_exc(e)
         return "%s; %s" % (prot, cl)
-    probe("clone of a parent created with old_format=True (is format 2)", "create(old_format=True); snap; protect; clone", old_parent)
+    probe("clone of a parent created with old_format=True (is format 2)",
+          "create(old_format=True); snap; protect; clone", old_parent)
 
     def grandchild():
         with opened(io, "probe-k") as c:

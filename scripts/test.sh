@@ -11,12 +11,12 @@ scripts/install-ceph.sh
 
 echo "==> building the guests (wasm32-wasip2, release)" >&2
 cargo build --release --target wasm32-wasip2 \
-    -p hello -p snapshots -p conformance -p plain-command
+    -p hello -p snapshots -p conformance -p plain-command -p differential
 
 echo "==> building the host" >&2
 cargo build -p rbd-wasm --bin rbd-wasm
 cargo test --workspace --no-run --exclude hello --exclude snapshots --exclude conformance \
-    --exclude plain-command --exclude rbd-wasm-guest
+    --exclude plain-command --exclude differential --exclude rbd-wasm-guest
 
 ceph_dir="${RBD_WASM_CEPH_DIR:-$(mktemp -d /tmp/rbd-wasm-ceph.XXXXXX)}"
 stop_cluster() { scripts/ceph-cluster.sh stop "$ceph_dir" || true; }
@@ -27,4 +27,4 @@ export RBD_WASM_CEPH_CONF="$ceph_dir/ceph.conf"
 
 echo "==> running the tests" >&2
 cargo test --workspace --exclude hello --exclude snapshots --exclude conformance \
-    --exclude plain-command --exclude rbd-wasm-guest "$@"
+    --exclude plain-command --exclude differential --exclude rbd-wasm-guest "$@"

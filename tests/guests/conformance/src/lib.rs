@@ -622,11 +622,11 @@ fn diff_iterator_after_close_is_not_found(c: &Ctx) -> R {
     }
 }
 
-/// A 16 TiB sparse image (4 million objects) with data only at its far end; the diff is
-/// asked over the whole u64 range and must come back, clipped, without touching every
-/// object.
-fn diff_over_huge_sparse_range_is_quick(c: &Ctx) -> R {
-    const SIZE: u64 = 1 << 44;
+/// A 64 GiB sparse image with data only at its far end; the diff is asked over the whole
+/// u64 range and must come back clipped to the image. (librbd's exact diff visits every
+/// object of the range, so a much larger image would take minutes there.)
+fn diff_over_huge_range_is_clipped_to_the_image(c: &Ctx) -> R {
+    const SIZE: u64 = 1 << 36;
     let img = c.image("img", SIZE)?;
     ok(img.write(SIZE - 10, b"end"), "write at the far end")?;
     let iter = ok(img.diff_iterate_with(0, u64::MAX, None, true, false), "diff_iterate")?;
@@ -919,7 +919,7 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("diff_between_snapshots_reproduces_newer", diff_between_snapshots_reproduces_newer),
     ("diff_of_unchanged_image_is_empty", diff_of_unchanged_image_is_empty),
     ("diff_iterator_after_close_is_not_found", diff_iterator_after_close_is_not_found),
-    ("diff_over_huge_sparse_range_is_quick", diff_over_huge_sparse_range_is_quick),
+    ("diff_over_huge_range_is_clipped_to_the_image", diff_over_huge_range_is_clipped_to_the_image),
     ("clone_reads_parent_data", clone_reads_parent_data),
     ("clone_writes_copy_up_and_leave_parent_alone", clone_writes_copy_up_and_leave_parent_alone),
     ("clone_of_unprotected_snapshot_is_invalid", clone_of_unprotected_snapshot_is_invalid),
