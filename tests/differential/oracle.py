@@ -191,9 +191,8 @@ class Runner:
             img.stripe_unit(), img.stripe_count())]
         parts.append("head=" + sha(read_all(img)))
         try:
-            p = img.get_parent_image_spec()
-            snap = img.get_parent_snap_spec()
-            parent = "%s@%s" % (p["image_name"], snap["snap_name"])
+            _pool, image, snap = img.parent_info()
+            parent = "%s@%s" % (image, snap)
             parent = parent.replace(self.prefix + "-", "")
         except rbd.ImageNotFound:
             parent = "-"

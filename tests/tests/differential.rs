@@ -146,6 +146,10 @@ fn discards_and_resizes_match() {
     );
 }
 
+/// `copy` of a clone is made before the child writes: once a clone has objects of its own,
+/// Pacific's `rbd_copy` copies only those and leaves the parent's data out (zeroes), which
+/// python-rbd shows too. The embedded store copies what the clone reads, and this script
+/// does not pin librbd's data loss (see docs/librbd-semantics.md).
 #[test]
 fn clones_flatten_and_copy_match() {
     differential(
@@ -160,14 +164,14 @@ fn clones_flatten_and_copy_match() {
             "clone p s c",
             "clone p s c",
             "clone p nope d",
+            "copy c k",
+            "state k",
             "write c 1048576 4096 2",
             "state c",
             "diff c -",
             "unprotect p s",
             "rmsnap p s",
             "remove p",
-            "copy c k",
-            "state k",
             "flatten c",
             "flatten c",
             "state c",
