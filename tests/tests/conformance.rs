@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use rbd_wasm::backend::{Backend, CreateOptions};
-use rbd_wasm_tests::{embedded_store, librbd_backend, run, unique_prefix};
+use rbd_wasm::capability::{Grant, Grants, ImagePattern, Operations};
+use rbd_wasm::runtime::JobLimits;
+use rbd_wasm_tests::{embedded_store, librbd_backend, run, run_with, unique_prefix};
 
 /// Run one conformance case on a fresh embedded store and expect success.
 fn case_on_embedded(case: &str) {
@@ -134,6 +136,7 @@ conformance_cases! {
     shared_locks_share_a_tag,
     unlock_not_held_is_not_found,
     break_lock_missing_is_not_found,
+    name_with_nul_is_type_error,
 }
 
 /// Another client locks `PREFIX-locked` (cookie `theirs`); then the guest breaks that lock.
@@ -146,8 +149,52 @@ fn break_lock_case(backend: Arc<dyn Backend>, other: Arc<dyn Backend>, prefix: &
     run("conformance", &["break_lock_releases_another_clients_lock", prefix], backend).assert_ok();
 }
 
+/// The host makes `PREFIX-ro`; the job is granted only `read` on pool `rbd`.
+fn permission_case(backend: Arc<dyn Backend>, prefix: &str) {
+    backend.create("rbd", &format!("{prefix}-ro"), 1 << 20, &CreateOptions::default()).unwrap();
+    let grants = Grants::new(vec![
+        Grant { pool: "rbd".into(), images: ImagePattern::any(), operations: Operations::read_only() },
+        Grant { pool: "rbd2".into(), images: ImagePattern::any(), operations: Operations::read_only() },
+    ]);
+    let case = "operations_outside_the_grant_are_permission_denied";
+    run_with("conformance", &[case, prefix], backend.clone(), grants, JobLimits::default()).assert_ok();
+    let names: Vec<String> = backend.list("rbd").unwrap().into_iter().filter(|n| n.starts_with(prefix)).collect();
+    assert_eq!(names, vec![format!("{prefix}-ro")], "a denied call changed the pool");
+}
+
 mod with_setup {
     use super::*;
+
+    #[test]
+    fn embedded_operations_outside_the_grant_are_permission_denied() {
+        let store = embedded_store();
+        permission_case(store.backend.clone(), "t");
+    }
+
+    #[test]
+    fn librbd_operations_outside_the_grant_are_permission_denied() {
+        permission_case(librbd_backend(), &unique_prefix("c"));
+    }
+
+    /// librbd's IOError needs a failing cluster; on the embedded store a damaged object file
+    /// (a directory where the data should be) is one.
+    #[test]
+    fn embedded_read_of_a_damaged_object_is_io() {
+        let store = embedded_store();
+        let image = "t-broken";
+        store.backend.create("rbd", image, 1 << 20, &CreateOptions::default()).unwrap();
+        let img = store.backend.open("rbd", image, None, false).unwrap();
+        img.write(0, &[7u8; 4096]).unwrap();
+        drop(img);
+        let objects: Vec<std::path::PathBuf> = walk(store.dir.path())
+            .into_iter()
+            .filter(|p| p.parent().is_some_and(|d| d.ends_with("objects")))
+            .collect();
+        assert_eq!(objects.len(), 1, "one object file: {objects:?}");
+        std::fs::remove_file(&objects[0]).unwrap();
+        std::fs::create_dir(&objects[0]).unwrap();
+        run("conformance", &["read_of_a_damaged_object_is_io", "t"], store.backend.clone()).assert_ok();
+    }
 
     #[test]
     fn embedded_break_lock_releases_another_clients_lock() {
@@ -162,7 +209,24 @@ mod with_setup {
 }
 
 /// Cases that need the host to prepare something first (tested in `with_setup`).
-const WITH_SETUP: &[&str] = &["break_lock_releases_another_clients_lock"];
+const WITH_SETUP: &[&str] = &[
+    "break_lock_releases_another_clients_lock",
+    "operations_outside_the_grant_are_permission_denied",
+    "read_of_a_damaged_object_is_io",
+];
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
 
 /// Cases that end a job badly on purpose; tests/tests/jobs.rs checks how they are reported.
 const JOB_OUTCOME_CASES: &[&str] = &["job_error_is_reported", "job_panic_is_a_trap"];

@@ -843,6 +843,36 @@ fn break_lock_missing_is_not_found(c: &Ctx) -> R {
     expect_err(img.break_lock("client.999999", "nope"), "not-found", "break")
 }
 
+// ---- errors that need a name librbd cannot take, a grant, or a damaged store ----------
+
+fn name_with_nul_is_type_error(c: &Ctx) -> R {
+    expect_err(c.pool.create(&c.n("a\0b"), MIB), "type-error", "create")?;
+    expect_err(c.pool.open(&c.n("a\0b")).map(|i| i.name()), "type-error", "open")?;
+    let img = c.image("img", MIB)?;
+    expect_err(img.create_snap("s\0x"), "type-error", "create_snap")
+}
+
+/// Run with a read-only grant on pool `rbd`; the host made `PREFIX-ro` (1 MiB) first.
+fn operations_outside_the_grant_are_permission_denied(c: &Ctx) -> R {
+    expect_err(c.pool.create(&c.n("new"), MIB), "permission-denied", "create")?;
+    expect_err(c.pool.remove(&c.n("ro")), "permission-denied", "remove")?;
+    expect_err(c.pool.rename(&c.n("ro"), &c.n("x")), "permission-denied", "rename")?;
+    let img = ok(c.pool.open(&c.n("ro")), "open")?;
+    eq(ok(img.read(0, 4), "read")?, vec![0; 4], "read is granted")?;
+    expect_err(img.write(0, b"x"), "permission-denied", "write")?;
+    expect_err(img.resize(2 * MIB), "permission-denied", "resize")?;
+    expect_err(img.create_snap("s"), "permission-denied", "create_snap")?;
+    expect_err(img.lock_exclusive("c"), "permission-denied", "lock_exclusive")?;
+    expect_err(img.copy(&c.pool, &c.n("copy")), "permission-denied", "copy")?;
+    eq(ok(img.list_snaps(), "list_snaps")?.len(), 0, "nothing changed")
+}
+
+/// The host damaged the first object of `PREFIX-broken` (embedded store only).
+fn read_of_a_damaged_object_is_io(c: &Ctx) -> R {
+    let img = ok(c.pool.open(&c.n("broken")), "open")?;
+    expect_err(img.read(0, 4096), "io", "read")
+}
+
 // ---- jobs that end badly (the host suite checks how they are reported) -----------------
 
 fn job_error_is_reported() -> R {
@@ -943,6 +973,9 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("unlock_not_held_is_not_found", unlock_not_held_is_not_found),
     ("break_lock_releases_another_clients_lock", break_lock_releases_another_clients_lock),
     ("break_lock_missing_is_not_found", break_lock_missing_is_not_found),
+    ("name_with_nul_is_type_error", name_with_nul_is_type_error),
+    ("operations_outside_the_grant_are_permission_denied", operations_outside_the_grant_are_permission_denied),
+    ("read_of_a_damaged_object_is_io", read_of_a_damaged_object_is_io),
 ];
 
 /// Cases that need no pools: they end the job badly on purpose.
