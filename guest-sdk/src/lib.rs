@@ -401,6 +401,8 @@ impl Image {
         lift(self.inner.write(offset, data))
     }
 
+    /// `Image.discard(offset, length)`: whole objects read as zeroes afterwards; of a partial
+    /// object only the part aligned inward to 64 KiB is zeroed (librbd's granularity).
     pub fn discard(&self, offset: u64, length: u64) -> Result<()> {
         lift(self.inner.discard(offset, length))
     }

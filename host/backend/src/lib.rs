@@ -196,7 +196,9 @@ pub trait Image: Send + Sync {
     /// snapshot is `ReadOnly`. Returns `data.len()`.
     fn write(&self, offset: u64, data: &[u8]) -> Result<u64>;
 
-    /// The range reads as zeroes afterwards (cut at the end of the image).
+    /// Release the range (cut at the end of the image): whole objects read as zeroes after;
+    /// of a partial object only the part aligned inward to 64 KiB (librbd's discard
+    /// granularity) is zeroed.
     fn discard(&self, offset: u64, length: u64) -> Result<()>;
     fn flush(&self) -> Result<()>;
     fn invalidate_cache(&self) -> Result<()>;

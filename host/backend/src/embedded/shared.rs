@@ -22,6 +22,9 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+/// librbd's default `rbd_discard_granularity_bytes`: partial discards are aligned inward to it.
+const DISCARD_GRANULARITY: u64 = 64 << 10;
+
 use super::header::{Header, ParentLink, View, ZERO_GEN};
 use super::locks::Identity;
 use super::objects::{is_zero, Objects};
@@ -397,27 +400,40 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Zero `[off, end)` of the head (inside the size). Whole objects are dropped (or, where
-    /// a clone's parent has data, replaced by an empty object so the parent does not show
-    /// through); partial ones are zeroed in place or after a copy.
+    /// Discard `[off, end)` of the head (inside the size), as librbd does it: whole objects
+    /// are dropped (or, where a clone's parent has data, replaced by an empty object so the
+    /// parent does not show through); of a partial object only the part aligned inward to
+    /// the discard granularity (`rbd_discard_granularity_bytes`, 64 KiB, at most the object
+    /// size) is zeroed, and the unaligned head and tail keep their data. The last object of
+    /// an image whose size is not a multiple of the object size is never whole.
     pub fn discard(&mut self, off: u64, end: u64) -> Result<()> {
         let os = self.header.obj_size();
-        let size = self.header.size;
-        let whole = |x: u64| off <= x * os && obj_end(x, os).min(size) <= end;
+        let granularity = os.min(DISCARD_GRANULARITY);
         let first = off / os;
         let last = (end - 1) / os;
-        let ends = if first == last { vec![first] } else { vec![first, last] };
-        for x in ends {
-            if !whole(x) {
-                let a = off.max(x * os) - x * os;
-                let b = end.min(obj_end(x, os)) - x * os;
+        let (mut drop_from, mut drop_to) = (Some(first), Some(last));
+        let edges = if first == last { vec![first] } else { vec![first, last] };
+        for x in edges {
+            let a = off.max(x * os) - x * os;
+            let b = end.min(obj_end(x, os)) - x * os;
+            if a == 0 && b == os {
+                continue; // whole: dropped below
+            }
+            if x == first {
+                drop_from = first.checked_add(1);
+            }
+            if x == last {
+                drop_to = last.checked_sub(1);
+            }
+            let (a, b) = (a.div_ceil(granularity) * granularity, b / granularity * granularity);
+            if a < b {
                 self.zero(x, a, b)?;
             }
         }
-        let from = if whole(first) { first } else { first + 1 };
-        let to = if whole(last) { Some(last) } else { last.checked_sub(1) };
-        if let Some(to) = to.filter(|to| from <= *to) {
-            self.drop_objects(from, to)?;
+        if let (Some(from), Some(to)) = (drop_from, drop_to) {
+            if from <= to {
+                self.drop_objects(from, to)?;
+            }
         }
         Ok(())
     }
