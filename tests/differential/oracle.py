@@ -14,6 +14,7 @@ is the WIT error case named after the python-rbd exception.
   snap A S   rmsnap A S   protect A S      unprotect A S   rollback A S    setsnap A S|-
   lockx A COOKIE          locks A COOKIE TAG               unlock A COOKIE lockers A
   diff A FROM|-           state A
+  flush A   invalidate A  oldformat A      version         children A SNAP rowrite A OFF
 
 Data written by `write` is byte i = ((i + SEED) * 31) mod 251.
 """
@@ -118,6 +119,11 @@ class Runner:
         if op == "clone":
             r.clone(self.ioctx, self.name(alias), w[2], self.ioctx, self.name(w[3]))
             return "ok"
+        if op == "version":
+            return "ok %d.%d.%d" % r.version()
+        if op == "rowrite":
+            with rbd.Image(self.ioctx, self.name(alias), read_only=True) as ro:
+                return "ok %d" % ro.write(b"x", num(2))
         if op == "copy":
             self.image(alias).copy(self.ioctx, self.name(w[2]))
             return "ok"
@@ -133,6 +139,23 @@ class Runner:
         if op == "resize":
             img.resize(num(2))
             return "ok"
+        if op == "flush":
+            img.flush()
+            return "ok"
+        if op == "invalidate":
+            img.invalidate_cache()
+            return "ok"
+        if op == "oldformat":
+            return "ok " + str(bool(img.old_format())).lower()
+        if op == "children":
+            img.set_snap(w[2])
+            try:
+                children = img.list_children()
+            finally:
+                img.set_snap(None)
+            mine = self.prefix + "-"
+            names = sorted("%s/%s" % (p, n[len(mine):] if n.startswith(mine) else n) for p, n in children)
+            return "ok " + ",".join(names)
         if op == "flatten":
             img.flatten()
             return "ok"

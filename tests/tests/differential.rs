@@ -220,6 +220,33 @@ fn locks_and_bad_names_match() {
     );
 }
 
+#[test]
+fn version_flush_children_and_read_only_handles_match() {
+    differential(
+        "misc",
+        &ops(&[
+            "version",
+            "create p 2097152 20",
+            "oldformat p",
+            "write p 0 2097152 1",
+            "flush p",
+            "invalidate p",
+            "read p 1000 1000",
+            "rowrite p 0",
+            "snap p s",
+            "protect p s",
+            "children p s",
+            "clone p s c1",
+            "clone p s c2",
+            "children p s",
+            "children p nope",
+            "flatten c1",
+            "children p s",
+            "rowrite c2 10",
+        ]),
+    );
+}
+
 /// A small deterministic generator (xorshift), so a seed names a script for good.
 struct Rng(u64);
 

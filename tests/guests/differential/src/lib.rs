@@ -129,6 +129,30 @@ impl Runner {
                 let exclusive = !cookies.is_empty() && info.exclusive;
                 Ok(format!("ok exclusive={exclusive} tag={} cookies={}", info.tag, cookies.join(",")))
             }
+            "flush" => self.image(alias)?.flush().map(|_| "ok".into()),
+            "invalidate" => self.image(alias)?.invalidate_cache().map(|_| "ok".into()),
+            "oldformat" => self.image(alias)?.old_format().map(|f| format!("ok {f}")),
+            "version" => {
+                let v = rbd_wasm_guest::version();
+                Ok(format!("ok {}.{}.{}", v.major, v.minor, v.extra))
+            }
+            "children" => {
+                let mine = format!("{}-", self.prefix);
+                let img = self.image(alias)?;
+                img.set_snap(Some(word(&w, 2)))?;
+                let children = img.list_children();
+                img.set_snap(None)?;
+                let mut names: Vec<String> = children?
+                    .into_iter()
+                    .map(|c| format!("{}/{}", c.pool, c.image.strip_prefix(&mine).unwrap_or(&c.image)))
+                    .collect();
+                names.sort();
+                Ok(format!("ok {}", names.join(",")))
+            }
+            "rowrite" => {
+                let ro = self.pool.open_read_only(&self.name(alias))?;
+                ro.write(num(&w, 2), b"x").map(|n| format!("ok {n}"))
+            }
             "diff" => self.diff(alias, word(&w, 2)),
             "state" => self.state(alias),
             other => Ok(format!("err unknown-op {other}")),
