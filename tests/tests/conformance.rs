@@ -229,7 +229,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Cases that end a job badly on purpose; tests/tests/jobs.rs checks how they are reported.
-const JOB_OUTCOME_CASES: &[&str] = &["job_error_is_reported", "job_panic_is_a_trap"];
+const JOB_OUTCOME_CASES: &[&str] =
+    &["job_error_is_reported", "job_panic_is_a_trap", "job_loops_forever", "job_allocates_without_bound"];
 
 #[test]
 fn every_guest_case_has_a_test() {

@@ -1,8 +1,11 @@
 //! The example jobs, and how the host reports every way a job can go wrong.
 
+use std::time::{Duration, Instant};
+
 use rbd_wasm::backend::Backend;
-use rbd_wasm::runtime::JobError;
-use rbd_wasm_tests::{embedded_store, guest, run, runtime};
+use rbd_wasm::capability::{Grant, Grants};
+use rbd_wasm::runtime::{JobError, JobLimits};
+use rbd_wasm_tests::{embedded_store, guest, run, run_with, runtime};
 
 #[test]
 fn hello_creates_myimage_with_foo_repeated() {
@@ -110,4 +113,27 @@ fn a_component_of_another_world_is_rejected() {
     let err = runtime().load(&guest("plain-command")).err().expect("load fails");
     assert!(matches!(err, JobError::WrongWorld { .. }), "{err}");
     assert!(err.to_string().contains("job-world"), "{err}");
+}
+
+#[test]
+fn a_job_that_loops_forever_is_stopped_at_its_deadline() {
+    let store = embedded_store();
+    let limits = JobLimits { deadline: Duration::from_millis(500), ..JobLimits::default() };
+    let started = Instant::now();
+    let job = run_with("conformance", &["job_loops_forever"], store.backend.clone(), Grants::new(vec![Grant::full("rbd")]), limits);
+    match job.result {
+        Err(e @ JobError::Deadline(_)) => assert_eq!(e.exit_code(), 4),
+        other => panic!("expected the deadline, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "the loop was not stopped promptly: {:?}", started.elapsed());
+}
+
+#[test]
+fn a_job_that_allocates_without_bound_traps_at_its_memory_limit() {
+    let store = embedded_store();
+    let limits = JobLimits { memory_bytes: 64 << 20, ..JobLimits::default() };
+    let job = run_with("conformance", &["job_allocates_without_bound"], store.backend.clone(), Grants::new(vec![Grant::full("rbd")]), limits);
+    assert!(matches!(job.result, Err(JobError::Trap(_))), "expected a trap, got {:?}", job.result);
+    // The host is fine: the next job runs.
+    run("hello", &[], store.backend.clone()).assert_ok();
 }

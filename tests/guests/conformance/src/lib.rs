@@ -978,8 +978,25 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("read_of_a_damaged_object_is_io", read_of_a_damaged_object_is_io),
 ];
 
+fn job_loops_forever() -> R {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn job_allocates_without_bound() -> R {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 16 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
 /// Cases that need no pools: they end the job badly on purpose.
 const OUTCOME_CASES: &[(&str, fn() -> R)] = &[
+    ("job_loops_forever", job_loops_forever),
+    ("job_allocates_without_bound", job_allocates_without_bound),
     ("job_error_is_reported", job_error_is_reported),
     ("job_panic_is_a_trap", job_panic_is_a_trap),
 ];
