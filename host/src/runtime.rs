@@ -226,7 +226,12 @@ impl Runtime {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(JobOutput::new(&job.job_id, job.stdout, job.limits.output_bytes))
             .stderr(JobOutput::new(&job.job_id, job.stderr, job.limits.output_bytes))
-            .args(&[job.job_id.as_str()]);
+            .args(&[job.job_id.as_str()])
+            // Deny-by-default, said out loud: no sockets, no name lookups, no environment,
+            // no stdin, and no filesystem but the mapped output directory below.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         if let Some(dir) = &job.output_dir {
             wasi.preopened_dir(dir, "/out", FsPerms::ReadWrite)
                 .map_err(|e| JobError::Setup(format!("cannot map output directory {}: {e:#}", dir.display())))?;

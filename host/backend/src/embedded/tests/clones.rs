@@ -112,9 +112,29 @@ fn discards_in_a_clone_hide_the_parent() {
     child.discard(100, 50).unwrap();
     child.discard(6 * OBJ + 10, 10).unwrap();
     model[OBJ as usize..(3 * OBJ) as usize].fill(0);
-    model[100..150].fill(0);
-    model[(6 * OBJ + 10) as usize..(6 * OBJ + 20) as usize].fill(0);
+    assert_eq!(read_all(&*child), model, "whole objects zeroed, discards below the granularity change nothing");
+    assert_eq!(fx.object_files("child"), 0, "whole objects are empty ones, nothing was copied up");
+
+    // 256 KiB objects: partial discards zero their 64 KiB granules over the parent's data.
+    let obj = 256 * KIB;
+    let big = fx.image("big", 4 * obj, 18);
+    let data = pattern((4 * obj) as usize, 33);
+    big.write(0, &data).unwrap();
+    big.create_snap("s").unwrap();
+    big.protect_snap("s").unwrap();
+    fx.be.clone_image("rbd", "big", "s", "rbd", "bigchild", &Default::default()).unwrap();
+    let child = fx.be.open("rbd", "bigchild", None, false).unwrap();
+    let mut model = data;
+    for (off, len) in [(obj, obj), (100, 50), (2 * obj + 10, 200 * KIB), (3 * obj + 70_000, obj)] {
+        child.discard(off, len).unwrap();
+        discard_model(&mut model, off, len, obj);
+    }
+    assert_eq!(model[(2 * obj + 65536) as usize..(2 * obj + 196608) as usize], vec![0; 131072]);
+    assert_ne!(model[(2 * obj + 196608) as usize], 0, "the unaligned tail keeps its data");
     assert_eq!(read_all(&*child), model);
+    assert_eq!(fx.object_files("bigchild"), 2, "the two partly discarded objects were copied up");
+    let parent = fx.be.open("rbd", "big", Some("s"), true).unwrap();
+    assert_eq!(read_all(&*parent), pattern((4 * obj) as usize, 33), "the parent is untouched");
 }
 
 #[test]

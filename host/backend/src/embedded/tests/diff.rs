@@ -53,7 +53,7 @@ fn diff_reports_changed_objects_in_order_clipped_to_the_range() {
     img.discard(2 * OBJ, OBJ).unwrap();
     img.discard(3 * OBJ + 1, 1).unwrap();
     let got = diff(&*img, 0, 8 * OBJ, Some("s1"), true);
-    assert_eq!(got, vec![ext(OBJ, OBJ, true), ext(2 * OBJ, OBJ, false), ext(3 * OBJ, OBJ, true)]);
+    assert_eq!(got, vec![ext(OBJ, OBJ, true), ext(2 * OBJ, OBJ, false)], "a discard below the granularity changes nothing");
     img.resize(OBJ + 2048).unwrap();
     img.create_snap("s2").unwrap();
     img.resize(8 * OBJ).unwrap();
@@ -61,6 +61,24 @@ fn diff_reports_changed_objects_in_order_clipped_to_the_range() {
     assert_eq!(got, vec![ext(OBJ, OBJ, true), ext(2 * OBJ, OBJ, false), ext(3 * OBJ, OBJ, false)]);
     img.set_snap(Some("s2")).unwrap();
     assert_eq!(diff(&*img, 0, 8 * OBJ, Some("s1"), true), vec![ext(OBJ, 2048, true)], "cut at the end version's size");
+}
+
+#[test]
+fn a_partial_discard_is_reported_existing_where_it_zeroes_a_granule() {
+    let fx = Fx::new();
+    let obj = 128 * KIB;
+    let img = fx.image("img", 4 * obj, 17);
+    img.write(0, &pattern((4 * obj) as usize, 7)).unwrap();
+    img.create_snap("s").unwrap();
+    img.discard(1000, 200_000).unwrap();
+    img.discard(2 * obj + 5, 100).unwrap();
+    img.discard(3 * obj, obj).unwrap();
+    let got = diff(&*img, 0, 4 * obj, Some("s"), true);
+    assert_eq!(got, vec![ext(0, obj, true), ext(obj, obj, true), ext(3 * obj, obj, false)]);
+    let mut model = pattern((4 * obj) as usize, 7);
+    model[65536..obj as usize + 65536].fill(0);
+    model[(3 * obj) as usize..].fill(0);
+    assert_eq!(read_all(&*img), model);
 }
 
 #[test]
@@ -112,7 +130,7 @@ fn check_shape(extents: &[Extent], lo: u64, hi: u64, seed: u64) {
 
 /// Random writes, discards, resizes, snapshots and rollbacks, mirrored in a model; then the
 /// contents and every pairwise diff are checked against it.
-fn run(seed: u64, img: &dyn Image, start: Vec<u8>) {
+fn run(seed: u64, img: &dyn Image, obj: u64, start: Vec<u8>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut head = start;
     let mut snaps: Vec<(String, Vec<u8>)> = Vec::new();
@@ -121,7 +139,7 @@ fn run(seed: u64, img: &dyn Image, start: Vec<u8>) {
         match rng.random_range(0..10) {
             0..=3 if size > 0 => {
                 let off = rng.random_range(0..size);
-                let len = rng.random_range(1..=3 * OBJ);
+                let len = rng.random_range(1..=3 * obj);
                 let data = pattern(len as usize, rng.random());
                 let fits = len.min(size - off);
                 match img.write(off, &data) {
@@ -133,13 +151,12 @@ fn run(seed: u64, img: &dyn Image, start: Vec<u8>) {
             }
             4 | 5 if size > 0 => {
                 let off = rng.random_range(0..size);
-                let len = rng.random_range(1..=4 * OBJ);
+                let len = rng.random_range(1..=4 * obj);
                 img.discard(off, len).unwrap();
-                let end = (off + len).min(size);
-                head[off as usize..end as usize].fill(0);
+                discard_model(&mut head, off, len, obj);
             }
             6 => {
-                let size = rng.random_range(0..=24 * OBJ);
+                let size = rng.random_range(0..=24 * obj);
                 img.resize(size).unwrap();
                 head.resize(size as usize, 0);
             }
@@ -182,25 +199,38 @@ fn run(seed: u64, img: &dyn Image, start: Vec<u8>) {
     img.set_snap(None).unwrap();
 }
 
-#[test]
-fn applying_any_diff_to_the_older_version_gives_the_newer_one() {
-    for seed in 0..24 {
+/// The plain-image property test with objects of `2^order` bytes.
+fn plain(seeds: std::ops::Range<u64>, order: u8) {
+    let obj = 1u64 << order;
+    for seed in seeds {
         let fx = Fx::new();
-        let img = fx.image("img", 16 * OBJ, 12);
-        run(seed, &*img, vec![0; (16 * OBJ) as usize]);
+        let img = fx.image("img", 16 * obj, order);
+        run(seed, &*img, obj, vec![0; (16 * obj) as usize]);
     }
 }
 
 #[test]
-fn applying_any_diff_of_a_clone_including_its_parent_gives_the_newer_version() {
-    for seed in 100..116 {
+fn applying_any_diff_to_the_older_version_gives_the_newer_one() {
+    plain(0..24, 12);
+}
+
+#[test]
+fn applying_any_diff_gives_the_newer_version_with_objects_above_the_granularity() {
+    plain(200..208, 18);
+}
+
+/// The clone property test: a parent with objects of `2^order` bytes; even seeds clone it
+/// with the parent's order, odd ones with `odd_order`.
+fn cloned(seeds: std::ops::Range<u64>, order: u8, odd_order: u8) {
+    let pobj = 1u64 << order;
+    for seed in seeds {
         let fx = Fx::new();
-        let parent = fx.image("parent", 16 * OBJ, 12);
+        let parent = fx.image("parent", 16 * pobj, order);
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut data = vec![0u8; (16 * OBJ) as usize];
+        let mut data = vec![0u8; (16 * pobj) as usize];
         for _ in 0..6 {
-            let off = rng.random_range(0..15 * OBJ) as usize;
-            let chunk = pattern(rng.random_range(1..2 * OBJ as usize), rng.random());
+            let off = rng.random_range(0..15 * pobj) as usize;
+            let chunk = pattern(rng.random_range(1..2 * pobj as usize), rng.random());
             let end = (off + chunk.len()).min(data.len());
             data[off..end].copy_from_slice(&chunk[..end - off]);
             parent.write(off as u64, &chunk[..end - off]).unwrap();
@@ -208,11 +238,11 @@ fn applying_any_diff_of_a_clone_including_its_parent_gives_the_newer_version() {
         parent.create_snap("s").unwrap();
         parent.protect_snap("s").unwrap();
         parent.write(0, &[0xee; 5000]).unwrap();
-        let order = if seed % 2 == 0 { None } else { Some(13) };
+        let order = if seed % 2 == 0 { None } else { Some(odd_order) };
         let o = crate::CloneOptions { features: 0, order };
         fx.be.clone_image("rbd", "parent", "s", "rbd", "child", &o).unwrap();
         let child = fx.be.open("rbd", "child", None, false).unwrap();
-        run(seed, &*child, data);
+        run(seed, &*child, 1 << child.stat().unwrap().order, data);
         if seed % 4 == 1 {
             let before: Vec<Vec<u8>> = child
                 .list_snaps()
@@ -233,4 +263,14 @@ fn applying_any_diff_of_a_clone_including_its_parent_gives_the_newer_version() {
             }
         }
     }
+}
+
+#[test]
+fn applying_any_diff_of_a_clone_including_its_parent_gives_the_newer_version() {
+    cloned(100..116, 12, 13);
+}
+
+#[test]
+fn applying_any_diff_of_a_clone_gives_the_newer_version_with_objects_above_the_granularity() {
+    cloned(300..308, 17, 18);
 }

@@ -65,7 +65,8 @@ fn data_round_trips_across_object_boundaries() {
 }
 
 #[test]
-fn discard_zeroes_exactly_the_range_and_frees_whole_objects() {
+fn discard_frees_whole_objects_and_keeps_partial_ones_below_the_granularity() {
+    // 4 KiB objects: the granularity is the object size, so only whole objects change.
     let fx = Fx::new();
     let img = fx.image("img", 64 * KIB, 12);
     let data = pattern(64 * KIB as usize, 3);
@@ -75,18 +76,59 @@ fn discard_zeroes_exactly_the_range_and_frees_whole_objects() {
     assert_eq!(kind(img.discard(64 * KIB, 10)), "invalid-argument");
     assert_eq!(kind(img.discard(64 * KIB + 4096, 10)), "invalid-argument");
     img.discard(100, 10).unwrap();
+    assert_eq!(read_all(&*img), data, "a discard inside one object changes nothing");
     img.discard(4096 + 1000, 3 * 4096).unwrap();
     let mut model = data.clone();
-    model[100..110].fill(0);
-    model[5096..5096 + 3 * 4096].fill(0);
-    assert_eq!(read_all(&*img), model);
+    model[2 * 4096..4 * 4096].fill(0);
+    assert_eq!(read_all(&*img), model, "only the whole objects 2 and 3 are zeroed");
     assert_eq!(fx.object_files("img"), 14, "objects 2 and 3 were wholly discarded");
     img.discard(64 * KIB - 100, 1000).unwrap();
-    model[(64 * KIB - 100) as usize..].fill(0);
-    assert_eq!(read_all(&*img), model, "cut at the end");
+    assert_eq!(read_all(&*img), model, "the tail of the last object is partial");
+    img.discard(60 * KIB - 100, 10000).unwrap();
+    model[(60 * KIB) as usize..].fill(0);
+    assert_eq!(read_all(&*img), model, "cut at the end, the last object is whole");
+    assert_eq!(fx.object_files("img"), 13);
     img.discard(0, 64 * KIB).unwrap();
     assert_eq!(fx.object_files("img"), 0);
     assert_eq!(read_all(&*img), vec![0; 64 * KIB as usize]);
+}
+
+#[test]
+fn discard_zeroes_the_granularity_aligned_part_of_partial_objects() {
+    // 4 MiB objects and a size that is not a multiple of them: granularity 64 KiB.
+    let fx = Fx::new();
+    let obj = 4 * MIB;
+    let size = obj + 300_000;
+    assert_eq!(discarded(1000, 200_000, size, obj), vec![(65536, 196608)], "as librbd does");
+    assert_eq!(discarded(0, 4096, size, obj), vec![]);
+    let img = fx.image("img", size, 22);
+    let data = pattern(size as usize, 9);
+    img.write(0, &data).unwrap();
+    let mut model = data.clone();
+    img.discard(0, 4096).unwrap();
+    assert_eq!(read_all(&*img), model, "smaller than the granularity: nothing");
+    img.discard(1000, 200_000).unwrap();
+    model[65536..196608].fill(0);
+    assert_eq!(read_all(&*img), model, "aligned inward: the unaligned head and tail keep their data");
+    img.discard(obj - 70_000, 75_000).unwrap();
+    model[(obj - 65536) as usize..obj as usize].fill(0);
+    assert_eq!(read_all(&*img), model, "each object aligned from its own start");
+    img.discard(obj + 1000, MIB).unwrap();
+    model[(obj + 65536) as usize..(obj + 262144) as usize].fill(0);
+    assert_eq!(read_all(&*img), model, "cut at the end, the partial last granule keeps its data");
+    img.discard(obj, MIB).unwrap();
+    model[obj as usize..(obj + 65536) as usize].fill(0);
+    assert_eq!(read_all(&*img), model);
+    assert_eq!(fx.object_files("img"), 2, "the last object is never whole");
+    for (off, len) in [(3 * MIB + 5, 2 * MIB), (10, obj), (0, 3 * MIB)] {
+        img.discard(off, len).unwrap();
+        discard_model(&mut model, off, len, obj);
+        assert_eq!(read_all(&*img), model, "discard({off}, {len})");
+    }
+    img.discard(0, size).unwrap();
+    assert_eq!(fx.object_files("img"), 1, "the first object is whole");
+    assert_eq!(read_all(&*img)[..obj as usize], vec![0; obj as usize]);
+    assert_eq!(read_all(&*img)[(obj + 262144) as usize..], data[(obj + 262144) as usize..]);
 }
 
 #[test]

@@ -86,3 +86,47 @@ pub(super) fn read_all(img: &dyn Image) -> Vec<u8> {
     }
     img.read(0, size).expect("read all")
 }
+
+/// The byte ranges `discard(off, len)` zeroes in an image of `size` bytes with objects of
+/// `obj_size` bytes, as librbd does it: the range is cut at the end of the image; whole
+/// objects are dropped; of a partial object (the last object of an image whose size is not
+/// a multiple of the object size is never whole) only the part aligned inward to the discard
+/// granularity, `min(64 KiB, obj_size)` counted from the object's start, is zeroed. Adjacent
+/// ranges are merged.
+pub(super) fn discarded(off: u64, len: u64, size: u64, obj_size: u64) -> Vec<(u64, u64)> {
+    let g = obj_size.min(64 * KIB);
+    let end = off.saturating_add(len).min(size);
+    if off >= end {
+        return Vec::new();
+    }
+    // What is zeroed of `[a, b)`, inside the object that starts at `start`.
+    let part = |start: u64, a: u64, b: u64| {
+        if a == start && b - start == obj_size {
+            (a, b)
+        } else {
+            (start + (a - start).div_ceil(g) * g, start + (b - start) / g * g)
+        }
+    };
+    let first = off / obj_size * obj_size;
+    let last = (end - 1) / obj_size * obj_size;
+    let pieces = if first == last {
+        vec![part(first, off, end)]
+    } else {
+        vec![part(first, off, first + obj_size), (first + obj_size, last), part(last, last, end)]
+    };
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in pieces.into_iter().filter(|(a, b)| a < b) {
+        match out.last_mut() {
+            Some(prev) if prev.1 == a => prev.1 = b,
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Apply `discard(off, len)` to a model of an image's bytes (see [`discarded`]).
+pub(super) fn discard_model(model: &mut [u8], off: u64, len: u64, obj_size: u64) {
+    for (a, b) in discarded(off, len, model.len() as u64, obj_size) {
+        model[a as usize..b as usize].fill(0);
+    }
+}

@@ -94,15 +94,18 @@ fn removing_the_selected_snapshot_makes_reads_not_found() {
 #[test]
 fn snapshots_never_change_whatever_the_head_does() {
     let fx = Fx::new();
-    let obj = 4 * KIB;
-    let img = fx.image("img", 8 * obj, 12);
+    let obj = 128 * KIB;
+    let img = fx.image("img", 8 * obj, 17);
     let before = pattern((8 * obj) as usize, 11);
     img.write(0, &before).unwrap();
     img.create_snap("s").unwrap();
     img.write(10, b"changed").unwrap();
     img.write(3 * obj - 5, &[9; 20]).unwrap();
     img.discard(obj, obj).unwrap();
-    img.discard(5 * obj + 7, 100).unwrap();
+    img.discard(5 * obj + 7, obj).unwrap();
+    let granule = 64 * KIB;
+    let kept = &before[(5 * obj) as usize..(5 * obj + granule) as usize];
+    assert_eq!(img.read(5 * obj, obj).unwrap(), [kept, &vec![0; granule as usize]].concat(), "a partial discard");
     img.resize(2 * obj + 50).unwrap();
     img.resize(10 * obj).unwrap();
     img.write(9 * obj, &[3; 10]).unwrap();
