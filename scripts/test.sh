@@ -19,6 +19,11 @@ cargo test --workspace --no-run --exclude hello --exclude snapshots --exclude co
     --exclude plain-command --exclude differential --exclude rbd-wasm-guest
 
 ceph_dir="${RBD_WASM_CEPH_DIR:-$(mktemp -d /tmp/rbd-wasm-ceph.XXXXXX)}"
+# A monitor port nobody else uses, so a cluster someone left running does not get in the way.
+if [[ -z "${RBD_WASM_CEPH_PORT:-}" ]]; then
+    RBD_WASM_CEPH_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    export RBD_WASM_CEPH_PORT
+fi
 stop_cluster() { scripts/ceph-cluster.sh stop "$ceph_dir" || true; }
 trap stop_cluster EXIT
 echo "==> starting a throwaway Ceph cluster in $ceph_dir" >&2
