@@ -31,5 +31,15 @@ scripts/ceph-cluster.sh start "$ceph_dir" >/dev/null
 export RBD_WASM_CEPH_CONF="$ceph_dir/ceph.conf"
 
 echo "==> running the tests" >&2
+log=$(mktemp /tmp/rbd-wasm-test.XXXXXX.log)
+set +e
 cargo test --workspace --exclude hello --exclude snapshots --exclude conformance \
-    --exclude plain-command --exclude differential --exclude rbd-wasm-guest "$@"
+    --exclude plain-command --exclude differential --exclude rbd-wasm-guest "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, the last of which
+# is often an empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"

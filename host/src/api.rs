@@ -125,6 +125,10 @@ impl OpenImage {
         }
     }
 
+    fn is_open(&self) -> bool {
+        self.image.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some()
+    }
+
     fn close(&self) {
         let mut guard = self.image.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         guard.take();
@@ -612,6 +616,9 @@ impl rbd::HostImage for RbdView<'_> {
 impl rbd::HostDiffIterator for RbdView<'_> {
     async fn next_batch(&mut self, iter: Resource<DiffIterator>) -> HostResult<Option<Vec<types::Extent>>> {
         let it = self.table.get_mut(&iter)?;
+        if !it.open.is_open() {
+            return Err(Error::NotFound("the image of this diff-iterate was closed".into()).into());
+        }
         if it.open.selection.load(Ordering::SeqCst) != it.selection {
             return Err(Error::InvalidArgument(
                 "set-snap was called while this diff-iterate was in progress".into(),

@@ -137,6 +137,9 @@ conformance_cases! {
     unlock_not_held_is_not_found,
     break_lock_missing_is_not_found,
     name_with_nul_is_type_error,
+    image_names_follow_librbd,
+    discard_at_or_past_end_is_invalid,
+    clone_with_bad_order_or_name,
 }
 
 /// Another client locks `PREFIX-locked` (cookie `theirs`); then the guest breaks that lock.

@@ -6,8 +6,12 @@
 
 use crate::{features, CloneOptions, CreateOptions, Error, Result, DEFAULT_ORDER};
 
-/// The longest image, snapshot or pool name, in bytes.
-pub(crate) const MAX_NAME_LEN: usize = 255;
+/// The longest pool name, in bytes (pools are directories of the store).
+pub(crate) const MAX_POOL_NAME_LEN: usize = 255;
+/// The longest image or snapshot name: RADOS refuses object names over 2048 bytes
+/// (`osd_max_object_name_len`), and an image's id object is `rbd_id.<name>`.
+pub(crate) const MAX_NAME_LEN: usize = 2048 - "rbd_id.".len();
+const ENAMETOOLONG: i32 = 36;
 /// The smallest object order librbd accepts (4 KiB objects).
 pub(crate) const MIN_ORDER: u8 = 12;
 /// The largest object order librbd accepts (32 MiB objects).
@@ -19,14 +23,19 @@ const USER_FEATURES: u64 = 0xff;
 /// which librbd controls itself.
 const ALL_FEATURES: u64 = 0x7ff;
 
-/// A name that is about to be created: NUL is a `TypeError` (it cannot cross into librbd);
-/// empty, `/`, `@` or longer than 255 bytes is `InvalidArgument`.
+/// An image or snapshot name that is about to be created, as librbd takes it: NUL is a
+/// `TypeError` (it cannot cross into librbd); empty is `InvalidArgument`; longer than RADOS
+/// allows is ENAMETOOLONG (python-rbd's base `Error`); anything else, `/`, `@`, spaces and
+/// unicode included, is a name.
 pub(crate) fn new_name(what: &str, name: &str) -> Result<()> {
     if name.contains('\0') {
         return Err(Error::TypeError(format!("{what} name contains a NUL byte")));
     }
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('/') || name.contains('@') {
-        return Err(Error::InvalidArgument(format!("invalid {what} name {name:?}")));
+    if name.is_empty() {
+        return Err(Error::InvalidArgument(format!("empty {what} name")));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::Other { errno: ENAMETOOLONG, message: format!("{what} name of {} bytes is too long", name.len()) });
     }
     Ok(())
 }
@@ -35,15 +44,18 @@ pub(crate) fn new_name(what: &str, name: &str) -> Result<()> {
 /// created cannot exist, so it is `NotFound`, as librbd answers for a missing name.
 pub(crate) fn lookup_name(what: &str, name: &str) -> Result<()> {
     match new_name(what, name) {
-        Err(Error::InvalidArgument(_)) => Err(Error::NotFound(format!("{what} {name:?}"))),
+        Err(Error::InvalidArgument(_)) | Err(Error::Other { .. }) => Err(Error::NotFound(format!("{what} {name:?}"))),
         other => other,
     }
 }
 
-/// A pool name to create: the image-name rule, and not `.` or `..` (pools are directories).
+/// A pool name to create. Pools are directories of the store, so the rule is stricter than
+/// for images: not empty, no `/`, not `.` or `..`, at most 255 bytes.
 pub(crate) fn new_pool_name(name: &str) -> Result<()> {
-    new_name("pool", name)?;
-    if name == "." || name == ".." {
+    if name.contains('\0') {
+        return Err(Error::TypeError("pool name contains a NUL byte".into()));
+    }
+    if name.is_empty() || name.len() > MAX_POOL_NAME_LEN || name.contains('/') || name == "." || name == ".." {
         return Err(Error::InvalidArgument(format!("invalid pool name {name:?}")));
     }
     Ok(())
@@ -196,9 +208,12 @@ mod tests {
     #[test]
     fn names_follow_the_image_name_rule() {
         assert!(new_name("image", "a").is_ok());
-        assert!(new_name("image", &"x".repeat(255)).is_ok());
-        for bad in ["", "a/b", "a@b", &"x".repeat(256)] {
-            assert!(matches!(new_name("image", bad), Err(Error::InvalidArgument(_))), "{bad}");
+        for good in ["a/b", "a@b", ".", &"x".repeat(MAX_NAME_LEN)] {
+            assert!(new_name("image", good).is_ok(), "{good}");
+        }
+        assert!(matches!(new_name("image", ""), Err(Error::InvalidArgument(_))));
+        assert!(matches!(new_name("image", &"x".repeat(MAX_NAME_LEN + 1)), Err(Error::Other { errno: 36, .. })));
+        for bad in ["", &"x".repeat(MAX_NAME_LEN + 1)] {
             assert!(matches!(lookup_name("image", bad), Err(Error::NotFound(_))), "{bad}");
         }
         assert!(matches!(new_name("image", "a\0b"), Err(Error::TypeError(_))));

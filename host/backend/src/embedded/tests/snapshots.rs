@@ -25,9 +25,10 @@ fn create_snap_checks_names_duplicates_and_read_only() {
     let img = fx.image("img", MIB, 22);
     img.create_snap("s1").unwrap();
     assert_eq!(kind(img.create_snap("s1")), "exists");
-    for bad in ["", "a@b", "a/b", &"x".repeat(256)] {
-        assert_eq!(kind(img.create_snap(bad)), "invalid-argument", "{bad:?}");
-    }
+    assert_eq!(kind(img.create_snap("")), "invalid-argument");
+    assert_eq!(kind(img.create_snap(&"x".repeat(2042))), "other");
+    img.create_snap("a@b/c").unwrap();
+    img.remove_snap("a@b/c").unwrap();
     assert_eq!(kind(img.create_snap("a\0b")), "type-error");
     img.set_snap(Some("s1")).unwrap();
     img.create_snap("at-snap").unwrap();
