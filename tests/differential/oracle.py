@@ -15,6 +15,8 @@ is the WIT error case named after the python-rbd exception.
   lockx A COOKIE          locks A COOKIE TAG               unlock A COOKIE lockers A
   diff A FROM|-           state A
   flush A   invalidate A  oldformat A      version         children A SNAP rowrite A OFF
+  createf A SIZE FEATURES clonef A SNAP B FEATURES [ORDER]  removeopen A (keeps its handle)
+  isprot A S              breaklock A CLIENT COOKIE
 
 Data written by `write` is byte i = ((i + SEED) * 31) mod 251.
 """
@@ -102,6 +104,19 @@ class Runner:
                 kwargs["order"] = num(3)
             r.create(self.ioctx, self.name(alias), num(2), **kwargs)
             return "ok"
+        if op == "createf":
+            r.create(self.ioctx, self.name(alias), num(2), old_format=False, features=num(3))
+            return "ok"
+        if op == "clonef":
+            kwargs = {"features": num(4)}
+            if len(w) > 5:
+                kwargs["order"] = num(5)
+            r.clone(self.ioctx, self.name(alias), w[2], self.ioctx, self.name(w[3]), **kwargs)
+            return "ok"
+        if op == "removeopen":
+            self.image(alias)
+            r.remove(self.ioctx, self.name(alias))
+            return "ok"
         if op == "close":
             return "ok" if self.drop(alias) else "ok not-open"
         if op == "remove":
@@ -138,6 +153,11 @@ class Runner:
             return "ok"
         if op == "resize":
             img.resize(num(2))
+            return "ok"
+        if op == "isprot":
+            return "ok " + str(bool(img.is_protected_snap(w[2]))).lower()
+        if op == "breaklock":
+            img.break_lock(w[2], w[3])
             return "ok"
         if op == "flush":
             img.flush()

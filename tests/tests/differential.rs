@@ -247,6 +247,38 @@ fn version_flush_children_and_read_only_handles_match() {
     );
 }
 
+#[test]
+fn error_paths_match() {
+    let long = format!("create {} 1048576", "x".repeat(5000));
+    differential(
+        "errors",
+        &ops(&[
+            "createf f 1048576 1099511627776",
+            "createf f 1048576 3",
+            "create p 1048576",
+            "snap p s",
+            "protect p s",
+            "clonef p s c 4",
+            "clonef p s c 1 11",
+            "clonef p s c 1 26",
+            "clonef p s c 1",
+            "isprot p s",
+            "isprot p nope",
+            "protect p nope",
+            "unprotect p nope",
+            "diff p nope",
+            "read nope 0 1",
+            "removeopen f",
+            "close f",
+            "create k 1048576",
+            "copy f k",
+            "breaklock p client.999999 nope",
+            long.as_str(),
+            "state c",
+        ]),
+    );
+}
+
 /// A small deterministic generator (xorshift), so a seed names a script for good.
 struct Rng(u64);
 

@@ -71,6 +71,21 @@ impl Runner {
                 let o = CreateOptions { order, ..Default::default() };
                 self.pool.create_with(&self.name(alias), num(&w, 2), &o).map(|_| "ok".into())
             }
+            "createf" => {
+                let o = CreateOptions { features: num(&w, 3), ..Default::default() };
+                self.pool.create_with(&self.name(alias), num(&w, 2), &o).map(|_| "ok".into())
+            }
+            "clonef" => {
+                let (parent, snap, child) = (self.name(alias), word(&w, 2).to_owned(), self.name(word(&w, 3)));
+                let o = rbd_wasm_guest::CloneOptions { features: num(&w, 4), order: w.get(5).and_then(|o| o.parse().ok()) };
+                self.pool.clone_image_with(&parent, &snap, &self.pool, &child, &o).map(|_| "ok".into())
+            }
+            "removeopen" => {
+                self.image(alias)?;
+                self.pool.remove(&self.name(alias)).map(|_| "ok".into())
+            }
+            "isprot" => self.image(alias)?.is_protected_snap(word(&w, 2)).map(|p| format!("ok {p}")),
+            "breaklock" => self.image(alias)?.break_lock(word(&w, 2), word(&w, 3)).map(|_| "ok".into()),
             "close" => Ok(if self.images.remove(alias).is_some() { "ok" } else { "ok not-open" }.into()),
             "remove" => {
                 self.images.remove(alias);
