@@ -179,6 +179,34 @@ mod with_setup {
         permission_case(librbd_backend(), &unique_prefix("c"));
     }
 
+    /// Every method that python-rbd documents as raising IOError answers `io` when the store
+    /// under an open image is damaged (its header replaced by a directory), and the host
+    /// survives to say so. (librbd's IOError needs a failing cluster.)
+    #[test]
+    fn embedded_methods_on_a_damaged_image_are_io() {
+        let store = embedded_store();
+        let b = store.backend.clone();
+        b.create("rbd", "img", 1 << 20, &CreateOptions::default()).unwrap();
+        let img = b.open("rbd", "img", None, false).unwrap();
+        img.write(0, &[1u8; 4096]).unwrap();
+        img.create_snap("s").unwrap();
+        img.create_snap("t").unwrap();
+        let headers: Vec<std::path::PathBuf> =
+            walk(store.dir.path()).into_iter().filter(|p| p.ends_with("header.json")).collect();
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        std::fs::remove_file(&headers[0]).unwrap();
+        std::fs::create_dir(&headers[0]).unwrap();
+        let kind = |r: Result<(), rbd_wasm::backend::Error>| r.err().map(|e| e.kind()).unwrap_or("ok");
+        assert_eq!(kind(img.diff_iterate(0, 4096, Some("s"), true, false, &mut |_| {})), "io", "diff_iterate");
+        assert_eq!(kind(img.is_protected_snap("s").map(drop)), "io", "is_protected_snap");
+        assert_eq!(kind(img.protect_snap("s")), "io", "protect_snap");
+        assert_eq!(kind(img.unprotect_snap("s")), "io", "unprotect_snap");
+        assert_eq!(kind(img.remove_snap("t")), "io", "remove_snap");
+        assert_eq!(kind(img.rollback_to_snap("s")), "io", "rollback_to_snap");
+        assert_eq!(kind(img.write(0, b"x").map(drop)), "io", "write");
+        assert_eq!(kind(img.read(0, 10).map(drop)), "io", "read");
+    }
+
     /// librbd's IOError needs a failing cluster; on the embedded store a damaged object file
     /// (a directory where the data should be) is one.
     #[test]
