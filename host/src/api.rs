@@ -70,11 +70,34 @@ pub struct RbdCtx {
     /// Bounds the backend reads one job keeps in flight.
     io_slots: Arc<Semaphore>,
     progress: Option<Arc<dyn Fn(types::Progress) + Send + Sync>>,
+    /// Advisory locks this job took and has not released: (pool, image, cookie).
+    held_locks: Vec<(String, String, String)>,
 }
 
 impl RbdCtx {
     pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize) -> Self {
-        RbdCtx { backend, grants, io_slots: Arc::new(Semaphore::new(reads_in_flight.max(1))), progress: None }
+        RbdCtx {
+            backend,
+            grants,
+            io_slots: Arc::new(Semaphore::new(reads_in_flight.max(1))),
+            progress: None,
+            held_locks: Vec::new(),
+        }
+    }
+
+    /// Release every advisory lock the job still holds. Ceph keeps a lock until its holder
+    /// unlocks it (or someone breaks it), whatever became of the holder's handle, so the host
+    /// does it for a job however the job ended. Each image is reopened for this: the job may
+    /// have closed its handle, and a lock belongs to the client, not to the handle.
+    pub async fn release_locks(&mut self) {
+        for (pool, image, cookie) in std::mem::take(&mut self.held_locks) {
+            let backend = self.backend.clone();
+            let result = blocking(move || backend.open(&pool, &image, None, false)?.unlock(&cookie)).await;
+            match result {
+                Ok(()) | Err(HostError::Rbd(Error::NotFound(_))) => {}
+                Err(e) => tracing::warn!("releasing a lock the job left behind failed: {e:?}"),
+            }
+        }
     }
 
     /// Where `report-progress` goes.
@@ -582,15 +605,28 @@ impl rbd::HostImage for RbdView<'_> {
     }
 
     async fn lock_exclusive(&mut self, image: Resource<ImageHandle>, cookie: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await
+        let handle = self.image(&image)?;
+        let held = (handle.cap.pool().to_owned(), handle.cap.image().to_owned(), cookie.clone());
+        handle.call(Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await?;
+        self.ctx.held_locks.push(held);
+        Ok(())
     }
 
     async fn lock_shared(&mut self, image: Resource<ImageHandle>, cookie: String, tag: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await
+        let handle = self.image(&image)?;
+        let held = (handle.cap.pool().to_owned(), handle.cap.image().to_owned(), cookie.clone());
+        handle.call(Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await?;
+        self.ctx.held_locks.push(held);
+        Ok(())
     }
 
     async fn unlock(&mut self, image: Resource<ImageHandle>, cookie: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::Lock), move |i| i.unlock(&cookie)).await
+        let handle = self.image(&image)?;
+        let (pool, name) = (handle.cap.pool().to_owned(), handle.cap.image().to_owned());
+        let released = cookie.clone();
+        handle.call(Some(Operation::Lock), move |i| i.unlock(&cookie)).await?;
+        self.ctx.held_locks.retain(|(p, i, c)| !(p == &pool && i == &name && c == &released));
+        Ok(())
     }
 
     async fn break_lock(&mut self, image: Resource<ImageHandle>, client: String, cookie: String) -> HostResult<()> {

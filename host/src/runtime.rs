@@ -257,6 +257,8 @@ impl Runtime {
             instance.ceph_rbd_job().call_run(&mut store, &job.args).await.map_err(JobError::Trap)
         })
         .await;
+        // However the job ended, it leaves no lock behind (its images close with the store).
+        store.data_mut().rbd.release_locks().await;
         match outcome {
             Err(_elapsed) => Err(JobError::Deadline(deadline)),
             Ok(Err(JobError::Trap(e))) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {

@@ -165,8 +165,32 @@ fn permission_case(backend: Arc<dyn Backend>, prefix: &str) {
     assert_eq!(names, vec![format!("{prefix}-ro")], "a denied call changed the pool");
 }
 
+/// A job that ends holding locks (returning, or trapping) leaves none behind.
+fn locks_released_case(backend: Arc<dyn Backend>, prefix: &str) {
+    for case in ["job_leaves_locks_behind", "job_traps_holding_locks"] {
+        let prefix = format!("{prefix}{}", if case.contains("traps") { "t" } else { "r" });
+        let job = run("conformance", &[case, &prefix], backend.clone());
+        assert_eq!(job.result.is_ok(), case == "job_leaves_locks_behind", "{case}: {:?}", job.result.err());
+        for image in ["a", "b"] {
+            let img = backend.open("rbd", &format!("{prefix}-{image}"), None, true).unwrap();
+            assert_eq!(img.list_lockers().unwrap().lockers, vec![], "{case}: {image} still locked");
+        }
+    }
+}
+
 mod with_setup {
     use super::*;
+
+    #[test]
+    fn embedded_locks_a_job_leaves_are_released() {
+        let store = embedded_store();
+        locks_released_case(store.backend.clone(), "t");
+    }
+
+    #[test]
+    fn librbd_locks_a_job_leaves_are_released() {
+        locks_released_case(librbd_backend(), &unique_prefix("c"));
+    }
 
     #[test]
     fn embedded_operations_outside_the_grant_are_permission_denied() {
@@ -244,6 +268,8 @@ const WITH_SETUP: &[&str] = &[
     "break_lock_releases_another_clients_lock",
     "operations_outside_the_grant_are_permission_denied",
     "read_of_a_damaged_object_is_io",
+    "job_leaves_locks_behind",
+    "job_traps_holding_locks",
 ];
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -1000,6 +1000,8 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("image_names_follow_librbd", image_names_follow_librbd),
     ("discard_at_or_past_end_is_invalid", discard_at_or_past_end_is_invalid),
     ("clone_with_bad_order_or_name", clone_with_bad_order_or_name),
+    ("job_leaves_locks_behind", job_leaves_locks_behind),
+    ("job_traps_holding_locks", job_traps_holding_locks),
     ("operations_outside_the_grant_are_permission_denied", operations_outside_the_grant_are_permission_denied),
     ("read_of_a_damaged_object_is_io", read_of_a_damaged_object_is_io),
 ];
@@ -1017,6 +1019,31 @@ fn job_allocates_without_bound() -> R {
         hoard.push(vec![1u8; 16 << 20]);
         std::hint::black_box(&hoard);
     }
+}
+
+/// Takes locks and ends without releasing them: `PREFIX-a` exclusively (handle kept open),
+/// `PREFIX-b` shared (handle closed first); the host must release both. With `trap`, the job
+/// then traps instead of returning.
+fn leave_locks_behind(c: &Ctx, trap: bool) -> R {
+    let a = c.image("a", MIB)?;
+    ok(a.lock_exclusive("left"), "lock a")?;
+    {
+        let b = c.image("b", MIB)?;
+        ok(b.lock_shared("left", "tag"), "lock b")?;
+    }
+    if trap {
+        let v: Vec<u8> = Vec::new();
+        std::hint::black_box(v[std::hint::black_box(1)]);
+    }
+    Ok(())
+}
+
+fn job_leaves_locks_behind(c: &Ctx) -> R {
+    leave_locks_behind(c, false)
+}
+
+fn job_traps_holding_locks(c: &Ctx) -> R {
+    leave_locks_behind(c, true)
 }
 
 /// Cases that need no pools: they end the job badly on purpose.
