@@ -9,6 +9,7 @@ pub mod api;
 mod bindings;
 pub mod cache;
 pub mod capability;
+pub mod manifest;
 pub mod output;
 pub mod runtime;
 

@@ -12,6 +12,7 @@ use rbd_wasm::backend::embedded::EmbeddedBackend;
 use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::{Backend, Image};
 use rbd_wasm::capability::{Grant, Grants};
+use rbd_wasm::manifest::Manifest;
 use rbd_wasm::output::OutputSink;
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
 
@@ -58,30 +59,71 @@ struct StoreArgs {
 struct RunArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Grant the job every operation on the images of this pool (repeatable).
-    #[arg(long = "pool", default_value = "rbd")]
+    /// The job manifest (TOML: component, args, grants, limits, output directory). The
+    /// options below override it.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Grant the job every operation on the images of this pool (repeatable). Replaces the
+    /// manifest's grants; without a manifest the default is `rbd`.
+    #[arg(long = "pool")]
     pools: Vec<String>,
     /// A host directory the job sees as `/out` (read-write). Without it the job has no
     /// filesystem at all.
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Stop the job after this many seconds.
-    #[arg(long, default_value_t = 3600)]
-    deadline_secs: u64,
-    /// Most linear memory of the job, in MiB.
-    #[arg(long, default_value_t = 1024)]
-    memory_mib: usize,
+    /// Stop the job after this many seconds (default 3600).
+    #[arg(long)]
+    deadline_secs: Option<u64>,
+    /// Most linear memory of the job, in MiB (default 1024).
+    #[arg(long)]
+    memory_mib: Option<usize>,
     /// Tags the job's output lines; default: the component's file stem.
     #[arg(long)]
     job_id: Option<String>,
     /// Compile the component every time instead of using the cache.
     #[arg(long)]
     no_cache: bool,
-    /// The job's component.
-    job: PathBuf,
-    /// Arguments passed to the job's `run`.
+    /// The job's component (optional with a manifest that names one).
+    job: Option<PathBuf>,
+    /// Arguments passed to the job's `run` (replace the manifest's).
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// What to run: the manifest (if any) with the command line's overrides applied.
+fn job_plan(args: &RunArgs) -> Result<(PathBuf, Vec<String>, Option<String>, Grants, JobLimits, Option<PathBuf>), JobError> {
+    let manifest = match &args.manifest {
+        Some(path) => Some(Manifest::load(path).map_err(|e| JobError::Setup(e.to_string()))?),
+        None => None,
+    };
+    let component = args
+        .job
+        .clone()
+        .or_else(|| manifest.as_ref().and_then(|m| m.component.clone()))
+        .ok_or_else(|| JobError::Setup("no job given: name a component, or a manifest with `job.component`".into()))?;
+    let job_args = if !args.args.is_empty() || manifest.is_none() {
+        args.args.clone()
+    } else {
+        manifest.as_ref().map(|m| m.args.clone()).unwrap_or_default()
+    };
+    let grants = if !args.pools.is_empty() {
+        Grants::new(args.pools.iter().map(Grant::full).collect())
+    } else {
+        match &manifest {
+            Some(m) => m.grants.clone(),
+            None => Grants::new(vec![Grant::full("rbd")]),
+        }
+    };
+    let mut limits = manifest.as_ref().map(|m| m.limits.clone()).unwrap_or_default();
+    if let Some(mib) = args.memory_mib {
+        limits.memory_bytes = mib.saturating_mul(1 << 20);
+    }
+    if let Some(secs) = args.deadline_secs {
+        limits.deadline = Duration::from_secs(secs);
+    }
+    let id = args.job_id.clone().or_else(|| manifest.as_ref().and_then(|m| m.id.clone()));
+    let output_dir = args.output_dir.clone().or_else(|| manifest.as_ref().and_then(|m| m.output_dir.clone()));
+    Ok((component, job_args, id, grants, limits, output_dir))
 }
 
 #[derive(Subcommand)]
@@ -214,27 +256,24 @@ fn default_store_dir() -> anyhow::Result<PathBuf> {
 
 fn run_job(args: RunArgs) -> ExitCode {
     let result = (|| -> Result<(), JobError> {
+        let (component_path, job_args, job_id, grants, limits, output_dir) = job_plan(&args)?;
         let backend = open_backend(&args.store).map_err(|e| JobError::Setup(format!("{e:#}")))?;
         let mut config = RuntimeConfig { max_concurrent_jobs: 4, ..RuntimeConfig::default() };
         if args.no_cache {
             config.cache_dir = None;
         }
         let runtime = Runtime::new(config).map_err(|e| JobError::Setup(format!("{e:#}")))?;
-        let component = runtime.load(&args.job)?;
-        let job_id = args.job_id.clone().unwrap_or_else(|| {
-            args.job.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
+        let component = runtime.load(&component_path)?;
+        let job_id = job_id.unwrap_or_else(|| {
+            component_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
         });
         let job = JobConfig {
             job_id,
-            args: args.args.clone(),
+            args: job_args,
             backend,
-            grants: Grants::new(args.pools.iter().map(Grant::full).collect()),
-            limits: JobLimits {
-                memory_bytes: args.memory_mib.saturating_mul(1 << 20),
-                deadline: Duration::from_secs(args.deadline_secs),
-                ..JobLimits::default()
-            },
-            output_dir: args.output_dir.clone(),
+            grants,
+            limits,
+            output_dir,
             stdout: OutputSink::Stdout,
             stderr: OutputSink::Stderr,
             progress: None,

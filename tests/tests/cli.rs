@@ -100,3 +100,47 @@ fn info_of_a_missing_image_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not found"), "{}", text(&out.stderr));
 }
+
+/// A manifest names the component (relative to itself), its arguments and its grants.
+#[test]
+fn run_with_a_manifest_enforces_its_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = guest("hello");
+    std::fs::copy(&hello, dir.path().join("hello.wasm")).unwrap();
+    let write_manifest = |name: &str, operations: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "schema = 1\n[job]\ncomponent = \"hello.wasm\"\nargs = [\"rbd\", \"vm-1\"]\nid = \"nightly\"\n\
+                 [[grants]]\npool = \"rbd\"\nimages = \"vm-*\"\noperations = {operations}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let read_only = write_manifest("ro.toml", "[\"read\"]");
+    let out = rbd_wasm(dir.path(), &["run", "--manifest", read_only.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("permission-denied"), "{}", text(&out.stderr));
+
+    let writer = write_manifest("rw.toml", "[\"create\", \"read\", \"write\"]");
+    let out = rbd_wasm(dir.path(), &["run", "--manifest", writer.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("[nightly] created rbd/vm-1"), "{}", text(&out.stdout));
+
+    // The command line overrides the manifest's arguments, and the grant still holds.
+    let out = rbd_wasm(dir.path(), &["run", "--manifest", writer.to_str().unwrap(), "--", "rbd", "db-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not-found"), "an image outside the grant is invisible: {}", text(&out.stderr));
+}
+
+#[test]
+fn a_manifest_with_an_unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, "schema = 1\n[job]\ncomponent = \"x.wasm\"\n[limits]\nmemory_mb = 5\n").unwrap();
+    let out = rbd_wasm(dir.path(), &["run", "--manifest", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown field `memory_mb`"), "{}", text(&out.stderr));
+}
