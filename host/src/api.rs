@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{HasData, Resource, ResourceTable, ResourceTableError};
 
 use crate::bindings::ceph::rbd::{job_host, rbd, types};
+use crate::audit::{Audit, Target};
 use crate::capability::{Grants, ImageCapability, Operation, PoolCapability};
 
 /// The error of a host function: an RBD error the guest sees, or a trap that ends the job.
@@ -72,16 +73,18 @@ pub struct RbdCtx {
     progress: Option<Arc<dyn Fn(types::Progress) + Send + Sync>>,
     /// Advisory locks this job took and has not released: (pool, image, cookie).
     held_locks: Vec<(String, String, String)>,
+    audit: Audit,
 }
 
 impl RbdCtx {
-    pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize, audit: Audit) -> Self {
         RbdCtx {
             backend,
             grants,
             io_slots: Arc::new(Semaphore::new(reads_in_flight.max(1))),
             progress: None,
             held_locks: Vec::new(),
+            audit,
         }
     }
 
@@ -128,6 +131,7 @@ pub struct PoolHandle {
 pub struct ImageHandle {
     open: Arc<OpenImage>,
     cap: ImageCapability,
+    audit: Audit,
 }
 
 /// The backend image behind a handle, shared with the handle's diff iterators. Closing it
@@ -176,22 +180,63 @@ pub struct DiffIterator {
 
 impl ImageHandle {
     /// Run `f` on the backend image after checking `op` against the handle's capability.
-    async fn call<T, F>(&self, op: Option<Operation>, f: F) -> HostResult<T>
+    /// A denial, and every call of a mutating operation, goes to the audit log.
+    async fn call<T, F>(&self, method: &str, op: Option<Operation>, f: F) -> HostResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Image) -> Result<T, Error> + Send + 'static,
     {
         if let Some(op) = op {
-            self.cap.require(op)?;
+            if let Err(denied) = self.cap.require(op) {
+                audit_call(&self.audit, &self.cap, method, op, &Err::<(), _>(denied.clone()));
+                return Err(denied.into());
+            }
         }
         let open = self.open.clone();
-        blocking(move || open.with(f)).await
+        let result = blocking(move || open.with(f)).await;
+        if let Some(op) = op.filter(|op| op.mutates()) {
+            audit_call(&self.audit, &self.cap, method, op, &outcome(&result));
+        }
+        result
     }
+}
+
+/// A host result as the audit log sees it.
+fn outcome<T>(result: &HostResult<T>) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(HostError::Rbd(e)) => Err(e.clone()),
+        Err(HostError::Trap(t)) => Err(Error::Logic(format!("trap: {t}"))),
+    }
+}
+
+fn audit_call(audit: &Audit, cap: &ImageCapability, method: &str, op: Operation, result: &Result<(), Error>) {
+    let target = Target { pool: cap.pool(), image: Some(cap.image()), method, operation: op.name(), grant: cap.grant() };
+    audit.record(&target, result);
 }
 
 impl RbdView<'_> {
     fn image(&self, handle: &Resource<ImageHandle>) -> HostResult<&ImageHandle> {
         Ok(self.table.get(handle)?)
+    }
+
+    /// The capability for a pool-level call naming `image`; a denial (an image outside the
+    /// grant, or an operation it does not allow) is audited.
+    fn require(&self, pool: &Resource<PoolHandle>, image: &str, method: &str, op: Operation) -> HostResult<ImageCapability> {
+        let cap = &self.pool(pool)?.cap;
+        cap.require(image, op).map_err(|denied| {
+            let target = Target { pool: cap.pool(), image: Some(image), method, operation: op.name(), grant: "none" };
+            let grant = cap.image(image).map(|c| c.grant().to_owned()).unwrap_or_default();
+            let target = Target { grant: if grant.is_empty() { "none" } else { &grant }, ..target };
+            self.ctx.audit.record(&target, &Err::<(), _>(denied.clone()));
+            HostError::from(denied)
+        })
+    }
+
+    /// Audit the end of a pool-level mutating call.
+    fn audited<T>(&self, cap: &ImageCapability, method: &str, op: Operation, result: HostResult<T>) -> HostResult<T> {
+        audit_call(&self.ctx.audit, cap, method, op, &outcome(&result));
+        result
     }
 
     fn pool(&self, handle: &Resource<PoolHandle>) -> HostResult<&PoolHandle> {
@@ -256,7 +301,10 @@ impl rbd::Host for RbdView<'_> {
     }
 
     async fn open_pool(&mut self, name: String) -> HostResult<Resource<PoolHandle>> {
-        let cap = self.ctx.grants.pool(&name)?;
+        let cap = self.ctx.grants.pool(&name).inspect_err(|denied| {
+            let target = Target { pool: &name, image: None, method: "open-pool", operation: "read", grant: "none" };
+            self.ctx.audit.record(&target, &Err::<(), _>(denied.clone()));
+        })?;
         let backend = self.ctx.backend.clone();
         blocking(move || backend.open_pool(&name)).await?;
         Ok(self.table.push(PoolHandle { cap })?)
@@ -275,7 +323,7 @@ impl rbd::HostPool for RbdView<'_> {
         size: u64,
         options: types::CreateOptions,
     ) -> HostResult<()> {
-        let cap = self.pool(&pool)?.cap.require(&name, Operation::Create)?;
+        let cap = self.require(&pool, &name, "create", Operation::Create)?;
         let backend = self.ctx.backend.clone();
         let options = rbd_backend::CreateOptions {
             order: options.order,
@@ -284,7 +332,9 @@ impl rbd::HostPool for RbdView<'_> {
             stripe_unit: options.stripe_unit,
             stripe_count: options.stripe_count,
         };
-        blocking(move || backend.create(cap.pool(), &name, size, &options)).await
+        let pool_name = cap.pool().to_owned();
+        let result = blocking(move || backend.create(&pool_name, &name, size, &options)).await;
+        self.audited(&cap, "create", Operation::Create, result)
     }
 
     async fn clone(
@@ -296,21 +346,16 @@ impl rbd::HostPool for RbdView<'_> {
         child_name: String,
         options: types::CloneOptions,
     ) -> HostResult<()> {
-        let parent_cap = self.pool(&pool)?.cap.require(&parent, Operation::Clone)?;
-        let child_cap = self.pool(&dest)?.cap.require(&child_name, Operation::Create)?;
+        let parent_cap = self.require(&pool, &parent, "clone", Operation::Clone)?;
+        let child_cap = self.require(&dest, &child_name, "clone", Operation::Create)?;
         let backend = self.ctx.backend.clone();
         let options = rbd_backend::CloneOptions { features: options.features, order: options.order };
-        blocking(move || {
-            backend.clone_image(
-                parent_cap.pool(),
-                &parent,
-                &parent_snap,
-                child_cap.pool(),
-                &child_name,
-                &options,
-            )
+        let (parent_pool, child_pool) = (parent_cap.pool().to_owned(), child_cap.pool().to_owned());
+        let result = blocking(move || {
+            backend.clone_image(&parent_pool, &parent, &parent_snap, &child_pool, &child_name, &options)
         })
-        .await
+        .await;
+        self.audited(&child_cap, "clone", Operation::Create, result)
     }
 
     async fn list(&mut self, pool: Resource<PoolHandle>) -> HostResult<Vec<String>> {
@@ -325,17 +370,20 @@ impl rbd::HostPool for RbdView<'_> {
     }
 
     async fn remove(&mut self, pool: Resource<PoolHandle>, name: String) -> HostResult<()> {
-        let cap = self.pool(&pool)?.cap.require(&name, Operation::Remove)?;
+        let cap = self.require(&pool, &name, "remove", Operation::Remove)?;
         let backend = self.ctx.backend.clone();
-        blocking(move || backend.remove(cap.pool(), &name)).await
+        let pool_name = cap.pool().to_owned();
+        let result = blocking(move || backend.remove(&pool_name, &name)).await;
+        self.audited(&cap, "remove", Operation::Remove, result)
     }
 
     async fn rename(&mut self, pool: Resource<PoolHandle>, src: String, dest: String) -> HostResult<()> {
-        let handle = self.pool(&pool)?;
-        let cap = handle.cap.require(&src, Operation::Rename)?;
-        handle.cap.require(&dest, Operation::Create)?;
+        let cap = self.require(&pool, &src, "rename", Operation::Rename)?;
+        self.require(&pool, &dest, "rename", Operation::Create)?;
         let backend = self.ctx.backend.clone();
-        blocking(move || backend.rename(cap.pool(), &src, &dest)).await
+        let pool_name = cap.pool().to_owned();
+        let result = blocking(move || backend.rename(&pool_name, &src, &dest)).await;
+        self.audited(&cap, "rename", Operation::Rename, result)
     }
 
     async fn open(
@@ -344,7 +392,7 @@ impl rbd::HostPool for RbdView<'_> {
         name: String,
         options: types::OpenOptions,
     ) -> HostResult<Resource<ImageHandle>> {
-        let cap = self.pool(&pool)?.cap.require(&name, Operation::Read)?;
+        let cap = self.require(&pool, &name, "open", Operation::Read)?;
         let read_only = options.read_only || cap.operations().is_read_only();
         let backend = self.ctx.backend.clone();
         let pool_name = cap.pool().to_owned();
@@ -353,7 +401,7 @@ impl rbd::HostPool for RbdView<'_> {
         })
         .await?;
         let open = Arc::new(OpenImage { image: RwLock::new(Some(image)), selection: AtomicU64::new(0) });
-        Ok(self.table.push(ImageHandle { open, cap })?)
+        Ok(self.table.push(ImageHandle { open, cap, audit: self.ctx.audit.clone() })?)
     }
 
     async fn drop(&mut self, pool: Resource<PoolHandle>) -> wasmtime::Result<()> {
@@ -368,11 +416,11 @@ impl rbd::HostImage for RbdView<'_> {
     }
 
     async fn size(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
-        self.image(&image)?.call(None, |i| i.size()).await
+        self.image(&image)?.call("size", None, |i| i.size()).await
     }
 
     async fn stat(&mut self, image: Resource<ImageHandle>) -> HostResult<types::ImageStat> {
-        let s = self.image(&image)?.call(None, |i| i.stat()).await?;
+        let s = self.image(&image)?.call("stat", None, |i| i.stat()).await?;
         Ok(types::ImageStat {
             size: s.size,
             obj_size: s.obj_size,
@@ -385,23 +433,23 @@ impl rbd::HostImage for RbdView<'_> {
     }
 
     async fn features(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
-        self.image(&image)?.call(None, |i| i.features()).await
+        self.image(&image)?.call("features", None, |i| i.features()).await
     }
 
     async fn old_format(&mut self, image: Resource<ImageHandle>) -> HostResult<bool> {
-        self.image(&image)?.call(None, |i| i.old_format()).await
+        self.image(&image)?.call("old-format", None, |i| i.old_format()).await
     }
 
     async fn stripe_unit(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
-        self.image(&image)?.call(None, |i| i.stripe_unit()).await
+        self.image(&image)?.call("stripe-unit", None, |i| i.stripe_unit()).await
     }
 
     async fn stripe_count(&mut self, image: Resource<ImageHandle>) -> HostResult<u64> {
-        self.image(&image)?.call(None, |i| i.stripe_count()).await
+        self.image(&image)?.call("stripe-count", None, |i| i.stripe_count()).await
     }
 
     async fn read(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<Vec<u8>> {
-        self.image(&image)?.call(Some(Operation::Read), move |i| read_clipped(i, offset, length)).await
+        self.image(&image)?.call("read", Some(Operation::Read), move |i| read_clipped(i, offset, length)).await
     }
 
     async fn read_ranges(
@@ -459,60 +507,60 @@ impl rbd::HostImage for RbdView<'_> {
     }
 
     async fn write(&mut self, image: Resource<ImageHandle>, offset: u64, data: Vec<u8>) -> HostResult<u64> {
-        self.image(&image)?.call(Some(Operation::Write), move |i| i.write(offset, &data)).await
+        self.image(&image)?.call("write", Some(Operation::Write), move |i| i.write(offset, &data)).await
     }
 
     async fn discard(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::Write), move |i| i.discard(offset, length)).await
+        self.image(&image)?.call("discard", Some(Operation::Write), move |i| i.discard(offset, length)).await
     }
 
     async fn flush(&mut self, image: Resource<ImageHandle>) -> HostResult<()> {
-        self.image(&image)?.call(None, |i| i.flush()).await
+        self.image(&image)?.call("flush", None, |i| i.flush()).await
     }
 
     async fn invalidate_cache(&mut self, image: Resource<ImageHandle>) -> HostResult<()> {
-        self.image(&image)?.call(None, |i| i.invalidate_cache()).await
+        self.image(&image)?.call("invalidate-cache", None, |i| i.invalidate_cache()).await
     }
 
     async fn resize(&mut self, image: Resource<ImageHandle>, size: u64) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::Resize), move |i| i.resize(size)).await
+        self.image(&image)?.call("resize", Some(Operation::Resize), move |i| i.resize(size)).await
     }
 
     async fn create_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::SnapshotCreate), move |i| i.create_snap(&name)).await
+        self.image(&image)?.call("create-snap", Some(Operation::SnapshotCreate), move |i| i.create_snap(&name)).await
     }
 
     async fn remove_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::SnapshotRemove), move |i| i.remove_snap(&name)).await
+        self.image(&image)?.call("remove-snap", Some(Operation::SnapshotRemove), move |i| i.remove_snap(&name)).await
     }
 
     async fn rollback_to_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
         self.image(&image)?
-            .call(Some(Operation::SnapshotRollback), move |i| i.rollback_to_snap(&name))
+            .call("rollback-to-snap", Some(Operation::SnapshotRollback), move |i| i.rollback_to_snap(&name))
             .await
     }
 
     async fn protect_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::SnapshotProtect), move |i| i.protect_snap(&name)).await
+        self.image(&image)?.call("protect-snap", Some(Operation::SnapshotProtect), move |i| i.protect_snap(&name)).await
     }
 
     async fn unprotect_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::SnapshotProtect), move |i| i.unprotect_snap(&name)).await
+        self.image(&image)?.call("unprotect-snap", Some(Operation::SnapshotProtect), move |i| i.unprotect_snap(&name)).await
     }
 
     async fn is_protected_snap(&mut self, image: Resource<ImageHandle>, name: String) -> HostResult<bool> {
-        self.image(&image)?.call(Some(Operation::Read), move |i| i.is_protected_snap(&name)).await
+        self.image(&image)?.call("is-protected-snap", Some(Operation::Read), move |i| i.is_protected_snap(&name)).await
     }
 
     async fn list_snaps(&mut self, image: Resource<ImageHandle>) -> HostResult<Vec<types::SnapInfo>> {
-        let snaps = self.image(&image)?.call(Some(Operation::Read), |i| i.list_snaps()).await?;
+        let snaps = self.image(&image)?.call("list-snaps", Some(Operation::Read), |i| i.list_snaps()).await?;
         Ok(snaps.into_iter().map(|s| types::SnapInfo { id: s.id, size: s.size, name: s.name }).collect())
     }
 
     async fn set_snap(&mut self, image: Resource<ImageHandle>, name: Option<String>) -> HostResult<()> {
         let handle = self.image(&image)?;
         let open = handle.open.clone();
-        handle.call(Some(Operation::Read), move |i| i.set_snap(name.as_deref())).await?;
+        handle.call("set-snap", Some(Operation::Read), move |i| i.set_snap(name.as_deref())).await?;
         open.selection.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -536,7 +584,7 @@ impl rbd::HostImage for RbdView<'_> {
         // first batch.
         let from = from_snapshot.clone();
         let (stat, first) = handle
-            .call(Some(Operation::Read), move |i| {
+            .call("diff-iterate", Some(Operation::Read), move |i| {
                 let stat = i.stat()?;
                 let end = end.min(stat.size);
                 let window = diff_window(stat.obj_size);
@@ -563,7 +611,7 @@ impl rbd::HostImage for RbdView<'_> {
     }
 
     async fn list_children(&mut self, image: Resource<ImageHandle>) -> HostResult<Vec<types::Child>> {
-        let children = self.image(&image)?.call(Some(Operation::Read), |i| i.list_children()).await?;
+        let children = self.image(&image)?.call("list-children", Some(Operation::Read), |i| i.list_children()).await?;
         Ok(children.into_iter().map(|c| types::Child { pool: c.pool, image: c.image }).collect())
     }
 
@@ -571,12 +619,12 @@ impl rbd::HostImage for RbdView<'_> {
         &mut self,
         image: Resource<ImageHandle>,
     ) -> HostResult<Option<(String, String, String)>> {
-        let parent = self.image(&image)?.call(Some(Operation::Read), |i| i.parent_info()).await?;
+        let parent = self.image(&image)?.call("parent-info", Some(Operation::Read), |i| i.parent_info()).await?;
         Ok(parent.map(|p| (p.pool, p.image, p.snap)))
     }
 
     async fn flatten(&mut self, image: Resource<ImageHandle>) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::Write), |i| i.flatten()).await
+        self.image(&image)?.call("flatten", Some(Operation::Write), |i| i.flatten()).await
     }
 
     async fn copy(
@@ -585,14 +633,14 @@ impl rbd::HostImage for RbdView<'_> {
         dest: Resource<PoolHandle>,
         dest_name: String,
     ) -> HostResult<()> {
-        let dest_cap = self.pool(&dest)?.cap.require(&dest_name, Operation::Create)?;
-        self.image(&image)?
-            .call(Some(Operation::Read), move |i| i.copy(dest_cap.pool(), &dest_name))
-            .await
+        let dest_cap = self.require(&dest, &dest_name, "copy", Operation::Create)?;
+        let dest_pool = dest_cap.pool().to_owned();
+        let result = self.image(&image)?.call("copy", Some(Operation::Read), move |i| i.copy(&dest_pool, &dest_name)).await;
+        self.audited(&dest_cap, "copy", Operation::Create, result)
     }
 
     async fn list_lockers(&mut self, image: Resource<ImageHandle>) -> HostResult<types::LockInfo> {
-        let info = self.image(&image)?.call(Some(Operation::Read), |i| i.list_lockers()).await?;
+        let info = self.image(&image)?.call("list-lockers", Some(Operation::Read), |i| i.list_lockers()).await?;
         Ok(types::LockInfo {
             tag: info.tag,
             exclusive: info.exclusive,
@@ -607,7 +655,7 @@ impl rbd::HostImage for RbdView<'_> {
     async fn lock_exclusive(&mut self, image: Resource<ImageHandle>, cookie: String) -> HostResult<()> {
         let handle = self.image(&image)?;
         let held = (handle.cap.pool().to_owned(), handle.cap.image().to_owned(), cookie.clone());
-        handle.call(Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await?;
+        handle.call("lock-exclusive", Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await?;
         self.ctx.held_locks.push(held);
         Ok(())
     }
@@ -615,7 +663,7 @@ impl rbd::HostImage for RbdView<'_> {
     async fn lock_shared(&mut self, image: Resource<ImageHandle>, cookie: String, tag: String) -> HostResult<()> {
         let handle = self.image(&image)?;
         let held = (handle.cap.pool().to_owned(), handle.cap.image().to_owned(), cookie.clone());
-        handle.call(Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await?;
+        handle.call("lock-shared", Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await?;
         self.ctx.held_locks.push(held);
         Ok(())
     }
@@ -624,13 +672,13 @@ impl rbd::HostImage for RbdView<'_> {
         let handle = self.image(&image)?;
         let (pool, name) = (handle.cap.pool().to_owned(), handle.cap.image().to_owned());
         let released = cookie.clone();
-        handle.call(Some(Operation::Lock), move |i| i.unlock(&cookie)).await?;
+        handle.call("unlock", Some(Operation::Lock), move |i| i.unlock(&cookie)).await?;
         self.ctx.held_locks.retain(|(p, i, c)| !(p == &pool && i == &name && c == &released));
         Ok(())
     }
 
     async fn break_lock(&mut self, image: Resource<ImageHandle>, client: String, cookie: String) -> HostResult<()> {
-        self.image(&image)?.call(Some(Operation::BreakLock), move |i| i.break_lock(&client, &cookie)).await
+        self.image(&image)?.call("break-lock", Some(Operation::BreakLock), move |i| i.break_lock(&client, &cookie)).await
     }
 
     async fn lock_client(&mut self, image: Resource<ImageHandle>) -> wasmtime::Result<String> {

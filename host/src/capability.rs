@@ -272,15 +272,15 @@ impl PoolCapability {
     /// like one that does not exist.
     pub fn image(&self, image: &str) -> Result<ImageCapability, Error> {
         let mut operations = Operations::default();
-        let mut matched = false;
+        let mut patterns: Vec<String> = Vec::new();
         for g in self.grants.iter().filter(|g| g.images.matches(image)) {
-            matched = true;
+            patterns.push(format!("{}/{}", g.pool, g.images));
             operations.union(&g.operations);
         }
-        if !matched {
+        if patterns.is_empty() {
             return Err(Error::NotFound(format!("image `{image}` in pool `{}`", self.pool)));
         }
-        Ok(ImageCapability { pool: self.pool.clone(), image: image.to_owned(), operations })
+        Ok(ImageCapability { pool: self.pool.clone(), image: image.to_owned(), operations, grant: patterns.join(",") })
     }
 
     /// Check an operation on a named image of this pool (for pool-level calls such as
@@ -298,6 +298,8 @@ pub struct ImageCapability {
     pool: String,
     image: String,
     operations: Operations,
+    /// The grants that matched, as `pool/pattern` (for the audit log).
+    grant: String,
 }
 
 impl ImageCapability {
@@ -311,6 +313,11 @@ impl ImageCapability {
 
     pub fn operations(&self) -> &Operations {
         &self.operations
+    }
+
+    /// The grants this capability was minted from, as `pool/pattern[,…]`.
+    pub fn grant(&self) -> &str {
+        &self.grant
     }
 
     /// `PermissionDenied` unless the grant allows `op`.

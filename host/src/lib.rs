@@ -6,6 +6,7 @@
 //! handles call a [`rbd_backend::Backend`].
 
 pub mod api;
+pub mod audit;
 mod bindings;
 pub mod cache;
 pub mod capability;

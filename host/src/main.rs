@@ -12,6 +12,7 @@ use rbd_wasm::backend::embedded::EmbeddedBackend;
 use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::{Backend, Image};
 use rbd_wasm::capability::{Grant, Grants};
+use rbd_wasm::audit::AuditSink;
 use rbd_wasm::manifest::Manifest;
 use rbd_wasm::output::OutputSink;
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
@@ -80,6 +81,9 @@ struct RunArgs {
     /// Tags the job's output lines; default: the component's file stem.
     #[arg(long)]
     job_id: Option<String>,
+    /// Append a JSON line for every mutating operation and every denial to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Compile the component every time instead of using the cache.
     #[arg(long)]
     no_cache: bool,
@@ -257,6 +261,11 @@ fn default_store_dir() -> anyhow::Result<PathBuf> {
 fn run_job(args: RunArgs) -> ExitCode {
     let result = (|| -> Result<(), JobError> {
         let (component_path, job_args, job_id, grants, limits, output_dir) = job_plan(&args)?;
+        let audit = match &args.audit_log {
+            Some(path) => AuditSink::append_to(path)
+                .map_err(|e| JobError::Setup(format!("cannot open the audit log {}: {e}", path.display())))?,
+            None => AuditSink::Off,
+        };
         let backend = open_backend(&args.store).map_err(|e| JobError::Setup(format!("{e:#}")))?;
         let mut config = RuntimeConfig { max_concurrent_jobs: 4, ..RuntimeConfig::default() };
         if args.no_cache {
@@ -277,6 +286,7 @@ fn run_job(args: RunArgs) -> ExitCode {
             stdout: OutputSink::Stdout,
             stderr: OutputSink::Stderr,
             progress: None,
+            audit,
         };
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

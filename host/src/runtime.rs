@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::api::{HasRbd, RbdCtx, RbdView};
+use crate::audit::{Audit, AuditSink};
 use crate::bindings::{JobWorld, JobWorldPre};
 use crate::cache::ComponentCache;
 use crate::capability::Grants;
@@ -115,6 +116,8 @@ pub struct JobConfig {
     pub stdout: OutputSink,
     pub stderr: OutputSink,
     pub progress: Option<Arc<dyn Fn(crate::bindings::types::Progress) + Send + Sync>>,
+    /// Where the job's mutating operations and denials are recorded.
+    pub audit: AuditSink,
 }
 
 /// A loaded component that has been checked against the job world, ready to instantiate.
@@ -236,7 +239,8 @@ impl Runtime {
             wasi.preopened_dir(dir, "/out", FsPerms::ReadWrite)
                 .map_err(|e| JobError::Setup(format!("cannot map output directory {}: {e:#}", dir.display())))?;
         }
-        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight);
+        let audit = Audit::new(&job.job_id, job.audit);
+        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit);
         if let Some(progress) = job.progress {
             rbd.on_progress(progress);
         }

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use rbd_wasm::backend::embedded::EmbeddedBackend;
 use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::Backend;
+use rbd_wasm::audit::AuditSink;
 use rbd_wasm::capability::{Grant, Grants};
 use rbd_wasm::output::OutputSink;
 use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
@@ -193,6 +194,18 @@ pub fn run(guest: &str, args: &[&str], backend: Arc<dyn Backend>) -> JobRun {
 }
 
 pub fn run_with(guest: &str, args: &[&str], backend: Arc<dyn Backend>, grants: Grants, limits: JobLimits) -> JobRun {
+    run_audited(guest, args, backend, grants, limits, AuditSink::Off)
+}
+
+/// As [`run_with`], with the job's audit records going to `audit`.
+pub fn run_audited(
+    guest: &str,
+    args: &[&str],
+    backend: Arc<dyn Backend>,
+    grants: Grants,
+    limits: JobLimits,
+    audit: AuditSink,
+) -> JobRun {
     let component = component(guest);
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -206,6 +219,7 @@ pub fn run_with(guest: &str, args: &[&str], backend: Arc<dyn Backend>, grants: G
         stdout: OutputSink::Capture(stdout.clone()),
         stderr: OutputSink::Capture(stderr.clone()),
         progress: None,
+        audit,
     };
     let result = tokio().block_on(runtime().run(&component, job));
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();

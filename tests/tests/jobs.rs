@@ -137,3 +137,49 @@ fn a_job_that_allocates_without_bound_traps_at_its_memory_limit() {
     // The host is fine: the next job runs.
     run("hello", &[], store.backend.clone()).assert_ok();
 }
+
+#[test]
+fn the_audit_log_records_mutations_and_denials() {
+    use rbd_wasm::audit::AuditSink;
+    use rbd_wasm::backend::CreateOptions;
+    use rbd_wasm::capability::{ImagePattern, Operations};
+    use rbd_wasm_tests::run_audited;
+    use std::sync::{Arc, Mutex};
+
+    let store = embedded_store();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let full = Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")]);
+    run_audited("hello", &[], store.backend.clone(), full, JobLimits::default(), AuditSink::Capture(lines.clone())).assert_ok();
+    let records: Vec<serde_json::Value> =
+        lines.lock().unwrap().iter().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let summary: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap().into(), r["image"].as_str().unwrap_or("").into(), r["result"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(summary, [("create".into(), "myimage".into(), "ok".into()), ("write".into(), "myimage".into(), "ok".into())]);
+    assert!(records.iter().all(|r| r["job"] == "hello" && r["pool"] == "rbd" && r["grant"] == "rbd/*"), "{records:?}");
+
+    // Under a read-only grant every attempt is denied, audited, and changes nothing.
+    lines.lock().unwrap().clear();
+    store.backend.create("rbd", "t-ro", 1 << 20, &CreateOptions::default()).unwrap();
+    let read_only = Grants::new(vec![
+        Grant { pool: "rbd".into(), images: ImagePattern::any(), operations: Operations::read_only() },
+        Grant { pool: "rbd2".into(), images: ImagePattern::any(), operations: Operations::read_only() },
+    ]);
+    let case = "operations_outside_the_grant_are_permission_denied";
+    run_audited("conformance", &[case, "t"], store.backend.clone(), read_only, JobLimits::default(), AuditSink::Capture(lines.clone()))
+        .assert_ok();
+    let denied: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["result"] == "permission-denied")
+        .map(|r| r["method"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        denied,
+        ["create", "remove", "rename", "write", "resize", "create-snap", "lock-exclusive", "copy"],
+        "every denied call is audited"
+    );
+}
