@@ -15,6 +15,7 @@ use wasmtime::component::{HasData, Resource, ResourceTable, ResourceTableError};
 use crate::bindings::ceph::rbd::{job_host, rbd, types};
 use crate::audit::{Audit, Target};
 use crate::capability::{Grants, ImageCapability, Operation, PoolCapability};
+use crate::meter::Meter;
 
 /// The error of a host function: an RBD error the guest sees, or a trap that ends the job.
 #[derive(Debug)]
@@ -74,10 +75,11 @@ pub struct RbdCtx {
     /// Advisory locks this job took and has not released: (pool, image, cookie).
     held_locks: Vec<(String, String, String)>,
     audit: Audit,
+    meter: Arc<Meter>,
 }
 
 impl RbdCtx {
-    pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize, audit: Audit) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize, audit: Audit, meter: Arc<Meter>) -> Self {
         RbdCtx {
             backend,
             grants,
@@ -85,6 +87,7 @@ impl RbdCtx {
             progress: None,
             held_locks: Vec::new(),
             audit,
+            meter,
         }
     }
 
@@ -132,6 +135,7 @@ pub struct ImageHandle {
     open: Arc<OpenImage>,
     cap: ImageCapability,
     audit: Audit,
+    meter: Arc<Meter>,
 }
 
 /// The backend image behind a handle, shared with the handle's diff iterators. Closing it
@@ -186,6 +190,7 @@ impl ImageHandle {
         T: Send + 'static,
         F: FnOnce(&dyn Image) -> Result<T, Error> + Send + 'static,
     {
+        self.meter.operation()?;
         if let Some(op) = op {
             if let Err(denied) = self.cap.require(op) {
                 audit_call(&self.audit, &self.cap, method, op, &Err::<(), _>(denied.clone()));
@@ -223,6 +228,7 @@ impl RbdView<'_> {
     /// The capability for a pool-level call naming `image`; a denial (an image outside the
     /// grant, or an operation it does not allow) is audited.
     fn require(&self, pool: &Resource<PoolHandle>, image: &str, method: &str, op: Operation) -> HostResult<ImageCapability> {
+        self.ctx.meter.operation()?;
         let cap = &self.pool(pool)?.cap;
         cap.require(image, op).map_err(|denied| {
             let target = Target { pool: cap.pool(), image: Some(image), method, operation: op.name(), grant: "none" };
@@ -301,12 +307,14 @@ impl rbd::Host for RbdView<'_> {
     }
 
     async fn open_pool(&mut self, name: String) -> HostResult<Resource<PoolHandle>> {
+        self.ctx.meter.operation()?;
         let cap = self.ctx.grants.pool(&name).inspect_err(|denied| {
             let target = Target { pool: &name, image: None, method: "open-pool", operation: "read", grant: "none" };
             self.ctx.audit.record(&target, &Err::<(), _>(denied.clone()));
         })?;
         let backend = self.ctx.backend.clone();
         blocking(move || backend.open_pool(&name)).await?;
+        self.ctx.meter.acquire_handle()?;
         Ok(self.table.push(PoolHandle { cap })?)
     }
 }
@@ -401,11 +409,14 @@ impl rbd::HostPool for RbdView<'_> {
         })
         .await?;
         let open = Arc::new(OpenImage { image: RwLock::new(Some(image)), selection: AtomicU64::new(0) });
-        Ok(self.table.push(ImageHandle { open, cap, audit: self.ctx.audit.clone() })?)
+        self.ctx.meter.acquire_handle()?;
+        let (audit, meter) = (self.ctx.audit.clone(), self.ctx.meter.clone());
+        Ok(self.table.push(ImageHandle { open, cap, audit, meter })?)
     }
 
     async fn drop(&mut self, pool: Resource<PoolHandle>) -> wasmtime::Result<()> {
         self.table.delete(pool)?;
+        self.ctx.meter.release_handle();
         Ok(())
     }
 }
@@ -449,7 +460,13 @@ impl rbd::HostImage for RbdView<'_> {
     }
 
     async fn read(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<Vec<u8>> {
-        self.image(&image)?.call("read", Some(Operation::Read), move |i| read_clipped(i, offset, length)).await
+        let handle = self.image(&image)?;
+        let meter = handle.meter.clone();
+        meter.check_read(length.min(MAX_READ_BYTES))?;
+        meter.throttle(length.min(MAX_READ_BYTES)).await;
+        let data = handle.call("read", Some(Operation::Read), move |i| read_clipped(i, offset, length)).await?;
+        meter.charge_read(data.len() as u64);
+        Ok(data)
     }
 
     async fn read_ranges(
@@ -458,6 +475,7 @@ impl rbd::HostImage for RbdView<'_> {
         ranges: Vec<types::Range>,
     ) -> HostResult<Vec<Vec<u8>>> {
         let handle = self.image(&image)?;
+        handle.meter.operation()?;
         handle.cap.require(Operation::Read)?;
         if ranges.len() > MAX_RANGES_PER_CALL {
             return Err(Error::InvalidArgument(format!(
@@ -483,6 +501,9 @@ impl rbd::HostImage for RbdView<'_> {
                 return Err(read_limit_error(clipped).into());
             }
         }
+        let meter = handle.meter.clone();
+        meter.check_read(total.min(MAX_READ_BYTES))?;
+        meter.throttle(total.min(MAX_READ_BYTES)).await;
         // Keep several backend reads in flight; answers are collected in the order asked.
         let slots = self.ctx.io_slots.clone();
         let mut tasks = Vec::with_capacity(ranges.len());
@@ -503,11 +524,22 @@ impl rbd::HostImage for RbdView<'_> {
                 }
             }
         }
+        meter.charge_read(out.iter().map(|d| d.len() as u64).sum());
         Ok(out)
     }
 
     async fn write(&mut self, image: Resource<ImageHandle>, offset: u64, data: Vec<u8>) -> HostResult<u64> {
-        self.image(&image)?.call("write", Some(Operation::Write), move |i| i.write(offset, &data)).await
+        let handle = self.image(&image)?;
+        let (meter, len) = (handle.meter.clone(), data.len() as u64);
+        meter.check_write(len)?;
+        meter.throttle(len).await;
+        let result = handle.call("write", Some(Operation::Write), move |i| i.write(offset, &data)).await;
+        match &result {
+            Ok(n) => meter.charge_write(*n),
+            Err(HostError::Rbd(Error::IncompleteWrite { written, .. })) => meter.charge_write(*written),
+            Err(_) => {}
+        }
+        result
     }
 
     async fn discard(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<()> {
@@ -607,6 +639,7 @@ impl rbd::HostImage for RbdView<'_> {
             selection,
             pending: Some(first).filter(|b| !b.is_empty()),
         };
+        self.ctx.meter.acquire_handle()?;
         Ok(self.table.push(iter)?)
     }
 
@@ -688,6 +721,7 @@ impl rbd::HostImage for RbdView<'_> {
 
     async fn drop(&mut self, image: Resource<ImageHandle>) -> wasmtime::Result<()> {
         let handle = self.table.delete(image)?;
+        self.ctx.meter.release_handle();
         // Closing waits for reads in flight on the blocking pool: do it there too.
         let open = handle.open;
         tokio::task::spawn_blocking(move || open.close())
@@ -739,6 +773,7 @@ impl rbd::HostDiffIterator for RbdView<'_> {
 
     async fn drop(&mut self, iter: Resource<DiffIterator>) -> wasmtime::Result<()> {
         self.table.delete(iter)?;
+        self.ctx.meter.release_handle();
         Ok(())
     }
 }

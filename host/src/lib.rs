@@ -11,6 +11,7 @@ mod bindings;
 pub mod cache;
 pub mod capability;
 pub mod manifest;
+pub mod meter;
 pub mod output;
 pub mod runtime;
 

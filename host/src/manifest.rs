@@ -17,9 +17,15 @@
 //!
 //! [limits]
 //! memory_mib = 512
-//! deadline_secs = 3600
-//! output_bytes = 67108864
+//! deadline_secs = 3600             # wall clock
+//! cpu_secs = 600                   # time running guest code
+//! output_bytes = 67108864          # per stream
 //! reads_in_flight = 8
+//! max_handles = 64                 # pools, images and diff iterators open at once
+//! read_bytes = 1099511627776
+//! write_bytes = 0
+//! operations = 1000000
+//! bandwidth_mib_per_sec = 200      # reads plus writes
 //! ```
 //!
 //! Deny by default: a manifest without grants grants nothing. Unknown keys are errors, so a
@@ -31,6 +37,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::capability::{Grant, Grants, ImagePattern, Operation, Operations};
+use crate::meter::Quotas;
 use crate::runtime::JobLimits;
 
 /// The schema version this host reads.
@@ -84,8 +91,14 @@ fn any_image() -> String {
 struct RawLimits {
     memory_mib: Option<u64>,
     deadline_secs: Option<u64>,
+    cpu_secs: Option<f64>,
     output_bytes: Option<u64>,
     reads_in_flight: Option<usize>,
+    max_handles: Option<usize>,
+    read_bytes: Option<u64>,
+    write_bytes: Option<u64>,
+    operations: Option<u64>,
+    bandwidth_mib_per_sec: Option<f64>,
 }
 
 /// A checked manifest.
@@ -146,6 +159,26 @@ impl Manifest {
                 Some(n) => n,
                 None => defaults.reads_in_flight,
             },
+            quotas: Quotas {
+                max_handles: l.max_handles.or(defaults.quotas.max_handles),
+                read_bytes: l.read_bytes,
+                write_bytes: l.write_bytes,
+                operations: l.operations,
+                bandwidth_bytes_per_sec: match l.bandwidth_mib_per_sec {
+                    Some(mib) if !(mib > 0.0 && mib.is_finite()) => {
+                        return Err("limits.bandwidth_mib_per_sec must be a positive number".into())
+                    }
+                    Some(mib) => Some((mib * 1048576.0) as u64),
+                    None => None,
+                },
+            },
+            cpu: match l.cpu_secs {
+                Some(secs) if !(secs > 0.0 && secs.is_finite()) => {
+                    return Err("limits.cpu_secs must be a positive number".into())
+                }
+                Some(secs) => Some(Duration::from_secs_f64(secs)),
+                None => None,
+            },
         };
         Ok(Manifest {
             component: raw.job.component.map(|p| base.join(p)),
@@ -179,6 +212,10 @@ operations = ["all"]
 [limits]
 memory_mib = 256
 deadline_secs = 60
+cpu_secs = 1.5
+max_handles = 4
+read_bytes = 1000
+bandwidth_mib_per_sec = 2
 "#;
 
     #[test]
@@ -189,6 +226,11 @@ deadline_secs = 60
         assert_eq!(m.args, ["vm-1", "--full"]);
         assert_eq!(m.limits.memory_bytes, 256 << 20);
         assert_eq!(m.limits.deadline, Duration::from_secs(60));
+        assert_eq!(m.limits.cpu, Some(Duration::from_millis(1500)));
+        assert_eq!(m.limits.quotas.max_handles, Some(4));
+        assert_eq!(m.limits.quotas.read_bytes, Some(1000));
+        assert_eq!(m.limits.quotas.write_bytes, None);
+        assert_eq!(m.limits.quotas.bandwidth_bytes_per_sec, Some(2 << 20));
         assert_eq!(m.grants.pools(), ["rbd", "backups"]);
         let rbd = m.grants.pool("rbd").unwrap();
         assert_eq!(rbd.image("db-1").unwrap_err().kind(), "not-found");
@@ -214,6 +256,8 @@ deadline_secs = 60
             ("schema = 1\n[job]\n[[grants]]\npool = \"rbd\"\noperations = [\"fly\"]\n", "unknown operation `fly`"),
             ("schema = 1\n[job]\n[[grants]]\npool = \"\"\noperations = [\"read\"]\n", "pool name is empty"),
             ("schema = 1\n[job]\n[limits]\nreads_in_flight = 0\n", "at least 1"),
+            ("schema = 1\n[job]\n[limits]\ncpu_secs = -1.0\n", "cpu_secs must be a positive number"),
+            ("schema = 1\n[job]\n[limits]\nbandwidth_mib_per_sec = 0.0\n", "must be a positive number"),
             ("[job]\n", "missing field `schema`"),
         ];
         for (text, want) in cases {

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use rbd_backend::Backend;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::api::{HasRbd, RbdCtx, RbdView};
 use crate::audit::{Audit, AuditSink};
+use crate::meter::{Meter, Quotas};
 use crate::bindings::{JobWorld, JobWorldPre};
 use crate::cache::ComponentCache;
 use crate::capability::Grants;
@@ -40,6 +41,8 @@ pub enum JobError {
     Exit(i32),
     #[error("the job ran past its deadline of {0:?} and was stopped")]
     Deadline(Duration),
+    #[error("the job used up its CPU budget of {0:?} and was stopped")]
+    CpuLimit(Duration),
     #[error("cannot set up the job: {0}")]
     Setup(String),
 }
@@ -51,7 +54,7 @@ impl JobError {
             JobError::Failed(_) => 1,
             JobError::Exit(code) => *code,
             JobError::Trap(_) => 3,
-            JobError::Deadline(_) => 4,
+            JobError::Deadline(_) | JobError::CpuLimit(_) => 4,
             JobError::Unreadable { .. } | JobError::NotAComponent { .. } | JobError::WrongWorld { .. } => 2,
             JobError::Setup(_) => 2,
         }
@@ -90,6 +93,11 @@ pub struct JobLimits {
     pub output_bytes: u64,
     /// Backend reads one job keeps in flight.
     pub reads_in_flight: usize,
+    /// Handles, bytes, operations and bandwidth.
+    pub quotas: Quotas,
+    /// Time the guest may spend running its own code (not waiting on the host), measured in
+    /// epoch ticks; `None` for no limit beyond the deadline.
+    pub cpu: Option<Duration>,
 }
 
 impl Default for JobLimits {
@@ -99,6 +107,8 @@ impl Default for JobLimits {
             deadline: Duration::from_secs(3600),
             output_bytes: 64 << 20,
             reads_in_flight: 8,
+            quotas: Quotas { max_handles: Some(1024), ..Quotas::default() },
+            cpu: None,
         }
     }
 }
@@ -132,7 +142,21 @@ pub struct JobState {
     table: ResourceTable,
     rbd: RbdCtx,
     limits: StoreLimits,
+    /// Epoch ticks that found the guest running its own code.
+    cpu_ticks: u64,
 }
+
+/// The trap that ends a job whose CPU budget ran out.
+#[derive(Debug)]
+struct CpuLimitReached;
+
+impl std::fmt::Display for CpuLimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job's CPU budget ran out")
+    }
+}
+
+impl std::error::Error for CpuLimitReached {}
 
 impl WasiView for JobState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -240,7 +264,8 @@ impl Runtime {
                 .map_err(|e| JobError::Setup(format!("cannot map output directory {}: {e:#}", dir.display())))?;
         }
         let audit = Audit::new(&job.job_id, job.audit);
-        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit);
+        let meter = Arc::new(Meter::new(job.limits.quotas.clone()));
+        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit, meter);
         if let Some(progress) = job.progress {
             rbd.on_progress(progress);
         }
@@ -250,10 +275,22 @@ impl Runtime {
             .build();
         let mut store = Store::new(
             &self.engine,
-            JobState { wasi: wasi.build(), table: ResourceTable::new(), rbd, limits },
+            JobState { wasi: wasi.build(), table: ResourceTable::new(), rbd, limits, cpu_ticks: 0 },
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_async_yield_and_update(1);
+        // Every epoch tick that finds the guest running its own code yields to the executor
+        // (a busy guest cannot starve other jobs) and counts against its CPU budget, which
+        // stops a tight loop even when the wall-clock deadline is far away.
+        let cpu_budget = job.limits.cpu.map(|cpu| (cpu.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_ticks += 1;
+            match cpu_budget {
+                Some(budget) if state.cpu_ticks > budget => Err(wasmtime::Error::new(CpuLimitReached)),
+                _ => Ok(UpdateDeadline::Yield(1)),
+            }
+        });
+        store.set_epoch_deadline(1);
 
         let deadline = job.limits.deadline;
         let outcome = tokio::time::timeout(deadline, async {
@@ -265,6 +302,9 @@ impl Runtime {
         store.data_mut().rbd.release_locks().await;
         match outcome {
             Err(_elapsed) => Err(JobError::Deadline(deadline)),
+            Ok(Err(JobError::Trap(e))) if e.downcast_ref::<CpuLimitReached>().is_some() => {
+                Err(JobError::CpuLimit(job.limits.cpu.unwrap_or_default()))
+            }
             Ok(Err(JobError::Trap(e))) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(exit) if exit.0 == 0 => Ok(()),
                 Some(exit) => Err(JobError::Exit(exit.0)),

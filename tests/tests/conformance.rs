@@ -270,6 +270,8 @@ const WITH_SETUP: &[&str] = &[
     "read_of_a_damaged_object_is_io",
     "job_leaves_locks_behind",
     "job_traps_holding_locks",
+    "open_handles_until_refused",
+    "read_until_refused",
 ];
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

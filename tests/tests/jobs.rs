@@ -183,3 +183,41 @@ fn the_audit_log_records_mutations_and_denials() {
         "every denied call is audited"
     );
 }
+
+fn full_grants() -> Grants {
+    Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")])
+}
+
+#[test]
+fn a_job_that_spins_is_stopped_by_its_cpu_budget_long_before_its_deadline() {
+    let store = embedded_store();
+    let limits = JobLimits { cpu: Some(Duration::from_millis(300)), deadline: Duration::from_secs(600), ..JobLimits::default() };
+    let started = Instant::now();
+    let job = run_with("conformance", &["job_loops_forever"], store.backend.clone(), full_grants(), limits);
+    match job.result {
+        Err(e @ JobError::CpuLimit(_)) => assert_eq!(e.exit_code(), 4),
+        other => panic!("expected the CPU limit, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_job_cannot_hold_more_handles_than_its_quota() {
+    let store = embedded_store();
+    let mut limits = JobLimits::default();
+    limits.quotas.max_handles = Some(10);
+    let job = run_with("conformance", &["open_handles_until_refused", "t"], store.backend.clone(), full_grants(), limits);
+    job.assert_ok();
+    // Pools rbd and rbd2 hold 2 of the 10 slots.
+    assert!(job.stdout.contains("images open when refused: 8"), "{}", job.stdout);
+}
+
+#[test]
+fn a_job_cannot_read_more_than_its_byte_quota() {
+    let store = embedded_store();
+    let mut limits = JobLimits::default();
+    limits.quotas.read_bytes = Some(200_000);
+    let job = run_with("conformance", &["read_until_refused", "t"], store.backend.clone(), full_grants(), limits);
+    job.assert_ok();
+    assert!(job.stdout.contains("bytes read when refused: 196608"), "{}", job.stdout);
+}

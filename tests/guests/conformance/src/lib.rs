@@ -1001,6 +1001,8 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("discard_at_or_past_end_is_invalid", discard_at_or_past_end_is_invalid),
     ("clone_with_bad_order_or_name", clone_with_bad_order_or_name),
     ("job_leaves_locks_behind", job_leaves_locks_behind),
+    ("open_handles_until_refused", open_handles_until_refused),
+    ("read_until_refused", read_until_refused),
     ("job_traps_holding_locks", job_traps_holding_locks),
     ("operations_outside_the_grant_are_permission_denied", operations_outside_the_grant_are_permission_denied),
     ("read_of_a_damaged_object_is_io", read_of_a_damaged_object_is_io),
@@ -1035,6 +1037,45 @@ fn leave_locks_behind(c: &Ctx, trap: bool) -> R {
         let v: Vec<u8> = Vec::new();
         std::hint::black_box(v[std::hint::black_box(1)]);
     }
+    Ok(())
+}
+
+/// Run with a handle quota: keep opening until refused, then print how many were open.
+fn open_handles_until_refused(c: &Ctx) -> R {
+    c.image("img", MIB)?;
+    let mut held = Vec::new();
+    loop {
+        match c.pool.open(&c.n("img")) {
+            Ok(img) => held.push(img),
+            Err(e) if e.kind() == "quota-exceeded" => break,
+            Err(e) => return Err(format!("open: {e}")),
+        }
+        if held.len() > 100_000 {
+            return Err("no handle quota".into());
+        }
+    }
+    println!("images open when refused: {}", held.len());
+    // Closing one gives its slot back.
+    held.pop();
+    held.push(ok(c.pool.open(&c.n("img")), "open after a close")?);
+    Ok(())
+}
+
+/// Run with a read quota: read 64 KiB at a time until refused, then print the bytes read.
+fn read_until_refused(c: &Ctx) -> R {
+    let img = c.image("img", 4 * MIB)?;
+    let mut total = 0u64;
+    loop {
+        match img.read(0, 65536) {
+            Ok(d) => total += d.len() as u64,
+            Err(e) if e.kind() == "quota-exceeded" => break,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if total > 1 << 30 {
+            return Err("no read quota".into());
+        }
+    }
+    println!("bytes read when refused: {total}");
     Ok(())
 }
 
