@@ -42,7 +42,9 @@ struct Bucket {
 
 impl Meter {
     pub fn new(quotas: Quotas) -> Self {
-        let tokens = quotas.bandwidth_bytes_per_sec.unwrap_or(0) as f64;
+        // The bucket starts empty: a job gets no head start, so even a short job's average
+        // rate stays at the cap. (After an idle second it may burst a second's worth.)
+        let tokens = 0.0;
         Meter {
             quotas,
             handles: AtomicUsize::new(0),
@@ -161,9 +163,14 @@ mod tests {
         let m = Meter::new(Quotas { bandwidth_bytes_per_sec: Some(1000), ..Quotas::default() });
         let start = tokio::time::Instant::now();
         for _ in 0..5 {
-            m.throttle(1000).await; // the first second's worth is the initial burst
+            m.throttle(1000).await;
         }
         let elapsed = start.elapsed().as_secs_f64();
-        assert!((3.9..4.2).contains(&elapsed), "5000 bytes at 1000 B/s after a 1000-byte burst took {elapsed}s");
+        assert!((4.9..5.2).contains(&elapsed), "5000 bytes at 1000 B/s took {elapsed}s");
+        // After an idle second, a second's worth goes at once.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let burst = tokio::time::Instant::now();
+        m.throttle(1000).await;
+        assert!(burst.elapsed() < Duration::from_millis(10), "no burst after idling");
     }
 }
