@@ -18,7 +18,7 @@ use rbd_wasm::output::OutputSink;
 use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
 
 /// Every guest crate the tests run, with its package name.
-pub const GUESTS: &[&str] = &["hello", "snapshots", "conformance", "plain-command", "differential"];
+pub const GUESTS: &[&str] = &["hello", "snapshots", "conformance", "plain-command", "differential", "hostile", "read-throughput"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
