@@ -287,6 +287,7 @@ fn run_job(args: RunArgs) -> ExitCode {
             stderr: OutputSink::Stderr,
             progress: None,
             audit,
+            cancel: None,
         };
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

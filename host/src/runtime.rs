@@ -43,6 +43,8 @@ pub enum JobError {
     Deadline(Duration),
     #[error("the job used up its CPU budget of {0:?} and was stopped")]
     CpuLimit(Duration),
+    #[error("the job was cancelled by the host")]
+    Cancelled,
     #[error("cannot set up the job: {0}")]
     Setup(String),
 }
@@ -54,7 +56,7 @@ impl JobError {
             JobError::Failed(_) => 1,
             JobError::Exit(code) => *code,
             JobError::Trap(_) => 3,
-            JobError::Deadline(_) | JobError::CpuLimit(_) => 4,
+            JobError::Deadline(_) | JobError::CpuLimit(_) | JobError::Cancelled => 4,
             JobError::Unreadable { .. } | JobError::NotAComponent { .. } | JobError::WrongWorld { .. } => 2,
             JobError::Setup(_) => 2,
         }
@@ -128,6 +130,8 @@ pub struct JobConfig {
     pub progress: Option<Arc<dyn Fn(crate::bindings::types::Progress) + Send + Sync>>,
     /// Where the job's mutating operations and denials are recorded.
     pub audit: AuditSink,
+    /// `notify_one` on it stops the job (its locks are released, its images closed).
+    pub cancel: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A loaded component that has been checked against the job world, ready to instantiate.
@@ -293,13 +297,19 @@ impl Runtime {
         store.set_epoch_deadline(1);
 
         let deadline = job.limits.deadline;
-        let outcome = tokio::time::timeout(deadline, async {
-            let instance = component.pre.instantiate_async(&mut store).await.map_err(JobError::Trap)?;
-            instance.ceph_rbd_job().call_run(&mut store, &job.args).await.map_err(JobError::Trap)
-        })
-        .await;
+        let cancel = job.cancel.clone().unwrap_or_default();
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(deadline, async {
+                let instance = component.pre.instantiate_async(&mut store).await.map_err(JobError::Trap)?;
+                instance.ceph_rbd_job().call_run(&mut store, &job.args).await.map_err(JobError::Trap)
+            }) => Some(outcome),
+            () = cancel.notified() => None,
+        };
         // However the job ended, it leaves no lock behind (its images close with the store).
         store.data_mut().rbd.release_locks().await;
+        let Some(outcome) = outcome else {
+            return Err(JobError::Cancelled);
+        };
         match outcome {
             Err(_elapsed) => Err(JobError::Deadline(deadline)),
             Ok(Err(JobError::Trap(e))) if e.downcast_ref::<CpuLimitReached>().is_some() => {

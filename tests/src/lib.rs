@@ -220,6 +220,7 @@ pub fn run_audited(
         stderr: OutputSink::Capture(stderr.clone()),
         progress: None,
         audit,
+        cancel: None,
     };
     let result = tokio().block_on(runtime().run(&component, job));
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();

@@ -271,6 +271,7 @@ const WITH_SETUP: &[&str] = &[
     "job_leaves_locks_behind",
     "job_traps_holding_locks",
     "open_handles_until_refused",
+    "lock_then_loop_forever",
     "read_until_refused",
 ];
 

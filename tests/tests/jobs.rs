@@ -221,3 +221,44 @@ fn a_job_cannot_read_more_than_its_byte_quota() {
     job.assert_ok();
     assert!(job.stdout.contains("bytes read when refused: 196608"), "{}", job.stdout);
 }
+
+#[test]
+fn a_cancelled_job_stops_and_leaves_no_lock() {
+    use rbd_wasm::output::OutputSink;
+    use rbd_wasm::runtime::JobConfig;
+    use rbd_wasm_tests::{component, tokio};
+    use std::sync::Arc;
+
+    let store = embedded_store();
+    let cancel = Arc::new(::tokio::sync::Notify::new());
+    let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let job = JobConfig {
+        job_id: "spinner".into(),
+        args: vec!["lock_then_loop_forever".into(), "t".into()],
+        backend: store.backend.clone(),
+        grants: full_grants(),
+        limits: JobLimits::default(),
+        output_dir: None,
+        stdout: OutputSink::Capture(stdout.clone()),
+        stderr: OutputSink::Capture(Default::default()),
+        progress: None,
+        audit: Default::default(),
+        cancel: Some(cancel.clone()),
+    };
+    let conformance = component("conformance");
+    let started = Instant::now();
+    let result = tokio().block_on(async {
+        let canceller = ::tokio::spawn(async move {
+            ::tokio::time::sleep(Duration::from_millis(500)).await;
+            cancel.notify_one();
+        });
+        let result = runtime().run(&conformance, job).await;
+        canceller.await.unwrap();
+        result
+    });
+    assert!(matches!(result, Err(JobError::Cancelled)), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&stdout.lock().unwrap()), "locked\n", "the job held the lock when cancelled");
+    let image = store.backend.open("rbd", "t-a", None, true).unwrap();
+    assert_eq!(image.list_lockers().unwrap().lockers, vec![], "the cancelled job's lock was released");
+}

@@ -1001,6 +1001,7 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("discard_at_or_past_end_is_invalid", discard_at_or_past_end_is_invalid),
     ("clone_with_bad_order_or_name", clone_with_bad_order_or_name),
     ("job_leaves_locks_behind", job_leaves_locks_behind),
+    ("lock_then_loop_forever", lock_then_loop_forever),
     ("open_handles_until_refused", open_handles_until_refused),
     ("read_until_refused", read_until_refused),
     ("job_traps_holding_locks", job_traps_holding_locks),
@@ -1077,6 +1078,17 @@ fn read_until_refused(c: &Ctx) -> R {
     }
     println!("bytes read when refused: {total}");
     Ok(())
+}
+
+/// Takes a lock on `PREFIX-a`, says so, and spins until the host stops it.
+fn lock_then_loop_forever(c: &Ctx) -> R {
+    let a = c.image("a", MIB)?;
+    ok(a.lock_exclusive("spinning"), "lock")?;
+    println!("locked");
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
 }
 
 fn job_leaves_locks_behind(c: &Ctx) -> R {
