@@ -231,9 +231,9 @@ impl RbdView<'_> {
         self.ctx.meter.operation()?;
         let cap = &self.pool(pool)?.cap;
         cap.require(image, op).map_err(|denied| {
-            let target = Target { pool: cap.pool(), image: Some(image), method, operation: op.name(), grant: "none" };
-            let grant = cap.image(image).map(|c| c.grant().to_owned()).unwrap_or_default();
-            let target = Target { grant: if grant.is_empty() { "none" } else { &grant }, ..target };
+            // Denied for want of the operation (a grant matched), or invisible (none did).
+            let grant = cap.image(image).map(|c| c.grant().to_owned()).unwrap_or_else(|_| "none".into());
+            let target = Target { pool: cap.pool(), image: Some(image), method, operation: op.name(), grant: &grant };
             self.ctx.audit.record(&target, &Err::<(), _>(denied.clone()));
             HostError::from(denied)
         })
