@@ -11,12 +11,12 @@ scripts/install-ceph.sh
 
 echo "==> building the guests (wasm32-wasip2, release)" >&2
 cargo build --release --target wasm32-wasip2 \
-    -p hello -p snapshots -p conformance -p plain-command -p differential -p hostile -p read-throughput
+    -p hello -p snapshots -p conformance -p plain-command -p differential -p hostile -p read-throughput -p backup
 
 echo "==> building the host" >&2
 cargo build -p rbd-wasm --bin rbd-wasm
 cargo test --workspace --no-run --exclude hello --exclude snapshots --exclude conformance \
-    --exclude plain-command --exclude differential --exclude hostile --exclude read-throughput --exclude rbd-wasm-guest
+    --exclude plain-command --exclude differential --exclude hostile --exclude read-throughput --exclude backup --exclude rbd-wasm-guest
 
 ceph_dir="${RBD_WASM_CEPH_DIR:-$(mktemp -d /tmp/rbd-wasm-ceph.XXXXXX)}"
 # A monitor port nobody else uses, so a cluster someone left running does not get in the way.
@@ -34,7 +34,7 @@ echo "==> running the tests" >&2
 log=$(mktemp /tmp/rbd-wasm-test.XXXXXX.log)
 set +e
 cargo test --workspace --exclude hello --exclude snapshots --exclude conformance \
-    --exclude plain-command --exclude differential --exclude hostile --exclude read-throughput --exclude rbd-wasm-guest "$@" 2>&1 | tee "$log"
+    --exclude plain-command --exclude differential --exclude hostile --exclude read-throughput --exclude backup --exclude rbd-wasm-guest "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary, the last of which

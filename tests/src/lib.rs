@@ -18,7 +18,8 @@ use rbd_wasm::output::OutputSink;
 use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
 
 /// Every guest crate the tests run, with its package name.
-pub const GUESTS: &[&str] = &["hello", "snapshots", "conformance", "plain-command", "differential", "hostile", "read-throughput"];
+pub const GUESTS: &[&str] =
+    &["hello", "snapshots", "conformance", "plain-command", "differential", "hostile", "read-throughput", "backup"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
@@ -195,6 +196,29 @@ pub fn run(guest: &str, args: &[&str], backend: Arc<dyn Backend>) -> JobRun {
 
 pub fn run_with(guest: &str, args: &[&str], backend: Arc<dyn Backend>, grants: Grants, limits: JobLimits) -> JobRun {
     run_audited(guest, args, backend, grants, limits, AuditSink::Off)
+}
+
+/// Run `guest` with full grants on `rbd` and `rbd2` and `output_dir` mapped as its `/out`.
+pub fn run_with_output(guest: &str, args: &[&str], backend: Arc<dyn Backend>, output_dir: &Path) -> JobRun {
+    let component = component(guest);
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let job = JobConfig {
+        job_id: guest.to_owned(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        backend,
+        grants: Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")]),
+        limits: JobLimits::default(),
+        output_dir: Some(output_dir.to_owned()),
+        stdout: OutputSink::Capture(stdout.clone()),
+        stderr: OutputSink::Capture(stderr.clone()),
+        progress: None,
+        audit: AuditSink::Off,
+        cancel: None,
+    };
+    let result = tokio().block_on(runtime().run(&component, job));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    JobRun { result, stdout: text(&stdout), stderr: text(&stderr) }
 }
 
 /// As [`run_with`], with the job's audit records going to `audit`.
