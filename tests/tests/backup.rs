@@ -101,3 +101,87 @@ fn a_backup_whose_base_snapshot_is_gone_falls_back_to_full() {
     let m = manifest(&out.path().join("rbd").join(&src), 2);
     assert_eq!(m["from_snapshot"], serde_json::Value::Null);
 }
+
+/// Kill `rbd-wasm run backup` at 20 different moments: no killed run leaves a backup that
+/// looks complete (a manifest) without being complete (its stream whole, its checksums
+/// right), and the next run completes the chain, which then restores byte-identical.
+#[test]
+fn a_backup_killed_at_any_point_never_looks_complete_and_the_next_run_completes_the_chain() {
+    use rbd_wasm_tests::{guest, host_binary, test_cache_dir};
+    use std::time::{Duration, Instant};
+
+    let backend = librbd_backend();
+    let prefix = unique_prefix("kill");
+    let src = format!("{prefix}-src");
+    // Without the exclusive-lock feature: a killed client keeps that lock until its watch
+    // times out (30 s), and every next run would wait for it.
+    let layering_only = CreateOptions { features: rbd_wasm::backend::features::LAYERING, ..CreateOptions::default() };
+    backend.create("rbd", &src, 64 << 20, &layering_only).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("rbd").join(&src);
+    let job = guest("backup");
+    let run = || {
+        Command::new(host_binary())
+            .arg("run")
+            .arg("-c")
+            .arg(ceph_conf())
+            .arg("--output-dir")
+            .arg(out.path())
+            .arg(&job)
+            .args(["--", "rbd", &src])
+            .env("RBD_WASM_CACHE", test_cache_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn rbd-wasm")
+    };
+    // How long one uncut run takes, to spread the kill points over it.
+    let img = backend.open("rbd", &src, None, false).unwrap();
+    img.write(0, &pattern(64 << 20, 9)).unwrap();
+    drop(img);
+    let started = Instant::now();
+    assert!(run().wait().unwrap().success());
+    let full = started.elapsed();
+
+    for i in 0..20u32 {
+        let img = backend.open("rbd", &src, None, false).unwrap();
+        img.write(u64::from(i) * 3_000_017 % (60 << 20), &pattern(1_000_000, i as u8)).unwrap();
+        drop(img);
+        let mut child = run();
+        std::thread::sleep(full.mul_f64(f64::from(i) / 20.0) + Duration::from_millis(5));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Every manifest names a whole stream with the right checksum.
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let stream = std::fs::read(dir.join(m["stream"].as_str().unwrap())).expect("a manifest's stream exists");
+                assert_eq!(m["stream_sha256"], hex::encode(Sha256::digest(&stream)), "kill {i}: {path:?} looks complete but is not");
+            }
+        }
+    }
+    // A last, uncut run completes the chain.
+    assert!(run().wait().unwrap().success());
+
+    // Follow the chain from the full backup through the manifests, and restore it.
+    let mut manifests: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    manifests.sort_by_key(|m| m["to_snapshot"].as_str().unwrap().trim_start_matches("backup-").parse::<u64>().unwrap());
+    let last = manifests.last().unwrap()["to_snapshot"].as_str().unwrap().to_string();
+    let mut chain = vec![manifests.last().unwrap()];
+    while let Some(from) = chain.last().unwrap()["from_snapshot"].as_str() {
+        chain.push(manifests.iter().find(|m| m["to_snapshot"] == from).expect("every base of the chain was backed up"));
+    }
+    chain.reverse();
+    let restored = format!("{prefix}-restored");
+    rbd(&["create", "--size", "1", &format!("rbd/{restored}")]);
+    for m in &chain {
+        rbd(&["import-diff", "--no-progress", dir.join(m["stream"].as_str().unwrap()).to_str().unwrap(), &format!("rbd/{restored}")]);
+    }
+    assert!(export(&format!("rbd/{restored}@{last}")) == export(&format!("rbd/{src}@{last}")), "the restored chain differs");
+}

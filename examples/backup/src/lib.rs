@@ -105,6 +105,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 fn backup_image(pool: &Pool, pool_name: &str, image_name: &str) -> Result<()> {
     let dir = PathBuf::from("/out").join(pool_name).join(image_name);
     fs::create_dir_all(&dir)?;
+    // What a killed run left: temporary files, never mistaken for backups; clear them.
+    for entry in fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            fs::remove_file(&path)?;
+        }
+    }
     let head = pool.open(image_name)?;
 
     // The snapshot this backup is of: one more than any `backup-N` the image or the
