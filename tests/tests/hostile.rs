@@ -21,7 +21,9 @@ enum Ending {
     /// The CPU budget stopped it.
     CpuLimit,
     /// Either refused within its limits, or stopped by the CPU budget first (an attack
-    /// whose cost is the host's time, such as printing gigabytes).
+    /// whose cost is the host's time, such as printing gigabytes or making a flood of
+    /// calls: the budget counts each epoch tick a call spans, so on a loaded machine it may
+    /// run out before the operation quota does).
     RefusedOrCpuLimit,
 }
 
@@ -155,7 +157,7 @@ attacks! {
     read_a_huge_length => Ending::Refused,
     overflow_offset_plus_length => Ending::Refused,
     write_past_the_end => Ending::Refused,
-    make_millions_of_tiny_calls => Ending::Refused,
+    make_millions_of_tiny_calls => Ending::RefusedOrCpuLimit,
     exhaust_handles => Ending::Refused,
     diff_iterate_over_a_huge_range => Ending::Refused,
     lock_and_trap => Ending::Trap,
