@@ -200,25 +200,8 @@ pub fn run_with(guest: &str, args: &[&str], backend: Arc<dyn Backend>, grants: G
 
 /// Run `guest` with full grants on `rbd` and `rbd2` and `output_dir` mapped as its `/out`.
 pub fn run_with_output(guest: &str, args: &[&str], backend: Arc<dyn Backend>, output_dir: &Path) -> JobRun {
-    let component = component(guest);
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let job = JobConfig {
-        job_id: guest.to_owned(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        backend,
-        grants: Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")]),
-        limits: JobLimits::default(),
-        output_dir: Some(output_dir.to_owned()),
-        stdout: OutputSink::Capture(stdout.clone()),
-        stderr: OutputSink::Capture(stderr.clone()),
-        progress: None,
-        audit: AuditSink::Off,
-        cancel: None,
-    };
-    let result = tokio().block_on(runtime().run(&component, job));
-    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    JobRun { result, stdout: text(&stdout), stderr: text(&stderr) }
+    let grants = Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")]);
+    run_job(guest, args, backend, grants, JobLimits::default(), AuditSink::Off, Some(output_dir))
 }
 
 /// As [`run_with`], with the job's audit records going to `audit`.
@@ -230,6 +213,19 @@ pub fn run_audited(
     limits: JobLimits,
     audit: AuditSink,
 ) -> JobRun {
+    run_job(guest, args, backend, grants, limits, audit, None)
+}
+
+/// The one place the harness builds a job: output captured, no cancellation.
+fn run_job(
+    guest: &str,
+    args: &[&str],
+    backend: Arc<dyn Backend>,
+    grants: Grants,
+    limits: JobLimits,
+    audit: AuditSink,
+    output_dir: Option<&Path>,
+) -> JobRun {
     let component = component(guest);
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -239,7 +235,7 @@ pub fn run_audited(
         backend,
         grants,
         limits,
-        output_dir: None,
+        output_dir: output_dir.map(Path::to_owned),
         stdout: OutputSink::Capture(stdout.clone()),
         stderr: OutputSink::Capture(stderr.clone()),
         progress: None,

@@ -180,12 +180,9 @@ fn list_with_retry<T>(
         let mut buf: Vec<T> = (0..max).map(|_| empty()).collect();
         let mut n = max;
         let ret = call(buf.as_mut_ptr(), &mut n);
-        if ret == -libc_erange() && n > max {
-            max = n;
-            continue;
-        }
-        if ret == -libc_erange() {
-            max *= 2;
+        if ret == -ERANGE {
+            // librbd says how many it needs; grow at least twofold in case it did not.
+            max = n.max(max * 2);
             continue;
         }
         check(ret, || context.to_owned())?;
@@ -194,9 +191,8 @@ fn list_with_retry<T>(
     }
 }
 
-const fn libc_erange() -> c_int {
-    34
-}
+/// The errno librbd's list calls answer when the buffer is too short.
+const ERANGE: c_int = 34;
 
 /// A C string pointer into an owned String ("" for null).
 ///
@@ -655,7 +651,7 @@ impl Image for LibrbdImage {
             let mut n = max;
             // SAFETY: buffer of `max` entries.
             let ret = unsafe { (self.api.rbd_snap_list)(self.handle, buf.as_mut_ptr(), &mut n) };
-            if ret == -libc_erange() {
+            if ret == -ERANGE {
                 max = n.max(max * 2);
                 continue;
             }
@@ -788,7 +784,7 @@ impl Image for LibrbdImage {
                     &mut lens[3],
                 )
             };
-            if ret == -(libc_erange() as isize) {
+            if ret == -(ERANGE as isize) {
                 for (size, len) in sizes.iter_mut().zip(lens) {
                     *size = (*size).max(len).max(*size * 2);
                 }
