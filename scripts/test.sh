@@ -9,14 +9,17 @@ cd "$(dirname "$0")/.."
 scripts/install-rust-deps.sh
 scripts/install-ceph.sh
 
+# The guest components (wasm32-wasip2 only), and the crates the native test run leaves out.
+guests=(hello snapshots conformance plain-command differential hostile read-throughput backup restore verify snap-rotate)
+not_native=(--exclude rbd-wasm-guest)
+for g in "${guests[@]}"; do not_native+=(--exclude "$g"); done
+
 echo "==> building the guests (wasm32-wasip2, release)" >&2
-cargo build --release --target wasm32-wasip2 \
-    -p hello -p snapshots -p conformance -p plain-command -p differential -p hostile -p read-throughput -p backup
+cargo build --release --target wasm32-wasip2 "${guests[@]/#/-p}"
 
 echo "==> building the host" >&2
 cargo build -p rbd-wasm --bin rbd-wasm
-cargo test --workspace --no-run --exclude hello --exclude snapshots --exclude conformance \
-    --exclude plain-command --exclude differential --exclude hostile --exclude read-throughput --exclude backup --exclude rbd-wasm-guest
+cargo test --workspace --no-run "${not_native[@]}"
 
 ceph_dir="${RBD_WASM_CEPH_DIR:-$(mktemp -d /tmp/rbd-wasm-ceph.XXXXXX)}"
 # A monitor port nobody else uses, so a cluster someone left running does not get in the way.
@@ -33,8 +36,7 @@ export RBD_WASM_CEPH_CONF="$ceph_dir/ceph.conf"
 echo "==> running the tests" >&2
 log=$(mktemp /tmp/rbd-wasm-test.XXXXXX.log)
 set +e
-cargo test --workspace --exclude hello --exclude snapshots --exclude conformance \
-    --exclude plain-command --exclude differential --exclude hostile --exclude read-throughput --exclude backup --exclude rbd-wasm-guest "$@" 2>&1 | tee "$log"
+cargo test --workspace "${not_native[@]}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary, the last of which

@@ -586,7 +586,7 @@ impl rbd::HostImage for RbdView<'_> {
 
     async fn list_snaps(&mut self, image: Resource<ImageHandle>) -> HostResult<Vec<types::SnapInfo>> {
         let snaps = self.image(&image)?.call("list-snaps", Some(Operation::Read), |i| i.list_snaps()).await?;
-        Ok(snaps.into_iter().map(|s| types::SnapInfo { id: s.id, size: s.size, name: s.name }).collect())
+        Ok(snaps.into_iter().map(|s| types::SnapInfo { id: s.id, size: s.size, name: s.name, timestamp: s.timestamp }).collect())
     }
 
     async fn set_snap(&mut self, image: Resource<ImageHandle>, name: Option<String>) -> HostResult<()> {

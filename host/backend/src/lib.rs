@@ -85,6 +85,8 @@ pub struct SnapInfo {
     pub id: u64,
     pub size: u64,
     pub name: String,
+    /// When it was taken, in seconds since the Unix epoch.
+    pub timestamp: u64,
 }
 
 /// A changed extent of a diff: `[offset, offset + length)` holds data (`exists`) or zeroes.

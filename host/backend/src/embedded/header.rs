@@ -50,6 +50,10 @@ pub(crate) struct Snap {
     pub name: String,
     pub size: u64,
     pub protected: bool,
+    /// When it was taken, in seconds since the Unix epoch (0 in stores made before this
+    /// field was).
+    #[serde(default)]
+    pub created: u64,
     pub objects: ObjectMap,
     pub parent: Option<ParentLink>,
 }

@@ -220,6 +220,9 @@ impl Image for EmbeddedImage {
                 name: name.to_string(),
                 size: h.size,
                 protected: false,
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
                 objects: h.objects.clone(),
                 parent: h.parent.clone(),
             };
@@ -295,7 +298,7 @@ impl Image for EmbeddedImage {
 
     fn list_snaps(&self) -> Result<Vec<SnapInfo>> {
         let header = self.shared.current()?;
-        Ok(header.snaps.iter().map(|s| SnapInfo { id: s.id, size: s.size, name: s.name.clone() }).collect())
+        Ok(header.snaps.iter().map(|s| SnapInfo { id: s.id, size: s.size, name: s.name.clone(), timestamp: s.created }).collect())
     }
 
     fn set_snap(&self, name: Option<&str>) -> Result<()> {

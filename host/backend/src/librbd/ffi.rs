@@ -40,6 +40,12 @@ pub struct rbd_image_info_t {
 }
 
 #[repr(C)]
+pub struct Timespec {
+    pub tv_sec: i64,
+    pub tv_nsec: i64,
+}
+
+#[repr(C)]
 pub struct rbd_snap_info_t {
     pub id: u64,
     pub size: u64,
@@ -144,6 +150,7 @@ api! {
     rbd_snap_is_protected: fn(rbd_image_t, *const c_char, *mut c_int) -> c_int;
     rbd_snap_list: fn(rbd_image_t, *mut rbd_snap_info_t, *mut c_int) -> c_int;
     rbd_snap_list_end: fn(*mut rbd_snap_info_t) -> ();
+    rbd_snap_get_timestamp: fn(rbd_image_t, u64, *mut Timespec) -> c_int;
     rbd_snap_set: fn(rbd_image_t, *const c_char) -> c_int;
     rbd_diff_iterate2: fn(rbd_image_t, *const c_char, u64, u64, u8, u8, DiffCallback, *mut c_void) -> c_int;
 

@@ -658,12 +658,19 @@ impl Image for LibrbdImage {
             check(ret, || self.ctx("list snapshots"))?;
             let count = ret as usize;
             // SAFETY: librbd filled `count` entries with C-string names.
-            let snaps = buf[..count]
+            let mut snaps: Vec<SnapInfo> = buf[..count]
                 .iter()
-                .map(|s| SnapInfo { id: s.id, size: s.size, name: unsafe { owned(s.name) } })
+                .map(|s| SnapInfo { id: s.id, size: s.size, name: unsafe { owned(s.name) }, timestamp: 0 })
                 .collect();
             // SAFETY: frees what rbd_snap_list allocated, once.
             unsafe { (self.api.rbd_snap_list_end)(buf.as_mut_ptr()) };
+            for snap in &mut snaps {
+                let mut ts = ffi::Timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: `ts` is a valid out-parameter.
+                let ret = unsafe { (self.api.rbd_snap_get_timestamp)(self.handle, snap.id, &mut ts) };
+                check(ret, || self.ctx(&format!("timestamp of snapshot `{}`", snap.name)))?;
+                snap.timestamp = u64::try_from(ts.tv_sec).unwrap_or(0);
+            }
             return Ok(snaps);
         }
     }

@@ -439,7 +439,13 @@ fn snapshots_are_listed_oldest_first_with_sizes(c: &Ctx) -> R {
     let snaps = ok(img.list_snaps(), "list")?;
     eq(snaps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(), vec!["one".into(), "two".into()], "names")?;
     eq(snaps.iter().map(|s| s.size).collect::<Vec<_>>(), vec![MIB, 2 * MIB], "sizes")?;
-    check(snaps[0].id < snaps[1].id, "ids increase")
+    check(snaps[0].id < snaps[1].id, "ids increase")?;
+    // Timestamps are the wall clock's (the guest's clock is the host's), to the second.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+    for s in &snaps {
+        check(s.timestamp + 120 >= now && s.timestamp <= now + 120, format!("timestamp {} is not about now ({now})", s.timestamp))?;
+    }
+    check(snaps[0].timestamp <= snaps[1].timestamp, "timestamps in order")
 }
 
 fn snapshot_is_immutable(c: &Ctx) -> R {

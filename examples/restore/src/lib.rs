@@ -1,0 +1,180 @@
+//! Restore a chain of backups onto a new image, and prove it: the result's sha256 must be
+//! the one the newest manifest recorded.
+//!
+//! Arguments: `POOL IMAGE TARGET [--backup N] [--target-pool POOL]`. Reads the backups of
+//! `POOL/IMAGE` from the repository in the job's output directory (see `backup-repo`),
+//! follows the chain back from backup N (default: the newest) to a full backup, checks
+//! every stream against its manifest before writing anything, creates `TARGET` (it must not
+//! exist), and applies the streams in order the way `rbd import-diff` does: the size record
+//! resizes, `w` records write, `z` records zero, and the to-snapshot is created at each
+//! stream's end. Then the restored image is read back and hashed. If anything fails the
+//! half-restored target is removed, so no image that looks restored is left unverified.
+
+use std::fs::File;
+use std::io::BufReader;
+
+use backup_repo::stream::{Record, StreamReader};
+use backup_repo::{check_stream, image_sha256, Manifest, Repo, Result, ROOT};
+use rbd_wasm_guest::{open_pool, report_progress, Image, Pool};
+
+/// librbd drops discards finer than this (`rbd_discard_granularity_bytes`); zeroes inside
+/// it are written instead.
+const DISCARD_GRANULARITY: u64 = 64 << 10;
+/// Largest piece of a `w` record written in one call.
+const WRITE_PIECE: u64 = 4 << 20;
+
+struct Args {
+    pool: String,
+    image: String,
+    target: String,
+    target_pool: Option<String>,
+    backup: Option<u64>,
+}
+
+const USAGE: &str = "usage: POOL IMAGE TARGET [--backup N] [--target-pool POOL]";
+
+fn parse(args: Vec<String>) -> Result<Args> {
+    let mut positional = Vec::new();
+    let mut backup = None;
+    let mut target_pool = None;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--backup" => {
+                let n = it.next().ok_or("--backup needs a number")?;
+                backup = Some(n.parse().map_err(|_| format!("--backup {n:?}: not a backup number"))?);
+            }
+            "--target-pool" => target_pool = Some(it.next().ok_or("--target-pool needs a pool")?),
+            a if a.starts_with("--") => return Err(format!("unknown option {a}; {USAGE}").into()),
+            _ => positional.push(arg),
+        }
+    }
+    let [pool, image, target]: [String; 3] = positional.try_into().map_err(|_| USAGE)?;
+    Ok(Args { pool, image, target, target_pool, backup })
+}
+
+/// Zero `[offset, offset + length)`: discard the part librbd discards exactly, write zeroes
+/// at the unaligned edges.
+fn zero(image: &Image, offset: u64, length: u64) -> Result<()> {
+    let end = offset + length;
+    let aligned_start = offset.div_ceil(DISCARD_GRANULARITY) * DISCARD_GRANULARITY;
+    let aligned_end = end / DISCARD_GRANULARITY * DISCARD_GRANULARITY;
+    if aligned_start >= aligned_end {
+        return write_zeroes(image, offset, length);
+    }
+    write_zeroes(image, offset, aligned_start - offset)?;
+    image.discard(aligned_start, aligned_end - aligned_start)?;
+    write_zeroes(image, aligned_end, end - aligned_end)
+}
+
+fn write_zeroes(image: &Image, offset: u64, length: u64) -> Result<()> {
+    if length > 0 {
+        image.write(offset, &vec![0u8; length as usize])?;
+    }
+    Ok(())
+}
+
+/// Apply one stream to `image`, as `rbd import-diff` does; `base` is the snapshot the
+/// stream must start from.
+fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) -> Result<()> {
+    let path = repo.stream_path(manifest);
+    let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut stream = StreamReader::new(BufReader::with_capacity(1 << 20, file))?;
+    let mut buf = Vec::new();
+    let mut to = None;
+    loop {
+        match stream.next_record()? {
+            Record::From(from) => {
+                if Some(from.as_str()) != base {
+                    return Err(format!("{}: starts from {from}, but the image is at {base:?}", path.display()).into());
+                }
+            }
+            Record::To(name) => to = Some(name),
+            Record::Size(size) => {
+                if image.size()? != size {
+                    image.resize(size)?;
+                }
+            }
+            Record::Data { offset, length } => {
+                let mut done = 0;
+                while done < length {
+                    let piece = WRITE_PIECE.min(length - done);
+                    buf.resize(piece as usize, 0);
+                    stream.read_data(&mut buf)?;
+                    image.write(offset + done, &buf)?;
+                    done += piece;
+                }
+                report_progress(&format!("restore {}", manifest.to_snapshot), offset + length, Some(manifest.size));
+            }
+            Record::Zero { offset, length } => zero(image, offset, length)?,
+            Record::End => break,
+        }
+    }
+    let to = to.ok_or_else(|| format!("{}: no to-snapshot record", path.display()))?;
+    if to != manifest.to_snapshot {
+        return Err(format!("{}: is of {to}, but its manifest says {}", path.display(), manifest.to_snapshot).into());
+    }
+    image.flush()?;
+    image.create_snap(&to)?;
+    Ok(())
+}
+
+fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
+    let repo = Repo::new(ROOT.as_ref(), &args.pool, &args.image);
+    let chain = repo.chain(args.backup)?;
+    for manifest in &chain {
+        check_stream(&repo, manifest)?;
+    }
+    let last = chain.last().ok_or("an empty chain")?;
+    target_pool.create(&args.target, chain[0].size)?;
+    let result = (|| -> Result<String> {
+        let image = target_pool.open(&args.target)?;
+        let mut base: Option<&str> = None;
+        for manifest in &chain {
+            apply(&repo, manifest, &image, base)?;
+            base = Some(&manifest.to_snapshot);
+        }
+        let at = target_pool.open_at_snapshot(&args.target, &last.to_snapshot)?;
+        let sha = image_sha256(&at, at.size()?)?;
+        if sha != last.image_sha256 {
+            return Err(format!(
+                "the restored image's sha256 is {sha}, the manifest of {} says {}",
+                last.to_snapshot, last.image_sha256
+            )
+            .into());
+        }
+        Ok(sha)
+    })();
+    if result.is_err() {
+        remove_restored(target_pool, &args.target);
+    }
+    result
+}
+
+/// Remove a target this job created and could not finish.
+fn remove_restored(pool: &Pool, name: &str) {
+    if let Ok(image) = pool.open(name) {
+        for snap in image.list_snaps().unwrap_or_default() {
+            let _ = image.remove_snap(&snap.name);
+        }
+    }
+    if let Err(e) = pool.remove(name) {
+        eprintln!("could not remove the half-restored {}/{name}: {e}", pool.name());
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let args = parse(args)?;
+    let target_pool = open_pool(args.target_pool.as_deref().unwrap_or(&args.pool))?;
+    let sha = restore(&args, &target_pool)?;
+    println!(
+        "restored {}/{} to {}/{}: sha256 {sha} verified",
+        args.pool,
+        args.image,
+        target_pool.name(),
+        args.target
+    );
+    Ok(())
+}
+
+rbd_wasm_guest::job!(run);
