@@ -12,7 +12,8 @@ scripts/install-ceph.sh
 # The guest components (wasm32-wasip2 only), and the crates the native test run leaves out.
 guests=(hello snapshots conformance plain-command differential hostile read-throughput backup restore verify snap-rotate)
 not_native=(--exclude rbd-wasm-guest)
-for g in "${guests[@]}"; do not_native+=(--exclude "$g"); done
+# snap-rotate's policy unit tests run natively (wit-bindgen stands in for the imports there).
+for g in "${guests[@]}"; do [[ $g == snap-rotate ]] || not_native+=(--exclude "$g"); done
 
 echo "==> building the guests (wasm32-wasip2, release)" >&2
 cargo build --release --target wasm32-wasip2 "${guests[@]/#/-p}"

@@ -10,24 +10,29 @@
 //!
 //! Several runners may back up the same images into one repository at once (two hosts on a
 //! shared directory, or two cron jobs that overlap). They agree through Ceph, with no other
-//! service: creating the snapshot `backup-N` is the claim on backup N of an image. Ceph
-//! creates a snapshot name once, so of two runners that try, one gets `exists` and skips
-//! the image. A `backup-N` snapshot that has no complete backup yet is another runner's
-//! backup in progress: it is left alone while younger than `--claim-timeout` (default
-//! 3600 s), and after that it is a killed run's, whose snapshot is removed before the next
-//! backup. With `--every SECS` an image whose newest backup snapshot is younger than SECS
-//! is up to date and skipped, so runners started together make one backup of each image.
+//! service. A runner decides and claims backup N of an image under a pool-wide mutex, the
+//! exclusive advisory lock of the image `rbd-wasm-backup-claims` (created on first use,
+//! without the exclusive-lock feature, whose managed lock shares that lock), and the claim
+//! is the snapshot `backup-N` it creates there. (Snapshot creation alone is no claim: two
+//! librbd clients creating one snapshot name at once are both told it worked.) The mutex
+//! is held for milliseconds; a holder killed inside it is broken after a minute.
+//!
+//! A `backup-N` snapshot that has no complete backup yet is another runner's backup in
+//! progress: it is left alone while younger than `--claim-timeout` (default 3600 s), and
+//! after that it is a killed run's, whose snapshot is removed before the next backup. With
+//! `--every SECS` an image whose newest backup snapshot is younger than SECS is up to date
+//! and skipped, so runners started together make one backup of each image.
 
 use std::fs;
 use std::io::{BufWriter, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backup_repo::stream::StreamWriter;
 use backup_repo::{
     image_sha256, pieces, snapshot_name, snapshot_number, write_atomically, Manifest, Repo, Result, PIECES_PER_CALL,
     ROOT,
 };
-use rbd_wasm_guest::{open_pool, report_progress, Error, Image, Pool, Range};
+use rbd_wasm_guest::{open_pool, report_progress, CreateOptions, Error, Image, Pool, Range};
 
 /// Most bytes of data extents gathered before they are read.
 const BATCH_BYTES: u64 = 32 << 20;
@@ -71,6 +76,66 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The image whose advisory lock is the runners' mutex.
+const CLAIMS_IMAGE: &str = "rbd-wasm-backup-claims";
+/// A mutex holder older than this was killed inside it (it holds it for milliseconds).
+const STALE_MUTEX_SECS: u64 = 60;
+/// How long a runner waits for the mutex before it gives up.
+const MUTEX_WAIT: Duration = Duration::from_secs(600);
+/// librbd's layering feature bit: the claims image has no exclusive-lock feature.
+const LAYERING: u64 = 1;
+
+/// The pool-wide mutex under which runners decide and claim backups; unlocked on drop.
+struct ClaimsMutex {
+    image: Image,
+    cookie: String,
+}
+
+impl ClaimsMutex {
+    fn lock(pool: &Pool) -> Result<ClaimsMutex> {
+        match pool.create_with(CLAIMS_IMAGE, 0, &CreateOptions { features: LAYERING, ..CreateOptions::default() }) {
+            Ok(()) | Err(Error::Exists(_)) => {}
+            Err(e) => return Err(format!("creating the runners' mutex image {CLAIMS_IMAGE}: {e}").into()),
+        }
+        let image = pool.open(CLAIMS_IMAGE)?;
+        let started = std::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let cookie = format!("backup-claims {}", now());
+            match image.lock_exclusive(&cookie) {
+                Ok(()) => return Ok(ClaimsMutex { image, cookie }),
+                Err(Error::Busy(_) | Error::Exists(_)) => {}
+                Err(e) => return Err(format!("taking the runners' mutex: {e}").into()),
+            }
+            // A holder killed inside the mutex never lets go: break its lock once it is old.
+            let me = image.lock_client();
+            for locker in image.list_lockers()?.lockers.into_iter().filter(|l| l.client != me) {
+                let taken = locker.cookie.strip_prefix("backup-claims ").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                if now().saturating_sub(taken) > STALE_MUTEX_SECS {
+                    println!("breaking the runners' mutex held since {taken} by {} (killed?)", locker.client);
+                    match image.break_lock(&locker.client, &locker.cookie) {
+                        Ok(()) | Err(Error::NotFound(_)) => {}
+                        Err(e) => return Err(format!("breaking a stale mutex: {e}").into()),
+                    }
+                }
+            }
+            if started.elapsed() > MUTEX_WAIT {
+                return Err(format!("the runners' mutex ({CLAIMS_IMAGE}) stayed busy for {} s", MUTEX_WAIT.as_secs()).into());
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_millis(5 * u64::from(attempt.min(20))));
+        }
+    }
+}
+
+impl Drop for ClaimsMutex {
+    fn drop(&mut self) {
+        if let Err(e) = self.image.unlock(&self.cookie) {
+            eprintln!("releasing the runners' mutex: {e}");
+        }
+    }
+}
+
 /// What became of one image.
 enum Outcome {
     Done,
@@ -83,6 +148,8 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     fs::create_dir_all(repo.dir())?;
     let head = pool.open(image_name)?;
 
+    // Decide and claim under the mutex; back up after it.
+    let mutex = ClaimsMutex::lock(pool)?;
     let backups = repo.backups()?;
     let newest_complete = backups.iter().map(|(n, _)| *n).max().unwrap_or(0);
     let backed_up = |name: &str| backups.iter().any(|(_, m)| m.to_snapshot == name);
@@ -118,11 +185,8 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     // name is never reused.
     let n = ours.iter().map(|(n, _)| *n).max().unwrap_or(0).max(newest_complete) + 1;
     let to = snapshot_name(n);
-    match head.create_snap(&to) {
-        Ok(()) => {}
-        Err(Error::Exists(_)) => return Ok(Outcome::Skipped(format!("another runner claimed {to} first"))),
-        Err(e) => return Err(e.into()),
-    }
+    head.create_snap(&to)?;
+    drop(mutex);
     // This runner holds the newest claim: temporary files here are killed runs' leftovers.
     repo.clear_temporary_files()?;
 

@@ -18,7 +18,8 @@ images, or of every image in POOL if none is named.
                    (default: the clock)
   --dry-run        print what would be created and removed, and change nothing
   --no-take        prune only
-  --help           print this";
+  --help           print this
+  --               the arguments after it are image names, even if they start with -";
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

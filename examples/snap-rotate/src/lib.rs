@@ -19,8 +19,15 @@
 //! rbd/vm-1: created 1, removed 1, kept 38 (1 with children, 1 protected, 1 in the future), 2 other snapshots left alone
 //! ```
 //!
-//! With `--dry-run` every action line starts with `would ` and nothing changes. An image
-//! that fails is reported and the others are still rotated; the job then fails.
+//! Snapshots are taken first and the expired ones removed after, so a new snapshot counts
+//! among the ones kept. With `--dry-run` every action line starts with `would ` and nothing
+//! changes; the lines are otherwise the ones the real run prints. An image that fails is
+//! reported and the others are still rotated; the job then fails.
+//!
+//! ```sh
+//! cargo build --release --target wasm32-wasip2 -p snap-rotate
+//! rbd-wasm run target/wasm32-wasip2/release/snap_rotate.wasm -- rbd vm-1 --hourly 24 --weekly 4 --dry-run
+//! ```
 
 mod args;
 mod policy;
