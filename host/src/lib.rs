@@ -13,6 +13,7 @@ pub mod capability;
 pub mod manifest;
 pub mod meter;
 pub mod output;
+pub mod progress;
 pub mod runtime;
 
 pub use bindings::types::Progress;

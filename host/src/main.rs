@@ -15,6 +15,8 @@ use rbd_wasm::capability::{Grant, Grants};
 use rbd_wasm::audit::AuditSink;
 use rbd_wasm::manifest::Manifest;
 use rbd_wasm::output::OutputSink;
+use rbd_wasm::meter::Usage;
+use rbd_wasm::progress::{ProgressEntry, ProgressMode, ProgressView};
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
 
 /// Run sandboxed WebAssembly jobs against Ceph RBD images.
@@ -87,11 +89,41 @@ struct RunArgs {
     /// Compile the component every time instead of using the cache.
     #[arg(long)]
     no_cache: bool,
+    /// How to show the job's progress reports. Default: bars when standard error is a
+    /// terminal, plain lines otherwise.
+    #[arg(long, value_enum)]
+    progress: Option<ProgressArg>,
+    /// When the job ends, print a JSON report on standard output (outcome, exit code, time,
+    /// RBD traffic, CPU, last progress of each label); the job's own output goes to
+    /// standard error then.
+    #[arg(long)]
+    json: bool,
     /// The job's component (optional with a manifest that names one).
     job: Option<PathBuf>,
     /// Arguments passed to the job's `run` (replace the manifest's).
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProgressArg {
+    Bars,
+    Lines,
+    None,
+}
+
+/// What `run --json` prints.
+#[derive(serde::Serialize)]
+struct RunReport {
+    job_id: String,
+    component: PathBuf,
+    /// `ok`, or the kind of failure (`failed`, `trap`, `deadline`, `setup`...).
+    status: &'static str,
+    exit_code: i32,
+    error: Option<String>,
+    elapsed_secs: f64,
+    usage: Usage,
+    progress: Vec<ProgressEntry>,
 }
 
 /// What to run: the manifest (if any) with the command line's overrides applied.
@@ -259,8 +291,26 @@ fn default_store_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn run_job(args: RunArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let started = std::time::Instant::now();
+    let mode = match args.progress {
+        Some(ProgressArg::Bars) => ProgressMode::Bars,
+        Some(ProgressArg::Lines) => ProgressMode::Lines,
+        Some(ProgressArg::None) => ProgressMode::Quiet,
+        None if std::io::stderr().is_terminal() => ProgressMode::Bars,
+        None => ProgressMode::Lines,
+    };
+    let mut job_id = args.job_id.clone().unwrap_or_else(|| "job".into());
+    let mut component_path = args.job.clone().unwrap_or_default();
+    let usage = Arc::new(std::sync::Mutex::new(Usage::default()));
+    let mut view = ProgressView::new(&job_id, mode);
     let result = (|| -> Result<(), JobError> {
-        let (component_path, job_args, job_id, grants, limits, output_dir) = job_plan(&args)?;
+        let (path, job_args, id, grants, limits, output_dir) = job_plan(&args)?;
+        component_path = path;
+        job_id = id.unwrap_or_else(|| {
+            component_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
+        });
+        view = ProgressView::new(&job_id, mode);
         let audit = match &args.audit_log {
             Some(path) => AuditSink::append_to(path)
                 .map_err(|e| JobError::Setup(format!("cannot open the audit log {}: {e}", path.display())))?,
@@ -273,21 +323,30 @@ fn run_job(args: RunArgs) -> ExitCode {
         }
         let runtime = Runtime::new(config).map_err(|e| JobError::Setup(format!("{e:#}")))?;
         let component = runtime.load(&component_path)?;
-        let job_id = job_id.unwrap_or_else(|| {
-            component_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
-        });
+        // With `--json` standard output carries the report alone; with bars, lines are
+        // printed above them.
+        let line_sink = |to_stderr: bool| {
+            let view = view.clone();
+            OutputSink::Lines(Arc::new(move |line: &str| view.print_line(line, to_stderr)))
+        };
+        let (stdout, stderr) = match (args.json, mode) {
+            (true, _) => (line_sink(true), line_sink(true)),
+            (false, ProgressMode::Bars) => (line_sink(false), line_sink(true)),
+            (false, _) => (OutputSink::Stdout, OutputSink::Stderr),
+        };
         let job = JobConfig {
-            job_id,
+            job_id: job_id.clone(),
             args: job_args,
             backend,
             grants,
             limits,
             output_dir,
-            stdout: OutputSink::Stdout,
-            stderr: OutputSink::Stderr,
-            progress: None,
+            stdout,
+            stderr,
+            progress: Some(view.sink()),
             audit,
             cancel: None,
+            usage: Some(usage.clone()),
         };
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -295,13 +354,31 @@ fn run_job(args: RunArgs) -> ExitCode {
             .map_err(|e| JobError::Setup(format!("cannot start the async runtime: {e}")))?;
         tokio.block_on(runtime.run(&component, job))
     })();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let progress = view.finish();
+    let exit_code = match &result {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("rbd-wasm: {e}");
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1).max(1))
+            e.exit_code().clamp(1, 255)
+        }
+    };
+    if args.json {
+        let report = RunReport {
+            job_id,
+            component: component_path,
+            status: result.as_ref().err().map_or("ok", JobError::kind),
+            exit_code,
+            error: result.as_ref().err().map(|e| e.to_string()),
+            elapsed_secs: started.elapsed().as_secs_f64(),
+            usage: *usage.lock().unwrap_or_else(|p| p.into_inner()),
+            progress,
+        };
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("rbd-wasm: cannot write the report: {e}"),
         }
     }
+    ExitCode::from(u8::try_from(exit_code).unwrap_or(1))
 }
 
 /// `NAME@SNAP` into its parts.

@@ -126,6 +126,22 @@ impl Meter {
     pub fn totals(&self) -> (u64, u64) {
         (self.read.load(Ordering::Relaxed), self.written.load(Ordering::Relaxed))
     }
+
+    /// What the job has used so far.
+    pub fn usage(&self) -> Usage {
+        let (read_bytes, written_bytes) = self.totals();
+        Usage { read_bytes, written_bytes, operations: self.operations.load(Ordering::Relaxed), cpu_ms: 0 }
+    }
+}
+
+/// What a job used: the RBD traffic its meter counted and its CPU time in epoch ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub operations: u64,
+    /// Time the guest ran its own code, to the epoch tick (10 ms).
+    pub cpu_ms: u64,
 }
 
 fn check(counter: &AtomicU64, quota: Option<u64>, bytes: u64, what: &str) -> Result<(), Error> {

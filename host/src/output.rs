@@ -20,6 +20,9 @@ pub enum OutputSink {
     Stderr,
     /// Kept in memory, untagged (for tests and embedders).
     Capture(Arc<Mutex<Vec<u8>>>),
+    /// Whole lines, tagged, handed to a function (which may, say, print them above
+    /// progress bars); the last line is handed over without a newline when the stream ends.
+    Lines(Arc<dyn Fn(&str) + Send + Sync>),
 }
 
 /// One of a job's output streams, as handed to WASI.
@@ -46,7 +49,7 @@ impl IsTerminal for JobOutput {
 
 impl StdoutStream for JobOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(TaggedWriter { out: self.clone(), at_line_start: true, truncated: false })
+        Box::new(TaggedWriter { out: self.clone(), at_line_start: true, truncated: false, line: Vec::new() })
     }
 }
 
@@ -54,6 +57,8 @@ struct TaggedWriter {
     out: JobOutput,
     at_line_start: bool,
     truncated: bool,
+    /// The line being gathered for an [`OutputSink::Lines`].
+    line: Vec<u8>,
 }
 
 impl TaggedWriter {
@@ -69,6 +74,16 @@ impl TaggedWriter {
             OutputSink::Capture(buf) => buf.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes),
             OutputSink::Stdout => self.tag_into(&mut std::io::stdout().lock(), bytes)?,
             OutputSink::Stderr => self.tag_into(&mut std::io::stderr().lock(), bytes)?,
+            OutputSink::Lines(to) => {
+                let to = to.clone();
+                let mut line = std::mem::take(&mut self.line);
+                self.tag_into(&mut line, bytes)?;
+                while let Some(i) = line.iter().position(|&b| b == b'\n') {
+                    to(&String::from_utf8_lossy(&line[..i]));
+                    line.drain(..=i);
+                }
+                self.line = line;
+            }
         }
         Ok(())
     }
@@ -96,6 +111,16 @@ impl TaggedWriter {
     }
 }
 
+impl Drop for TaggedWriter {
+    fn drop(&mut self) {
+        if let OutputSink::Lines(to) = &self.out.sink {
+            if !self.line.is_empty() {
+                to(&String::from_utf8_lossy(&self.line));
+            }
+        }
+    }
+}
+
 impl AsyncWrite for TaggedWriter {
     fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         // Writes to the host's stdio are small and line-buffered: doing them inline is what
@@ -104,8 +129,11 @@ impl AsyncWrite for TaggedWriter {
         self.emit(buf)?;
         if before < buf.len() as u64 && !self.truncated {
             self.truncated = true;
-            if let OutputSink::Stdout | OutputSink::Stderr = self.out.sink {
-                eprintln!("[{}] (output limit reached; further output of this stream is dropped)", self.out.job_id);
+            let note = format!("[{}] (output limit reached; further output of this stream is dropped)", self.out.job_id);
+            match &self.out.sink {
+                OutputSink::Stdout | OutputSink::Stderr => eprintln!("{note}"),
+                OutputSink::Lines(to) => to(&note),
+                OutputSink::Capture(_) => {}
             }
         }
         // Report everything as written: the guest must not spin on a full stream.

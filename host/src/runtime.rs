@@ -14,7 +14,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::api::{HasRbd, RbdCtx, RbdView};
 use crate::audit::{Audit, AuditSink};
-use crate::meter::{Meter, Quotas};
+use crate::meter::{Meter, Quotas, Usage};
 use crate::bindings::{JobWorld, JobWorldPre};
 use crate::cache::ComponentCache;
 use crate::capability::Grants;
@@ -50,6 +50,22 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// A short, stable name for the outcome (reports and logs match on it).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::Unreadable { .. } => "unreadable",
+            JobError::NotAComponent { .. } => "not-a-component",
+            JobError::WrongWorld { .. } => "wrong-world",
+            JobError::Trap(_) => "trap",
+            JobError::Failed(_) => "failed",
+            JobError::Exit(_) => "exit",
+            JobError::Deadline(_) => "deadline",
+            JobError::CpuLimit(_) => "cpu-limit",
+            JobError::Cancelled => "cancelled",
+            JobError::Setup(_) => "setup",
+        }
+    }
+
     /// The process exit status the CLI uses for this outcome.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -132,6 +148,8 @@ pub struct JobConfig {
     pub audit: AuditSink,
     /// `notify_one` on it stops the job (its locks are released, its images closed).
     pub cancel: Option<Arc<tokio::sync::Notify>>,
+    /// Filled with what the job used when it ends, however it ends.
+    pub usage: Option<Arc<std::sync::Mutex<Usage>>>,
 }
 
 /// A loaded component that has been checked against the job world, ready to instantiate.
@@ -269,7 +287,7 @@ impl Runtime {
         }
         let audit = Audit::new(&job.job_id, job.audit);
         let meter = Arc::new(Meter::new(job.limits.quotas.clone()));
-        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit, meter);
+        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit, meter.clone());
         if let Some(progress) = job.progress {
             rbd.on_progress(progress);
         }
@@ -307,6 +325,10 @@ impl Runtime {
         };
         // However the job ended, it leaves no lock behind (its images close with the store).
         store.data_mut().rbd.release_locks().await;
+        if let Some(usage) = &job.usage {
+            let cpu_ms = store.data().cpu_ticks * EPOCH_TICK.as_millis() as u64;
+            *usage.lock().unwrap_or_else(|p| p.into_inner()) = Usage { cpu_ms, ..meter.usage() };
+        }
         let Some(outcome) = outcome else {
             return Err(JobError::Cancelled);
         };

@@ -242,6 +242,7 @@ fn run_job(
         progress: None,
         audit,
         cancel: None,
+        usage: None,
     };
     let result = tokio().block_on(runtime().run(&component, job));
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();

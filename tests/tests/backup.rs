@@ -33,6 +33,15 @@ fn contents(backend: &dyn Backend, pool: &str, name: &str, snap: Option<&str>) -
     image.read(0, size).unwrap()
 }
 
+/// A backup's image digest, computed from the bytes: sha256 over each 64 KiB chunk's sha256.
+fn chunk_digest(image: &[u8]) -> String {
+    let mut h = Sha256::new();
+    for chunk in image.chunks(64 << 10) {
+        h.update(Sha256::digest(chunk));
+    }
+    hex::encode(h.finalize())
+}
+
 /// What changes between backups: unaligned writes, whole- and part-object discards, grow,
 /// shrink, and writes across object boundaries.
 fn change(img: &dyn Image, step: usize) {
@@ -74,7 +83,9 @@ fn make_chain(backend: &Arc<dyn Backend>, src: &str, out: &Path) -> PathBuf {
         let stream = std::fs::read(dir.join(format!("{n}.rbddiff"))).unwrap();
         assert_eq!(m["stream_sha256"], hex::encode(Sha256::digest(&stream)), "stream checksum");
         let image = contents(backend.as_ref(), "rbd", src, Some(&format!("backup-{n}")));
-        assert_eq!(m["image_sha256"], hex::encode(Sha256::digest(&image)), "image checksum");
+        assert_eq!(m["image_digest"], chunk_digest(&image), "image digest");
+        let sums = std::fs::read(dir.join(format!("{n}.sums"))).unwrap();
+        assert_eq!(m["sums_sha256"], hex::encode(Sha256::digest(&sums)), "chunk sums checksum");
         assert!(!dir.join(format!("{n}.rbddiff.tmp")).exists());
     }
     dir
@@ -202,7 +213,7 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     std::fs::remove_file(&full).unwrap();
     assert!(failed(&restore(&["rbd", &src, &broken])).contains("chain is broken"));
     std::fs::write(&full, kept).unwrap();
-    // A stream whose data is not what the manifest's image checksum says (a backup that was
+    // A stream whose data is not what the manifest's image digest says (a backup that was
     // written wrong, its stream checksum recomputed): the restore is refused and removed.
     let m = dir.join("2.json");
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
@@ -212,7 +223,7 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     std::fs::write(&stream, &wrong).unwrap();
     manifest["stream_sha256"] = hex::encode(Sha256::digest(&wrong)).into();
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    assert!(failed(&restore(&["rbd", &src, &unverified])).contains("sha256"));
+    assert!(failed(&restore(&["rbd", &src, &unverified])).contains("digest"));
     assert!(!backend.list("rbd").unwrap().contains(&unverified), "an unverified restore was left behind");
 }
 
@@ -235,7 +246,8 @@ fn verify_checks_a_backup_against_its_snapshot(backend: Arc<dyn Backend>) {
 
     // A stream that disagrees with the image where its checksums agree with it.
     let stream = dir.join("2.rbddiff");
-    let mut wrong = std::fs::read(&stream).unwrap();
+    let original = std::fs::read(&stream).unwrap();
+    let mut wrong = original.clone();
     let data_at = wrong.len() - 1 - 1000;
     wrong[data_at] ^= 0xff;
     std::fs::write(&stream, &wrong).unwrap();
@@ -253,6 +265,23 @@ fn verify_checks_a_backup_against_its_snapshot(backend: Arc<dyn Backend>) {
     manifest["stream_sha256"] = right_sha;
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     assert!(failed(&verify(&["rbd", &src])).contains("damaged"));
+    std::fs::write(&stream, &original).unwrap();
+    verify(&["rbd", &src]).assert_ok();
+
+    // Chunk digests that disagree with the snapshot (as if the image had changed under its
+    // snapshot): the deep scrub names the chunk.
+    let sums_path = dir.join("2.sums");
+    let mut sums = std::fs::read(&sums_path).unwrap();
+    let header = sums.len() - (8 << 20) / (64 << 10) * 32; // 8 MiB image, 32 bytes a chunk
+    sums[header + 5 * 32] ^= 1;
+    std::fs::write(&sums_path, &sums).unwrap();
+    let mut top = Sha256::new();
+    top.update(&sums[header..]);
+    manifest["sums_sha256"] = hex::encode(Sha256::digest(&sums)).into();
+    manifest["image_digest"] = hex::encode(top.finalize()).into();
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let found = failed(&verify(&["rbd", &src]));
+    assert!(found.contains(&format!("chunk {}+65536", 5 * 65536)), "{found}");
 
     // Without the snapshot there is nothing to verify against.
     backend.open("rbd", &src, None, false).unwrap().remove_snap("backup-1").unwrap();

@@ -144,3 +144,47 @@ fn a_manifest_with_an_unknown_key_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("unknown field `memory_mb`"), "{}", text(&out.stderr));
 }
+
+/// `run --json`: standard output is one JSON report (the job's lines go to standard error),
+/// with the outcome, the RBD traffic and each progress label's last report; `--progress
+/// lines` shows progress as plain lines on standard error.
+#[test]
+fn run_json_reports_the_outcome_usage_and_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    assert!(rbd_wasm(dir.path(), &["run", guest("hello").to_str().unwrap()]).status.success());
+    let backup = guest("backup");
+    let run = rbd_wasm(dir.path(), &["run", "--json", "--output-dir", out_dir, backup.to_str().unwrap(), "--", "rbd", "myimage"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("stdout is one JSON report");
+    assert_eq!(report["status"], "ok");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["job_id"], "backup");
+    assert!(report["usage"]["read_bytes"].as_u64().unwrap() >= 600, "{report}");
+    assert!(report["usage"]["operations"].as_u64().unwrap() > 0, "{report}");
+    let progress = &report["progress"][0];
+    assert_eq!(progress["label"], "backup myimage");
+    assert_eq!(progress["done"], 4u64 << 30, "the last report says done: {report}");
+    assert_eq!(progress["total"], 4u64 << 30);
+    assert!(text(&run.stderr).contains("[backup] rbd/myimage: full backup of backup-1"), "{}", text(&run.stderr));
+
+    let verify = guest("verify");
+    let lines = rbd_wasm(dir.path(), &["run", "--progress", "lines", "--output-dir", out_dir, verify.to_str().unwrap(), "--", "rbd", "myimage"]);
+    assert!(lines.status.success(), "{}", text(&lines.stderr));
+    assert!(text(&lines.stderr).contains("[verify] progress: verify backup-1 4294967296/4294967296 (100%)"), "{}", text(&lines.stderr));
+    assert!(text(&lines.stdout).contains("[verify] rbd/myimage@backup-1 against 1.rbddiff: ok"), "{}", text(&lines.stdout));
+
+    // A failed job: the report says how, and the exit status agrees.
+    let failed = rbd_wasm(dir.path(), &["run", "--json", "--output-dir", out_dir, verify.to_str().unwrap(), "--", "rbd", "nosuch"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&failed.stdout).expect("a report even on failure");
+    assert_eq!(report["status"], "failed");
+    assert_eq!(report["exit_code"], 1);
+    assert!(report["error"].as_str().unwrap().contains("no complete backup"), "{report}");
+    // A job that cannot even load: status `unreadable`, exit status 2.
+    let missing = rbd_wasm(dir.path(), &["run", "--json", "/nonexistent/job.wasm"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
+    assert_eq!(report["status"], "unreadable", "{report}");
+}

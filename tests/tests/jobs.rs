@@ -244,6 +244,7 @@ fn a_cancelled_job_stops_and_leaves_no_lock() {
         progress: None,
         audit: Default::default(),
         cancel: Some(cancel.clone()),
+        usage: None,
     };
     let conformance = component("conformance");
     let started = Instant::now();

@@ -5,13 +5,14 @@
 //! `N.json`, its [`Manifest`]. The manifest is written last, through a temporary name, so a
 //! backup is complete if and only if its manifest exists; `*.tmp` files are never backups.
 
+pub mod digest;
 pub mod stream;
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rbd_wasm_guest::{Image, Range};
+use rbd_wasm_guest::Range;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -44,8 +45,14 @@ pub struct Manifest {
     pub stream: String,
     pub stream_bytes: u64,
     pub stream_sha256: String,
-    /// sha256 of the whole image (`size` bytes) at the to-snapshot.
-    pub image_sha256: String,
+    /// The image's digest at the to-snapshot: sha256 over the sha256 of each
+    /// `chunk_size`-byte chunk (see [`digest`]).
+    pub image_digest: String,
+    pub chunk_size: u64,
+    /// The file of the chunk digests (`N.sums`), from which the next incremental backup
+    /// knows its digest without reading unchanged chunks; and its sha256.
+    pub sums: String,
+    pub sums_sha256: String,
 }
 
 /// One image's directory of backups.
@@ -64,6 +71,16 @@ impl Repo {
 
     pub fn stream_path(&self, manifest: &Manifest) -> PathBuf {
         self.dir.join(&manifest.stream)
+    }
+
+    /// The chunk digests of a backup's to-snapshot, if their file is whole.
+    pub fn chunk_sums(&self, manifest: &Manifest) -> Result<digest::ChunkSums> {
+        let path = self.dir.join(&manifest.sums);
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if hex::encode(Sha256::digest(&bytes)) != manifest.sums_sha256 {
+            return Err(format!("{}: damaged (its sha256 is not the manifest's)", path.display()).into());
+        }
+        digest::ChunkSums::decode(&bytes)
     }
 
     /// Every complete backup, oldest first: (N, manifest).
@@ -147,18 +164,6 @@ pub const PIECES_PER_CALL: usize = 8;
 pub fn pieces(offset: u64, length: u64) -> impl Iterator<Item = Range> {
     let end = offset + length;
     (offset..end).step_by(READ_PIECE as usize).map(move |o| Range { offset: o, length: READ_PIECE.min(end - o) })
-}
-
-/// sha256 of the first `size` bytes of `image`.
-pub fn image_sha256(image: &Image, size: u64) -> Result<String> {
-    let mut sha = Sha256::new();
-    let ranges: Vec<Range> = pieces(0, size).collect();
-    for call in ranges.chunks(PIECES_PER_CALL) {
-        for data in image.read_ranges(call)? {
-            sha.update(&data);
-        }
-    }
-    Ok(hex::encode(sha.finalize()))
 }
 
 /// sha256 of a file, and its length.

@@ -24,18 +24,14 @@
 //! and skipped, so runners started together make one backup of each image.
 
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backup_repo::digest::{reread_chunk, walk_diff, ChunkSums, CHUNK};
 use backup_repo::stream::StreamWriter;
-use backup_repo::{
-    image_sha256, pieces, snapshot_name, snapshot_number, write_atomically, Manifest, Repo, Result, PIECES_PER_CALL,
-    ROOT,
-};
-use rbd_wasm_guest::{open_pool, report_progress, CreateOptions, Error, Image, Pool, Range};
-
-/// Most bytes of data extents gathered before they are read.
-const BATCH_BYTES: u64 = 32 << 20;
+use backup_repo::{snapshot_name, snapshot_number, write_atomically, Manifest, Repo, Result, ROOT};
+use rbd_wasm_guest::{open_pool, report_progress, CreateOptions, Error, Image, Pool};
+use sha2::{Digest, Sha256};
 
 const USAGE: &str = "usage: POOL IMAGE... [--every SECS] [--claim-timeout SECS]";
 
@@ -190,25 +186,58 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     // This runner holds the newest claim: temporary files here are killed runs' leftovers.
     repo.clear_temporary_files()?;
 
-    // Incremental from the last backed-up snapshot if the image still has it; else full.
-    let from = backups
-        .last()
-        .map(|(_, m)| m.to_snapshot.clone())
-        .filter(|base| snaps.iter().any(|s| &s.name == base));
+    // Incremental from the last backed-up snapshot if the image still has it, and the
+    // digests of its chunks are whole; else full.
+    let mut base = backups.last().map(|(_, m)| m).filter(|m| snaps.iter().any(|s| s.name == m.to_snapshot));
+    let base_sums = match base.map(|m| repo.chunk_sums(m)) {
+        Some(Ok(sums)) => Some(sums),
+        Some(Err(e)) => {
+            println!("{pool_name}/{image_name}: a full backup: the base's chunk digests are unusable: {e}");
+            base = None;
+            None
+        }
+        None => None,
+    };
+    let from = base.map(|m| m.to_snapshot.clone());
 
     let image = pool.open_at_snapshot(image_name, &to)?;
     let size = image.size()?;
+    let mut sums = base_sums.unwrap_or_else(|| ChunkSums::zeroed(size));
+    let resized_chunk = sums.resize(size);
+
     let stream_name = format!("{n}.rbddiff");
     let tmp = repo.dir().join(format!("{stream_name}.tmp"));
     let file = fs::File::create(&tmp)?;
     let mut out = StreamWriter::new(BufWriter::with_capacity(1 << 20, file), from.as_deref(), &to, size)?;
-    write_extents(&image, from.as_deref(), size, &mut out)?;
+    let label = format!("backup {image_name}");
+    walk_diff(
+        &image,
+        from.as_deref(),
+        &mut sums,
+        |extent, chunks| {
+            if extent.exists {
+                for (offset, data) in chunks.slices(extent.offset, extent.length) {
+                    out.data(offset, data)?;
+                }
+            } else {
+                out.zero(extent.offset, extent.length)?;
+            }
+            Ok(())
+        },
+        |done| report_progress(&label, done, Some(size)),
+    )?;
+    if let Some(index) = resized_chunk {
+        reread_chunk(&image, &mut sums, index)?;
+    }
     let (buffered, stream_sha256, stream_bytes) = out.finish()?;
     let file = buffered.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, repo.dir().join(&stream_name))?;
 
+    let sums_name = format!("{n}.sums");
+    let sums_bytes = sums.encode();
+    write_atomically(&repo.dir().join(&sums_name), &sums_bytes)?;
     let manifest = Manifest {
         pool: pool_name.clone(),
         image: image_name.into(),
@@ -218,7 +247,10 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         stream: stream_name,
         stream_bytes,
         stream_sha256,
-        image_sha256: image_sha256(&image, size)?,
+        image_digest: sums.image_digest(),
+        chunk_size: CHUNK,
+        sums: sums_name,
+        sums_sha256: hex::encode(Sha256::digest(&sums_bytes)),
     };
     write_atomically(&repo.dir().join(format!("{n}.json")), &serde_json::to_vec_pretty(&manifest)?)?;
     match &from {
@@ -226,44 +258,6 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         None => println!("{pool_name}/{image_name}: full backup of {to}, {stream_bytes} bytes"),
     }
     Ok(Outcome::Done)
-}
-
-/// The `w` and `z` records: data where the diff says data, zeroes where it says zeroes.
-fn write_extents<W: Write>(image: &Image, from: Option<&str>, size: u64, out: &mut StreamWriter<W>) -> Result<()> {
-    let mut iter = image.diff_iterate(0, size, from)?;
-    let mut pending: Vec<Range> = Vec::new();
-    let mut pending_bytes = 0u64;
-    while let Some(batch) = iter.next_batch()? {
-        let mut done = 0;
-        for extent in batch {
-            if extent.exists {
-                pending.extend(pieces(extent.offset, extent.length));
-                pending_bytes += extent.length;
-                if pending_bytes >= BATCH_BYTES {
-                    write_data(image, &mut pending, out)?;
-                    pending_bytes = 0;
-                }
-            } else {
-                write_data(image, &mut pending, out)?;
-                pending_bytes = 0;
-                out.zero(extent.offset, extent.length)?;
-            }
-            done = extent.offset + extent.length;
-        }
-        report_progress(&format!("backup {}", image.name()), done, Some(size));
-    }
-    write_data(image, &mut pending, out)
-}
-
-/// Read the gathered data pieces, several in flight, and write their `w` records.
-fn write_data<W: Write>(image: &Image, pending: &mut Vec<Range>, out: &mut StreamWriter<W>) -> Result<()> {
-    for call in pending.chunks(PIECES_PER_CALL) {
-        for (range, data) in call.iter().zip(image.read_ranges(call)?) {
-            out.data(range.offset, &data)?;
-        }
-    }
-    pending.clear();
-    Ok(())
 }
 
 fn run(args: Vec<String>) -> Result<()> {

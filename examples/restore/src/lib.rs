@@ -1,4 +1,4 @@
-//! Restore a chain of backups onto a new image, and prove it: the result's sha256 must be
+//! Restore a chain of backups onto a new image, and prove it: the result's digest must be
 //! the one the newest manifest recorded.
 //!
 //! Arguments: `POOL IMAGE TARGET [--backup N] [--target-pool POOL]`. Reads the backups of
@@ -7,14 +7,16 @@
 //! every stream against its manifest before writing anything, creates `TARGET` (it must not
 //! exist), and applies the streams in order the way `rbd import-diff` does: the size record
 //! resizes, `w` records write, `z` records zero, and the to-snapshot is created at each
-//! stream's end. Then the restored image is read back and hashed. If anything fails the
+//! stream's end. Then the restored image is read back and its digest (see
+//! `backup_repo::digest`) compared with the manifest's. If anything fails the
 //! half-restored target is removed, so no image that looks restored is left unverified.
 
 use std::fs::File;
 use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
-use backup_repo::{check_stream, image_sha256, Manifest, Repo, Result, ROOT};
+use backup_repo::digest::image_chunk_sums;
+use backup_repo::{check_stream, Manifest, Repo, Result, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Pool};
 
 /// librbd drops discards finer than this (`rbd_discard_granularity_bytes`); zeroes inside
@@ -116,6 +118,7 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
     }
     image.flush()?;
     image.create_snap(&to)?;
+    report_progress(&format!("restore {}", manifest.to_snapshot), manifest.size, Some(manifest.size));
     Ok(())
 }
 
@@ -135,15 +138,15 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
             base = Some(&manifest.to_snapshot);
         }
         let at = target_pool.open_at_snapshot(&args.target, &last.to_snapshot)?;
-        let sha = image_sha256(&at, at.size()?)?;
-        if sha != last.image_sha256 {
+        let digest = image_chunk_sums(&at)?.image_digest();
+        if digest != last.image_digest {
             return Err(format!(
-                "the restored image's sha256 is {sha}, the manifest of {} says {}",
-                last.to_snapshot, last.image_sha256
+                "the restored image's digest is {digest}, the manifest of {} says {}",
+                last.to_snapshot, last.image_digest
             )
             .into());
         }
-        Ok(sha)
+        Ok(digest)
     })();
     if result.is_err() {
         remove_restored(target_pool, &args.target);
@@ -166,9 +169,9 @@ fn remove_restored(pool: &Pool, name: &str) {
 fn run(args: Vec<String>) -> Result<()> {
     let args = parse(args)?;
     let target_pool = open_pool(args.target_pool.as_deref().unwrap_or(&args.pool))?;
-    let sha = restore(&args, &target_pool)?;
+    let digest = restore(&args, &target_pool)?;
     println!(
-        "restored {}/{} to {}/{}: sha256 {sha} verified",
+        "restored {}/{} to {}/{}: image digest {digest} verified",
         args.pool,
         args.image,
         target_pool.name(),

@@ -4,8 +4,9 @@
 //! Arguments: `POOL IMAGE [--backup N] [--sample FRACTION] [--seed S]`. Checks backup N's
 //! stream (default: the newest backup) against its manifest, then re-reads the image at the
 //! backup's snapshot: every `w` record's data must equal the image's bytes there, and every
-//! `z` record's extent must read as zeroes. The deep scrub (no `--sample`) also hashes the
-//! whole snapshot and compares it with the manifest's `image_sha256`. `--sample 0.1` checks
+//! `z` record's extent must read as zeroes. The deep scrub (no `--sample`) also computes the
+//! snapshot's digest (reading what is allocated) and compares it with the manifest's
+//! `image_digest`, naming the chunks that differ. `--sample 0.1` checks
 //! about a tenth of the records, chosen by a hash of their offset and the seed (a different
 //! seed checks a different tenth). The job fails, naming the first differences, if anything
 //! differs.
@@ -14,7 +15,8 @@ use std::fs::File;
 use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
-use backup_repo::{check_stream, image_sha256, pieces, Repo, Result, PIECES_PER_CALL, ROOT};
+use backup_repo::digest::image_chunk_sums;
+use backup_repo::{check_stream, pieces, Repo, Result, PIECES_PER_CALL, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Range};
 use sha2::{Digest, Sha256};
 
@@ -144,15 +146,29 @@ fn run(args: Vec<String>) -> Result<()> {
                     compare(&image, offset, length.min(size.saturating_sub(offset)), None, &mut report)?;
                 }
             }
-            Record::End => break,
+            Record::End => {
+                report_progress(&format!("verify {}", manifest.to_snapshot), size, Some(size));
+                break;
+            }
             Record::From(_) | Record::To(_) | Record::Size(_) => {}
         }
     }
     let scope = match args.sample {
         None => {
-            let sha = image_sha256(&image, size)?;
-            if sha != manifest.image_sha256 {
-                report.differ(format!("the snapshot's sha256 is {sha}, the manifest says {}", manifest.image_sha256));
+            let sums = image_chunk_sums(&image)?;
+            let digest = sums.image_digest();
+            if digest != manifest.image_digest {
+                report.differ(format!("the snapshot's digest is {digest}, the manifest says {}", manifest.image_digest));
+                // Which chunks, if the backup's chunk digests are there to say.
+                match repo.chunk_sums(&manifest) {
+                    Ok(kept) if kept.size() == sums.size() => {
+                        for offset in sums.differing_chunks(&kept) {
+                            report.differ(format!("chunk {offset}+{}: its digest is not the backup's", manifest.chunk_size));
+                        }
+                    }
+                    Ok(_) => report.differ("the backup's chunk digests are of another size".into()),
+                    Err(e) => report.differ(format!("no chunk digests to compare: {e}")),
+                }
             }
             "deep scrub".to_string()
         }
