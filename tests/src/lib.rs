@@ -217,7 +217,15 @@ pub fn run_audited(
     run_job(guest, args, backend, grants, limits, audit, None)
 }
 
-/// The one place the harness builds a job: output captured, no cancellation.
+/// Run the component at `path` (a job that is not one of [`GUESTS`], such as one built from
+/// JavaScript or Python), granted every operation on `rbd` and `rbd2`; it is compiled (or
+/// taken from the cache) on every call.
+pub fn run_component(path: &Path, job_id: &str, args: &[&str], backend: Arc<dyn Backend>) -> JobRun {
+    let component = runtime().load(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    let grants = Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")]);
+    run_loaded(component, job_id, args, backend, grants, JobLimits::default(), AuditSink::Off, None)
+}
+
 fn run_job(
     guest: &str,
     args: &[&str],
@@ -227,7 +235,21 @@ fn run_job(
     audit: AuditSink,
     output_dir: Option<&Path>,
 ) -> JobRun {
-    let component = component(guest);
+    run_loaded(component(guest), guest, args, backend, grants, limits, audit, output_dir)
+}
+
+/// The one place the harness builds a job: output captured, no cancellation.
+#[allow(clippy::too_many_arguments)]
+fn run_loaded(
+    component: JobComponent,
+    guest: &str,
+    args: &[&str],
+    backend: Arc<dyn Backend>,
+    grants: Grants,
+    limits: JobLimits,
+    audit: AuditSink,
+    output_dir: Option<&Path>,
+) -> JobRun {
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let job = JobConfig {
