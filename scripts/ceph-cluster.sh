@@ -165,6 +165,10 @@ mon data avail crit = 0
 # No restful/nfs manager modules: not needed, and they cost start-up time.
 # (Read by the monitor when it creates the cluster, hence [global].)
 mgr initial modules = iostat
+# One monitor has no peers to batch proposals with: commit at once. (Snapshot create and
+# remove wait for a monitor commit: about 1 s each at the default interval of 1 s.)
+paxos propose interval = 0.05
+paxos min wait = 0.01
 # Report PG states every second so "active+clean" is seen quickly.
 mgr stats period = 1
 # Everything under DIR.

@@ -15,6 +15,7 @@ use wasmtime::component::{HasData, Resource, ResourceTable, ResourceTableError};
 use crate::bindings::ceph::rbd::{job_host, rbd, types};
 use crate::audit::{Audit, Target};
 use crate::capability::{Grants, ImageCapability, Operation, PoolCapability};
+use crate::hashing::Sha256Job;
 use crate::meter::Meter;
 
 /// The error of a host function: an RBD error the guest sees, or a trap that ends the job.
@@ -292,6 +293,34 @@ impl job_host::Host for RbdView<'_> {
         if let Some(sink) = &self.ctx.progress {
             sink(progress);
         }
+        Ok(())
+    }
+
+    async fn sha256_chunks(&mut self, data: Vec<u8>, chunk_size: u32) -> wasmtime::Result<Vec<u8>> {
+        crate::hashing::sha256_chunks(data, chunk_size).await
+    }
+}
+
+/// Hashers are pure computation, but each holds host memory: they count as handles.
+impl job_host::HostSha256 for RbdView<'_> {
+    async fn new(&mut self) -> wasmtime::Result<Resource<Sha256Job>> {
+        if let Err(e) = self.ctx.meter.acquire_handle() {
+            return Err(wasmtime::Error::msg(format!("cannot make a hasher: {e}")));
+        }
+        Ok(self.table.push(Sha256Job::new())?)
+    }
+
+    async fn update(&mut self, hasher: Resource<Sha256Job>, data: Vec<u8>) -> wasmtime::Result<()> {
+        self.table.get_mut(&hasher)?.update(data).await
+    }
+
+    async fn finish(&mut self, hasher: Resource<Sha256Job>) -> wasmtime::Result<Vec<u8>> {
+        self.table.get_mut(&hasher)?.finish().await
+    }
+
+    async fn drop(&mut self, hasher: Resource<Sha256Job>) -> wasmtime::Result<()> {
+        self.table.delete(hasher)?;
+        self.ctx.meter.release_handle();
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod audit;
 mod bindings;
 pub mod cache;
 pub mod capability;
+mod hashing;
 pub mod manifest;
 pub mod meter;
 pub mod output;

@@ -15,6 +15,7 @@
 use rbd_wasm_guest::{Extent, Image, Range};
 use sha2::{Digest, Sha256};
 
+use crate::hash::chunk_digests;
 use crate::Result;
 
 /// Bytes per chunk: librbd's discard granularity, and small enough that the edges of the
@@ -80,8 +81,13 @@ impl ChunkSums {
 
     /// Chunk `index` now holds `data` (its whole length).
     pub fn set(&mut self, index: u64, data: &[u8]) {
+        self.set_digest(index, sha(data));
+    }
+
+    /// Chunk `index` now holds bytes of this digest.
+    pub fn set_digest(&mut self, index: u64, digest: Sum) {
         if let Some(sum) = self.sums.get_mut(index as usize) {
-            *sum = sha(data);
+            *sum = digest;
         }
     }
 
@@ -237,8 +243,8 @@ fn flush(
         }
     }
     for (at, data) in &buffers {
-        for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
-            sums.set(at / CHUNK + i as u64, chunk);
+        for (i, digest) in chunk_digests(data, CHUNK as u32).into_iter().enumerate() {
+            sums.set_digest(at / CHUNK + i as u64, digest);
         }
     }
     let chunks = ReadChunks { buffers };

@@ -6,6 +6,7 @@
 //! backup is complete if and only if its manifest exists; `*.tmp` files are never backups.
 
 pub mod digest;
+pub mod hash;
 pub mod stream;
 
 use std::fs;
@@ -92,7 +93,13 @@ impl Repo {
         };
         let mut backups = Vec::new();
         for entry in entries {
-            let path = entry?.path();
+            // Another runner may rename a temporary file while this lists the directory;
+            // under WASI the listing then reports the vanished name as an error.
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("listing {}: {e}", self.dir.display()).into()),
+            };
             let Some(n) = path
                 .file_name()
                 .and_then(|f| f.to_str())
@@ -101,7 +108,7 @@ impl Repo {
             else {
                 continue;
             };
-            let bytes = fs::read(&path)?;
+            let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let manifest: Manifest =
                 serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a backup manifest: {e}", path.display()))?;
             backups.push((n, manifest));
@@ -134,9 +141,13 @@ impl Repo {
     /// Remove what killed runs left: temporary files are never backups.
     pub fn clear_temporary_files(&self) -> Result<()> {
         for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("listing {}: {e}", self.dir.display()).into()),
+            };
             if path.extension().is_some_and(|e| e == "tmp") {
-                fs::remove_file(&path)?;
+                fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
             }
         }
         Ok(())
@@ -148,10 +159,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
+    let context = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
+    let mut f = fs::File::create(&tmp).map_err(context)?;
+    f.write_all(bytes).map_err(context)?;
+    f.sync_all().map_err(context)?;
+    fs::rename(&tmp, path).map_err(context)?;
     Ok(())
 }
 
@@ -169,9 +181,9 @@ pub fn pieces(offset: u64, length: u64) -> impl Iterator<Item = Range> {
 /// sha256 of a file, and its length.
 pub fn file_sha256(path: &Path) -> Result<(String, u64)> {
     let mut file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut sha = Sha256::new();
-    let bytes = std::io::copy(&mut file, &mut sha)?;
-    Ok((hex::encode(sha.finalize()), bytes))
+    let mut hasher = hash::Hasher::new();
+    let bytes = std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, &mut file), &mut hasher)?;
+    Ok((hex::encode(hasher.finish()), bytes))
 }
 
 /// Check a backup's stream against its manifest before anything trusts it.

@@ -5,9 +5,9 @@
 //! length and the data, `z` le64 offset and le64 length of zeroes, `e` the end. Written by
 //! hand: no Rust crate reads or writes it, and it is six record kinds.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 
-use sha2::{Digest, Sha256};
+use crate::hash::Hasher;
 
 pub const BANNER: &[u8] = b"rbd diff v1\n";
 const V2_BANNER: &[u8] = b"rbd diff v2\n";
@@ -17,15 +17,34 @@ const MAX_NAME: u32 = 4096;
 
 /// Writes a stream, hashing it as it goes.
 pub struct StreamWriter<W: Write> {
-    out: W,
-    sha: Sha256,
+    out: BufWriter<Hashed<W>>,
+}
+
+/// Passes writes on and hashes them. Under the `BufWriter`, so it sees few, large writes
+/// (a data record's bytes go through whole).
+struct Hashed<W: Write> {
+    inner: W,
+    hasher: Hasher,
     bytes: u64,
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl<W: Write> StreamWriter<W> {
     /// The banner and the header records.
     pub fn new(out: W, from: Option<&str>, to: &str, size: u64) -> io::Result<Self> {
-        let mut w = StreamWriter { out, sha: Sha256::new(), bytes: 0 };
+        let hashed = Hashed { inner: out, hasher: Hasher::new(), bytes: 0 };
+        let mut w = StreamWriter { out: BufWriter::with_capacity(1 << 20, hashed) };
         w.put(BANNER)?;
         if let Some(from) = from {
             w.name(b'f', from)?;
@@ -37,10 +56,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.out.write_all(bytes)?;
-        self.sha.update(bytes);
-        self.bytes += bytes.len() as u64;
-        Ok(())
+        self.out.write_all(bytes)
     }
 
     fn name(&mut self, tag: u8, name: &str) -> io::Result<()> {
@@ -68,10 +84,13 @@ impl<W: Write> StreamWriter<W> {
         self.extent(b'z', offset, length)
     }
 
-    /// The `e` record; gives back the output, the stream's sha256 (hex) and its length.
+    /// The `e` record; gives back the output (flushed), the stream's sha256 (hex) and its
+    /// length.
     pub fn finish(mut self) -> io::Result<(W, String, u64)> {
         self.put(b"e")?;
-        Ok((self.out, hex::encode(self.sha.finalize()), self.bytes))
+        let mut hashed = self.out.into_inner().map_err(|e| e.into_error())?;
+        let sha = hex::encode(hashed.hasher.finish());
+        Ok((hashed.inner, sha, hashed.bytes))
     }
 }
 
@@ -188,7 +207,7 @@ mod tests {
         w.zero(4096, 8192).unwrap();
         let (bytes, sha, len) = w.finish().unwrap();
         assert_eq!(len, bytes.len() as u64);
-        assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(sha, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
         let mut r = StreamReader::new(&bytes[..]).unwrap();
         assert_eq!(r.next_record().unwrap(), Record::From("a".into()));
         assert_eq!(r.next_record().unwrap(), Record::To("b".into()));

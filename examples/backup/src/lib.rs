@@ -24,7 +24,6 @@
 //! and skipped, so runners started together make one backup of each image.
 
 use std::fs;
-use std::io::BufWriter;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backup_repo::digest::{reread_chunk, walk_diff, ChunkSums, CHUNK};
@@ -141,11 +140,12 @@ enum Outcome {
 fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     let pool_name = &args.pool;
     let repo = Repo::new(ROOT.as_ref(), pool_name, image_name);
-    fs::create_dir_all(repo.dir())?;
-    let head = pool.open(image_name)?;
-
-    // Decide and claim under the mutex; back up after it.
+    fs::create_dir_all(repo.dir()).map_err(|e| format!("creating {}: {e}", repo.dir().display()))?;
+    // Decide and claim under the mutex; back up after it. The image is opened inside: an
+    // open librbd handle answers from the header it last read, and a snapshot another
+    // runner just took must be seen.
     let mutex = ClaimsMutex::lock(pool)?;
+    let head = pool.open(image_name)?;
     let backups = repo.backups()?;
     let newest_complete = backups.iter().map(|(n, _)| *n).max().unwrap_or(0);
     let backed_up = |name: &str| backups.iter().any(|(_, m)| m.to_snapshot == name);
@@ -207,8 +207,8 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
 
     let stream_name = format!("{n}.rbddiff");
     let tmp = repo.dir().join(format!("{stream_name}.tmp"));
-    let file = fs::File::create(&tmp)?;
-    let mut out = StreamWriter::new(BufWriter::with_capacity(1 << 20, file), from.as_deref(), &to, size)?;
+    let file = fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let mut out = StreamWriter::new(file, from.as_deref(), &to, size)?;
     let label = format!("backup {image_name}");
     walk_diff(
         &image,
@@ -229,11 +229,10 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     if let Some(index) = resized_chunk {
         reread_chunk(&image, &mut sums, index)?;
     }
-    let (buffered, stream_sha256, stream_bytes) = out.finish()?;
-    let file = buffered.into_inner().map_err(|e| e.into_error())?;
+    let (file, stream_sha256, stream_bytes) = out.finish()?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&tmp, repo.dir().join(&stream_name))?;
+    fs::rename(&tmp, repo.dir().join(&stream_name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
 
     let sums_name = format!("{n}.sums");
     let sums_bytes = sums.encode();

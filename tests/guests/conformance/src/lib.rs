@@ -430,6 +430,27 @@ fn image_cursor_reads_writes_and_seeks(c: &Ctx) -> R {
 
 // ---- snapshots -------------------------------------------------------------------------
 
+/// The host's SHA-256 (`job-host.sha256`, `sha256-chunks`) gives the standard digests,
+/// also when updates are pipelined and large.
+fn host_sha256_gives_standard_digests(_c: &Ctx) -> R {
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let h = rbd_wasm_guest::Sha256::new();
+    h.update(b"a");
+    h.update(b"bc");
+    eq(hex(&h.finish()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_string(), "sha256(abc)")?;
+    eq(hex(&h.finish()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_string(), "finish starts over")?;
+    // A million `a`s in large pieces: the FIPS 180-2 test vector.
+    let piece = vec![b'a'; 250_000];
+    for _ in 0..4 {
+        h.update(&piece);
+    }
+    eq(hex(&h.finish()), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0".to_string(), "a million a")?;
+    let chunks = rbd_wasm_guest::sha256_chunks(b"abcabc", 3);
+    eq(chunks.len(), 2, "two chunks")?;
+    eq(hex(&chunks[1]), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_string(), "chunk digest")?;
+    eq(rbd_wasm_guest::sha256_chunks(b"abc", 0).len(), 1, "chunk size 0 is one chunk")
+}
+
 fn snapshots_are_listed_oldest_first_with_sizes(c: &Ctx) -> R {
     let img = c.image("img", MIB)?;
     eq(ok(img.list_snaps(), "list")?.len(), 0, "none")?;
@@ -958,6 +979,7 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("resize_shrinks_and_grows", resize_shrinks_and_grows),
     ("image_cursor_reads_writes_and_seeks", image_cursor_reads_writes_and_seeks),
     ("snapshots_are_listed_oldest_first_with_sizes", snapshots_are_listed_oldest_first_with_sizes),
+    ("host_sha256_gives_standard_digests", host_sha256_gives_standard_digests),
     ("snapshot_is_immutable", snapshot_is_immutable),
     ("create_snap_existing_is_exists", create_snap_existing_is_exists),
     ("remove_snap_removes_it", remove_snap_removes_it),

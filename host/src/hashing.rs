@@ -1,0 +1,85 @@
+//! SHA-256 for jobs, done by the host (`job-host.sha256`, `job-host.sha256-chunks`).
+//!
+//! A backup checksums everything it streams. Inside the sandbox SHA-256 runs at about
+//! 150 MB/s; natively, with the CPU's SHA extensions, several times that. The hasher also
+//! pipelines: `update` hands its bytes to tokio's blocking pool and returns, so the job
+//! reads the next extent while the last one is hashed. One update is in flight per hasher
+//! at most (the next one waits for it), which bounds the memory a job can park here.
+
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+/// Below this, hashing inline costs less than a trip to the blocking pool.
+const INLINE_BYTES: usize = 64 << 10;
+
+/// One `sha256` resource.
+pub struct Sha256Job {
+    state: Option<Sha256>,
+    pending: Option<JoinHandle<Sha256>>,
+}
+
+impl Sha256Job {
+    pub fn new() -> Self {
+        Sha256Job { state: Some(Sha256::new()), pending: None }
+    }
+
+    /// The hash state, once the update in flight (if any) is done.
+    async fn settle(&mut self) -> wasmtime::Result<Sha256> {
+        if let Some(pending) = self.pending.take() {
+            return pending.await.map_err(|e| wasmtime::Error::msg(format!("hashing failed: {e}")));
+        }
+        Ok(self.state.take().unwrap_or_default())
+    }
+
+    pub async fn update(&mut self, data: Vec<u8>) -> wasmtime::Result<()> {
+        let mut state = self.settle().await?;
+        if data.len() < INLINE_BYTES {
+            state.update(&data);
+            self.state = Some(state);
+        } else {
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                state.update(&data);
+                state
+            }));
+        }
+        Ok(())
+    }
+
+    pub async fn finish(&mut self) -> wasmtime::Result<Vec<u8>> {
+        let state = self.settle().await?;
+        self.state = Some(Sha256::new());
+        Ok(state.finalize().to_vec())
+    }
+}
+
+/// The SHA-256 of each `chunk`-byte piece of `data`, concatenated (0: one piece).
+pub async fn sha256_chunks(data: Vec<u8>, chunk: u32) -> wasmtime::Result<Vec<u8>> {
+    let hash = move || {
+        let chunk = if chunk == 0 { data.len().max(1) } else { chunk as usize };
+        let mut out = Vec::with_capacity(data.len().div_ceil(chunk) * 32);
+        for piece in data.chunks(chunk) {
+            out.extend_from_slice(&Sha256::digest(piece));
+        }
+        out
+    };
+    tokio::task::spawn_blocking(hash).await.map_err(|e| wasmtime::Error::msg(format!("hashing failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pipelined_updates_hash_like_one_pass() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let mut job = Sha256Job::new();
+        for piece in [&data[..10], &data[10..200_000], &data[200_000..]] {
+            job.update(piece.to_vec()).await.unwrap();
+        }
+        assert_eq!(job.finish().await.unwrap(), Sha256::digest(&data).to_vec());
+        assert_eq!(job.finish().await.unwrap(), Sha256::digest(b"").to_vec(), "finish starts over");
+        let chunks = sha256_chunks(data.clone(), 65536).await.unwrap();
+        assert_eq!(chunks.len(), 5 * 32);
+        assert_eq!(&chunks[4 * 32..], Sha256::digest(&data[4 * 65536..]).as_slice());
+    }
+}
