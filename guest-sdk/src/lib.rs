@@ -46,6 +46,9 @@ pub use types::{Child, ImageStat, Locker, SnapInfo};
 pub type Extent = types::Extent;
 /// A byte range of an image.
 pub type Range = types::Range;
+/// One range read by [`PendingReads::wait`]: its bytes, and the SHA-256 of each chunk if
+/// [`Image::start_reads`] was given a chunk size (32 bytes each, concatenated).
+pub type ReadResult = types::ReadResult;
 
 /// Why an RBD operation failed; one case per exception of the Python `rbd` module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +215,18 @@ pub fn granted_pools() -> Vec<String> {
 /// Tell the operator how far a long job has come (drawn as a progress bar).
 pub fn report_progress(label: &str, done: u64, total: Option<u64>) {
     job_host::report_progress(&types::Progress { label: label.to_owned(), done, total });
+}
+
+/// Reads started by [`Image::start_reads`]; dropped unwaited, their results are discarded.
+pub struct PendingReads {
+    inner: wit::PendingReads,
+}
+
+impl PendingReads {
+    /// The results, in the order the ranges were asked.
+    pub fn wait(self) -> Result<Vec<ReadResult>> {
+        lift(self.inner.wait())
+    }
 }
 
 /// SHA-256, computed by the host (natively, and off the job's thread: [`Sha256::update`]
@@ -447,6 +462,21 @@ impl Image {
     /// Read several ranges with one call; the host keeps several reads in flight.
     pub fn read_ranges(&self, ranges: &[Range]) -> Result<Vec<Vec<u8>>> {
         lift(self.inner.read_ranges(ranges))
+    }
+
+    /// Start reading `ranges` and return at once; [`PendingReads::wait`] hands the data
+    /// over. Start the next batch before writing out the last, and reading overlaps the
+    /// job's own work. With `chunk_size`, the host also hashes each range in pieces of that
+    /// size as it reads.
+    pub fn start_reads(&self, ranges: &[Range], chunk_size: Option<u32>) -> Result<PendingReads> {
+        lift(self.inner.start_reads(ranges, chunk_size)).map(|inner| PendingReads { inner })
+    }
+
+    /// Several non-overlapping writes at once (the host keeps several in flight); returns
+    /// the bytes written in all.
+    pub fn write_ranges(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<u64> {
+        let ops: Vec<types::WriteOp> = writes.into_iter().map(|(offset, data)| types::WriteOp { offset, data }).collect();
+        lift(self.inner.write_ranges(&ops))
     }
 
     /// `Image.write(data, offset)`: returns the bytes written. Past the end of the image the

@@ -167,6 +167,33 @@ impl OpenImage {
     }
 }
 
+/// Reads started by `start-reads` (and by `read-ranges`, which waits at once).
+pub struct PendingReads {
+    /// None once waited for.
+    tasks: Option<Vec<tokio::task::JoinHandle<HostResult<types::ReadResult>>>>,
+    meter: Arc<Meter>,
+}
+
+impl PendingReads {
+    /// The results in the order asked; the first error if any read failed.
+    async fn wait(mut self) -> HostResult<Vec<types::ReadResult>> {
+        self.take().await
+    }
+
+    async fn take(&mut self) -> HostResult<Vec<types::ReadResult>> {
+        let tasks = self.tasks.take().ok_or_else(|| Error::Logic("these reads were already waited for".into()))?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match task.await {
+                Ok(result) => out.push(result?),
+                Err(join) => return Err(HostError::Trap(wasmtime::Error::msg(format!("read task failed: {join}")))),
+            }
+        }
+        self.meter.charge_read(out.iter().map(|r| r.data.len() as u64).sum());
+        Ok(out)
+    }
+}
+
 /// A diff-iterate in progress.
 pub struct DiffIterator {
     open: Arc<OpenImage>,
@@ -224,6 +251,62 @@ fn audit_call(audit: &Audit, cap: &ImageCapability, method: &str, op: Operation,
 impl RbdView<'_> {
     fn image(&self, handle: &Resource<ImageHandle>) -> HostResult<&ImageHandle> {
         Ok(self.table.get(handle)?)
+    }
+
+    /// Check, charge and start the reads of `read-ranges` and `start-reads`: several in
+    /// flight (a semaphore per job), each hashed in `chunk` pieces as it is read if asked.
+    async fn start_ranges(
+        &mut self,
+        image: &Resource<ImageHandle>,
+        ranges: Vec<types::Range>,
+        chunk: Option<u32>,
+    ) -> HostResult<PendingReads> {
+        let handle = self.image(image)?;
+        handle.meter.operation()?;
+        handle.cap.require(Operation::Read)?;
+        if ranges.len() > MAX_RANGES_PER_CALL {
+            return Err(Error::InvalidArgument(format!(
+                "{} ranges in one call; at most {MAX_RANGES_PER_CALL}",
+                ranges.len()
+            ))
+            .into());
+        }
+        let total: u64 = ranges.iter().fold(0u64, |acc, r| acc.saturating_add(r.length));
+        let open = handle.open.clone();
+        if total > MAX_READ_BYTES {
+            // Clipping could still bring it under the limit; check against the real size.
+            let size = blocking({
+                let open = open.clone();
+                move || open.with(|i| i.size())
+            })
+            .await?;
+            let clipped: u64 = ranges
+                .iter()
+                .map(|r| if r.offset >= size { 0 } else { r.length.min(size - r.offset) })
+                .fold(0u64, |acc, l| acc.saturating_add(l));
+            if clipped > MAX_READ_BYTES {
+                return Err(read_limit_error(clipped).into());
+            }
+        }
+        let meter = handle.meter.clone();
+        meter.check_read(total.min(MAX_READ_BYTES))?;
+        meter.throttle(total.min(MAX_READ_BYTES)).await;
+        let slots = self.ctx.io_slots.clone();
+        let mut tasks = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let open = open.clone();
+            let slots = slots.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = slots.acquire_owned().await;
+                blocking(move || {
+                    let data = open.with(|i| read_clipped(i, r.offset, r.length))?;
+                    let chunk_sha256 = chunk.map(|c| crate::hashing::chunk_digests(&data, c)).unwrap_or_default();
+                    Ok(types::ReadResult { data, chunk_sha256 })
+                })
+                .await
+            }));
+        }
+        Ok(PendingReads { tasks: Some(tasks), meter })
     }
 
     /// The capability for a pool-level call naming `image`; a denial (an image outside the
@@ -450,6 +533,19 @@ impl rbd::HostPool for RbdView<'_> {
     }
 }
 
+impl rbd::HostPendingReads for RbdView<'_> {
+    async fn wait(&mut self, reads: Resource<PendingReads>) -> HostResult<Vec<types::ReadResult>> {
+        self.table.get_mut(&reads)?.take().await
+    }
+
+    async fn drop(&mut self, reads: Resource<PendingReads>) -> wasmtime::Result<()> {
+        // Reads not waited for finish on the blocking pool and are dropped.
+        self.table.delete(reads)?;
+        self.ctx.meter.release_handle();
+        Ok(())
+    }
+}
+
 impl rbd::HostImage for RbdView<'_> {
     async fn name(&mut self, image: Resource<ImageHandle>) -> wasmtime::Result<String> {
         Ok(self.table.get(&image)?.cap.image().to_owned())
@@ -503,58 +599,22 @@ impl rbd::HostImage for RbdView<'_> {
         image: Resource<ImageHandle>,
         ranges: Vec<types::Range>,
     ) -> HostResult<Vec<Vec<u8>>> {
-        let handle = self.image(&image)?;
-        handle.meter.operation()?;
-        handle.cap.require(Operation::Read)?;
-        if ranges.len() > MAX_RANGES_PER_CALL {
-            return Err(Error::InvalidArgument(format!(
-                "{} ranges in one call; at most {MAX_RANGES_PER_CALL}",
-                ranges.len()
-            ))
-            .into());
+        let reads = self.start_ranges(&image, ranges, None).await?;
+        Ok(reads.wait().await?.into_iter().map(|r| r.data).collect())
+    }
+
+    async fn start_reads(
+        &mut self,
+        image: Resource<ImageHandle>,
+        ranges: Vec<types::Range>,
+        chunk_size: Option<u32>,
+    ) -> HostResult<Resource<PendingReads>> {
+        if chunk_size == Some(0) {
+            return Err(Error::InvalidArgument("a chunk size of 0".into()).into());
         }
-        let total: u64 = ranges.iter().fold(0u64, |acc, r| acc.saturating_add(r.length));
-        let open = handle.open.clone();
-        if total > MAX_READ_BYTES {
-            // Clipping could still bring it under the limit; check against the real size.
-            let size = blocking({
-                let open = open.clone();
-                move || open.with(|i| i.size())
-            })
-            .await?;
-            let clipped: u64 = ranges
-                .iter()
-                .map(|r| if r.offset >= size { 0 } else { r.length.min(size - r.offset) })
-                .fold(0u64, |acc, l| acc.saturating_add(l));
-            if clipped > MAX_READ_BYTES {
-                return Err(read_limit_error(clipped).into());
-            }
-        }
-        let meter = handle.meter.clone();
-        meter.check_read(total.min(MAX_READ_BYTES))?;
-        meter.throttle(total.min(MAX_READ_BYTES)).await;
-        // Keep several backend reads in flight; answers are collected in the order asked.
-        let slots = self.ctx.io_slots.clone();
-        let mut tasks = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            let open = open.clone();
-            let slots = slots.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = slots.acquire_owned().await;
-                blocking(move || open.with(|i| read_clipped(i, r.offset, r.length))).await
-            }));
-        }
-        let mut out = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            match task.await {
-                Ok(result) => out.push(result?),
-                Err(join) => {
-                    return Err(HostError::Trap(wasmtime::Error::msg(format!("read task failed: {join}"))))
-                }
-            }
-        }
-        meter.charge_read(out.iter().map(|d| d.len() as u64).sum());
-        Ok(out)
+        let reads = self.start_ranges(&image, ranges, chunk_size).await?;
+        self.ctx.meter.acquire_handle()?;
+        Ok(self.table.push(reads)?)
     }
 
     async fn write(&mut self, image: Resource<ImageHandle>, offset: u64, data: Vec<u8>) -> HostResult<u64> {
@@ -568,6 +628,62 @@ impl rbd::HostImage for RbdView<'_> {
             Err(HostError::Rbd(Error::IncompleteWrite { written, .. })) => meter.charge_write(*written),
             Err(_) => {}
         }
+        result
+    }
+
+    async fn write_ranges(&mut self, image: Resource<ImageHandle>, writes: Vec<types::WriteOp>) -> HostResult<u64> {
+        let handle = self.image(&image)?;
+        handle.meter.operation()?;
+        if let Err(denied) = handle.cap.require(Operation::Write) {
+            audit_call(&handle.audit, &handle.cap, "write-ranges", Operation::Write, &Err(denied.clone()));
+            return Err(denied.into());
+        }
+        if writes.len() > MAX_RANGES_PER_CALL {
+            return Err(Error::InvalidArgument(format!("{} writes in one call; at most {MAX_RANGES_PER_CALL}", writes.len())).into());
+        }
+        // They land in any order, so they must not overlap.
+        let mut spans: Vec<(u64, u64)> = writes.iter().map(|w| (w.offset, w.data.len() as u64)).collect();
+        spans.sort_unstable();
+        for pair in spans.windows(2) {
+            if pair[0].0.saturating_add(pair[0].1) > pair[1].0 {
+                return Err(Error::InvalidArgument(format!("writes at {} and {} overlap", pair[0].0, pair[1].0)).into());
+            }
+        }
+        let total: u64 = spans.iter().map(|(_, len)| len).sum();
+        let meter = handle.meter.clone();
+        meter.check_write(total)?;
+        meter.throttle(total).await;
+        let slots = self.ctx.io_slots.clone();
+        let mut tasks = Vec::with_capacity(writes.len());
+        for w in writes {
+            let open = handle.open.clone();
+            let slots = slots.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = slots.acquire_owned().await;
+                blocking(move || open.with(|i| i.write(w.offset, &w.data))).await
+            }));
+        }
+        let (mut written, mut first_error) = (0u64, None);
+        for task in tasks {
+            match task.await {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => {
+                    if let HostError::Rbd(Error::IncompleteWrite { written: n, .. }) = &e {
+                        written += n;
+                    }
+                    first_error.get_or_insert(e);
+                }
+                Err(join) => {
+                    first_error.get_or_insert(HostError::Trap(wasmtime::Error::msg(format!("write task failed: {join}"))));
+                }
+            }
+        }
+        meter.charge_write(written);
+        let result = match first_error {
+            Some(e) => Err(e),
+            None => Ok(written),
+        };
+        audit_call(&handle.audit, &handle.cap, "write-ranges", Operation::Write, &outcome(&result));
         result
     }
 

@@ -13,6 +13,7 @@ wasmtime::component::bindgen!({
         "ceph:rbd/rbd.pool": crate::api::PoolHandle,
         "ceph:rbd/rbd.image": crate::api::ImageHandle,
         "ceph:rbd/rbd.diff-iterator": crate::api::DiffIterator,
+        "ceph:rbd/rbd.pending-reads": crate::api::PendingReads,
         "ceph:rbd/job-host.sha256": crate::hashing::Sha256Job,
     },
     trappable_error_type: {

@@ -54,15 +54,19 @@ impl Sha256Job {
 
 /// The SHA-256 of each `chunk`-byte piece of `data`, concatenated (0: one piece).
 pub async fn sha256_chunks(data: Vec<u8>, chunk: u32) -> wasmtime::Result<Vec<u8>> {
-    let hash = move || {
-        let chunk = if chunk == 0 { data.len().max(1) } else { chunk as usize };
-        let mut out = Vec::with_capacity(data.len().div_ceil(chunk) * 32);
-        for piece in data.chunks(chunk) {
-            out.extend_from_slice(&Sha256::digest(piece));
-        }
-        out
-    };
-    tokio::task::spawn_blocking(hash).await.map_err(|e| wasmtime::Error::msg(format!("hashing failed: {e}")))
+    tokio::task::spawn_blocking(move || chunk_digests(&data, chunk))
+        .await
+        .map_err(|e| wasmtime::Error::msg(format!("hashing failed: {e}")))
+}
+
+/// [`sha256_chunks`], on the calling thread.
+pub fn chunk_digests(data: &[u8], chunk: u32) -> Vec<u8> {
+    let chunk = if chunk == 0 { data.len().max(1) } else { chunk as usize };
+    let mut out = Vec::with_capacity(data.len().div_ceil(chunk) * 32);
+    for piece in data.chunks(chunk) {
+        out.extend_from_slice(&Sha256::digest(piece));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -415,11 +415,27 @@ mod librbd {
             }
         }
         // A last, uncut run completes the chain, and takes over what the killed runs left.
-        assert!(run().wait().unwrap().success());
+        let last_run = Command::new(host_binary())
+            .arg("run")
+            .arg("-c")
+            .arg(ceph_conf())
+            .arg("--output-dir")
+            .arg(out.path())
+            .arg(&job)
+            .args(["--", "rbd", &src, "--claim-timeout", "0"])
+            .env("RBD_WASM_CACHE", test_cache_dir())
+            .output()
+            .expect("run rbd-wasm");
+        let said = format!("{}{}", String::from_utf8_lossy(&last_run.stdout), String::from_utf8_lossy(&last_run.stderr));
+        assert!(last_run.status.success(), "{said}");
         let names: Vec<String> = backend.open("rbd", &src, None, true).unwrap().list_snaps().unwrap().into_iter().map(|s| s.name).collect();
+        let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         for name in &names {
             let n = name.trim_start_matches("backup-");
-            assert!(dir.join(format!("{n}.json")).exists(), "{name}: a killed run's snapshot was left behind: {names:?}");
+            assert!(
+                dir.join(format!("{n}.json")).exists(),
+                "{name}: a killed run's snapshot was left behind: {names:?}\nfiles: {files:?}\nthe last run said:\n{said}"
+            );
         }
 
         // Follow the chain from the full backup through the manifests, and restore it.

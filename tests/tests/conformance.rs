@@ -93,6 +93,8 @@ conformance_cases! {
     resize_shrinks_and_grows,
     image_cursor_reads_writes_and_seeks,
     snapshots_are_listed_oldest_first_with_sizes,
+    write_ranges_writes_every_range,
+    start_reads_hands_over_data_and_chunk_digests,
     host_sha256_gives_standard_digests,
     snapshot_is_immutable,
     create_snap_existing_is_exists,

@@ -12,10 +12,9 @@
 //! [h.update(hashlib.sha256(c).digest()) for c in iter(lambda: sys.stdin.buffer.read(65536), b"")]
 //! print(h.hexdigest())'`
 
-use rbd_wasm_guest::{Extent, Image, Range};
+use rbd_wasm_guest::{Extent, Image, PendingReads, Range};
 use sha2::{Digest, Sha256};
 
-use crate::hash::chunk_digests;
 use crate::Result;
 
 /// Bytes per chunk: librbd's discard granularity, and small enough that the edges of the
@@ -156,15 +155,30 @@ impl ReadChunks {
     }
 }
 
-/// Most chunk bytes read for one group of extents.
+/// Most chunk bytes read for one group of extents. Two groups are in memory at most: the
+/// one being written out and the next one, being read meanwhile.
 const GROUP_BYTES: u64 = 32 << 20;
-/// Most bytes in one read, and reads per `read-ranges` call (kept in flight together).
+/// Most bytes in one range asked of the host.
 const READ_PIECE: u64 = 4 << 20;
-const PIECES_PER_CALL: usize = 8;
 
-/// Walks a diff of an image, reading every chunk it touches once per group of extents, and
-/// keeps `sums` up to date. `emit` sees each extent in order with the chunks read for its
-/// group (a data extent's bytes are in them).
+/// Extents gathered, and the chunks they touch that must be read.
+#[derive(Default)]
+struct Group {
+    extents: Vec<Extent>,
+    dirty: Vec<u64>,
+}
+
+/// A group whose reads are under way.
+struct Started {
+    extents: Vec<Extent>,
+    ranges: Vec<Range>,
+    reads: PendingReads,
+}
+
+/// Walks a diff of an image, reading every chunk it touches, and keeps `sums` up to date.
+/// `emit` sees each extent in order with the chunks read for its group (a data extent's
+/// bytes are in them). The next group's reads are started before a group is emitted, so
+/// the cluster reads while the job writes; the host hashes the chunks as it reads them.
 pub fn walk_diff(
     image: &Image,
     from: Option<&str>,
@@ -173,8 +187,8 @@ pub fn walk_diff(
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
     let size = sums.size();
-    let mut group: Vec<Extent> = Vec::new();
-    let mut dirty: Vec<u64> = Vec::new();
+    let mut group = Group::default();
+    let mut in_flight: Option<Started> = None;
     let mut iter = image.diff_iterate(0, size, from)?;
     while let Some(batch) = iter.next_batch()? {
         let mut done = 0;
@@ -189,70 +203,76 @@ pub fn walk_diff(
                 let (lo, hi) = (index * CHUNK, (index * CHUNK + CHUNK).min(size));
                 let whole = extent.offset <= lo && extent.offset + extent.length >= hi;
                 if extent.exists || !whole {
-                    if dirty.last() != Some(&index) {
-                        dirty.push(index);
+                    if group.dirty.last() != Some(&index) {
+                        group.dirty.push(index);
                     }
                 } else {
+                    // Wholly zeroed: no other extent touches this chunk.
                     sums.set_zero(index);
                 }
             }
-            group.push(extent);
-            if dirty.len() as u64 * CHUNK >= GROUP_BYTES {
-                flush(image, sums, &mut group, &mut dirty, &mut emit)?;
+            group.extents.push(extent);
+            if group.dirty.len() as u64 * CHUNK >= GROUP_BYTES {
+                let next = start(image, std::mem::take(&mut group), size)?;
+                if let Some(previous) = in_flight.replace(next) {
+                    finish(previous, sums, &mut emit)?;
+                }
             }
         }
         progress(done);
     }
-    flush(image, sums, &mut group, &mut dirty, &mut emit)?;
+    let last = start(image, group, size)?;
+    if let Some(previous) = in_flight.replace(last) {
+        finish(previous, sums, &mut emit)?;
+    }
+    if let Some(last) = in_flight {
+        finish(last, sums, &mut emit)?;
+    }
     progress(size);
     Ok(())
 }
 
 /// Re-read chunk `index` of `image` into `sums` (a chunk whose length changed on resize).
 pub fn reread_chunk(image: &Image, sums: &mut ChunkSums, index: u64) -> Result<()> {
-    let mut group = Vec::new();
-    flush(image, sums, &mut group, &mut vec![index], &mut |_: &Extent, _: &ReadChunks| Ok(()))
+    let group = Group { extents: Vec::new(), dirty: vec![index] };
+    finish(start(image, group, sums.size())?, sums, &mut |_: &Extent, _: &ReadChunks| Ok(()))
 }
 
-fn flush(
-    image: &Image,
-    sums: &mut ChunkSums,
-    group: &mut Vec<Extent>,
-    dirty: &mut Vec<u64>,
-    emit: &mut impl FnMut(&Extent, &ReadChunks) -> Result<()>,
-) -> Result<()> {
-    let size = sums.size();
-    // Contiguous runs of dirty chunks, cut into reads.
-    dirty.sort_unstable();
-    dirty.dedup();
+/// Start reading a group's dirty chunks, in contiguous runs cut into pieces.
+fn start(image: &Image, mut group: Group, size: u64) -> Result<Started> {
+    group.dirty.sort_unstable();
+    group.dirty.dedup();
     let mut ranges: Vec<Range> = Vec::new();
-    for &index in dirty.iter() {
+    for &index in &group.dirty {
         let (lo, hi) = (index * CHUNK, (index * CHUNK + CHUNK).min(size));
         match ranges.last_mut() {
             Some(r) if r.offset + r.length == lo && r.length + (hi - lo) <= READ_PIECE => r.length += hi - lo,
             _ => ranges.push(Range { offset: lo, length: hi - lo }),
         }
     }
-    let mut buffers = Vec::with_capacity(ranges.len());
-    for call in ranges.chunks(PIECES_PER_CALL) {
-        for (range, data) in call.iter().zip(image.read_ranges(call)?) {
-            if data.len() as u64 != range.length {
-                return Err(format!("a short read at {}: {} of {} bytes", range.offset, data.len(), range.length).into());
-            }
-            buffers.push((range.offset, data));
+    let reads = image.start_reads(&ranges, Some(CHUNK as u32))?;
+    Ok(Started { extents: group.extents, ranges, reads })
+}
+
+/// Take a group's reads: record the chunk digests the host computed, then emit its extents.
+fn finish(started: Started, sums: &mut ChunkSums, emit: &mut impl FnMut(&Extent, &ReadChunks) -> Result<()>) -> Result<()> {
+    let results = started.reads.wait()?;
+    let mut buffers = Vec::with_capacity(results.len());
+    for (range, result) in started.ranges.iter().zip(results) {
+        if result.data.len() as u64 != range.length {
+            return Err(format!("a short read at {}: {} of {} bytes", range.offset, result.data.len(), range.length).into());
         }
-    }
-    for (at, data) in &buffers {
-        for (i, digest) in chunk_digests(data, CHUNK as u32).into_iter().enumerate() {
-            sums.set_digest(at / CHUNK + i as u64, digest);
+        for (i, digest) in result.chunk_sha256.chunks_exact(32).enumerate() {
+            let mut d = [0u8; 32];
+            d.copy_from_slice(digest);
+            sums.set_digest(range.offset / CHUNK + i as u64, d);
         }
+        buffers.push((range.offset, result.data));
     }
     let chunks = ReadChunks { buffers };
-    for extent in group.iter() {
+    for extent in &started.extents {
         emit(extent, &chunks)?;
     }
-    group.clear();
-    dirty.clear();
     Ok(())
 }
 

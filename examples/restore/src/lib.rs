@@ -22,8 +22,38 @@ use rbd_wasm_guest::{open_pool, report_progress, Image, Pool};
 /// librbd drops discards finer than this (`rbd_discard_granularity_bytes`); zeroes inside
 /// it are written instead.
 const DISCARD_GRANULARITY: u64 = 64 << 10;
-/// Largest piece of a `w` record written in one call.
+/// Largest piece of a `w` record in one write.
 const WRITE_PIECE: u64 = 4 << 20;
+/// Most bytes and writes handed to the host in one `write-ranges` call (it keeps several
+/// in flight).
+const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_WRITES: usize = 64;
+
+/// Writes gathered for one `write-ranges` call.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<(u64, Vec<u8>)>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn push(&mut self, image: &Image, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.bytes += data.len() as u64;
+        self.writes.push((offset, data));
+        if self.bytes >= BATCH_BYTES || self.writes.len() >= BATCH_WRITES {
+            self.flush(image)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, image: &Image) -> Result<()> {
+        if !self.writes.is_empty() {
+            image.write_ranges(std::mem::take(&mut self.writes))?;
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+}
 
 struct Args {
     pool: String,
@@ -82,7 +112,7 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
     let path = repo.stream_path(manifest);
     let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut stream = StreamReader::new(BufReader::with_capacity(1 << 20, file))?;
-    let mut buf = Vec::new();
+    let mut batch = Batch::default();
     let mut to = None;
     loop {
         match stream.next_record()? {
@@ -93,6 +123,7 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
             }
             Record::To(name) => to = Some(name),
             Record::Size(size) => {
+                batch.flush(image)?;
                 if image.size()? != size {
                     image.resize(size)?;
                 }
@@ -101,15 +132,21 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
                 let mut done = 0;
                 while done < length {
                     let piece = WRITE_PIECE.min(length - done);
-                    buf.resize(piece as usize, 0);
+                    let mut buf = vec![0u8; piece as usize];
                     stream.read_data(&mut buf)?;
-                    image.write(offset + done, &buf)?;
+                    batch.push(image, offset + done, buf)?;
                     done += piece;
                 }
                 report_progress(&format!("restore {}", manifest.to_snapshot), offset + length, Some(manifest.size));
             }
-            Record::Zero { offset, length } => zero(image, offset, length)?,
-            Record::End => break,
+            Record::Zero { offset, length } => {
+                batch.flush(image)?;
+                zero(image, offset, length)?;
+            }
+            Record::End => {
+                batch.flush(image)?;
+                break;
+            }
         }
     }
     let to = to.ok_or_else(|| format!("{}: no to-snapshot record", path.display()))?;

@@ -381,6 +381,49 @@ fn write_at_snapshot_is_read_only(c: &Ctx) -> R {
     ok(img.write(0, b"x"), "write at head").map(|_| ())
 }
 
+/// `start-reads`: the data of every range, as `read` gives it, with the host's chunk
+/// digests when asked; several batches may be under way at once.
+fn start_reads_hands_over_data_and_chunk_digests(c: &Ctx) -> R {
+    let img = c.image("img", 2 * OBJ)?;
+    ok(img.write(OBJ - 1000, &pattern(300_000, 4)), "write")?;
+    let ranges = [Range { offset: OBJ - 4096, length: 200_000 }, Range { offset: 0, length: 10 }, Range { offset: 2 * OBJ - 5, length: 100 }];
+    let first = ok(img.start_reads(&ranges, Some(65536)), "start")?;
+    let second = ok(img.start_reads(&ranges[..1], None), "start another")?;
+    let results = ok(first.wait(), "wait")?;
+    eq(results.len(), 3, "one result a range")?;
+    for (r, got) in ranges.iter().zip(&results) {
+        let want = ok(img.read(r.offset, r.length), "read")?;
+        check(got.data == want, format!("data at {}", r.offset))?;
+        let digests: Vec<u8> = rbd_wasm_guest::sha256_chunks(&want, 65536).concat();
+        check(got.chunk_sha256 == digests, format!("chunk digests at {}", r.offset))?;
+    }
+    eq(results[2].data.len(), 5, "clipped at the end")?;
+    let plain = ok(second.wait(), "wait for the other")?;
+    check(plain[0].chunk_sha256.is_empty(), "no digests without a chunk size")?;
+    expect_err(img.start_reads(&ranges, Some(0)).map(|_| ()), "invalid-argument", "chunk size 0")?;
+    expect_err(img.start_reads(&[Range { offset: 2 * OBJ, length: 1 }], None).and_then(|p| p.wait()).map(|_| ()), "invalid-argument", "past the end")
+}
+
+/// `write-ranges`: every write lands, in objects and across their boundaries; the total
+/// comes back; overlaps are refused before anything is written; past the end is as `write`.
+fn write_ranges_writes_every_range(c: &Ctx) -> R {
+    let img = c.image("img", 3 * OBJ)?;
+    let writes: Vec<(u64, Vec<u8>)> =
+        vec![(OBJ - 100, pattern(300, 1)), (17, pattern(5000, 2)), (2 * OBJ, pattern(OBJ as usize, 3)), (9000, vec![])];
+    let mut want = vec![0u8; (3 * OBJ) as usize];
+    for (offset, data) in &writes {
+        want[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
+    }
+    eq(ok(img.write_ranges(writes), "write_ranges")?, 300 + 5000 + OBJ, "bytes written")?;
+    check(read_all(&img)? == want, "the image is not what was written")?;
+    expect_err(img.write_ranges(vec![(0, vec![1; 10]), (9, vec![2; 10])]), "invalid-argument", "overlapping writes")?;
+    check(ok(img.read(0, 20), "read")? == want[..20], "an overlapping batch wrote something")?;
+    expect_err(img.write_ranges(vec![(3 * OBJ - 5, vec![7; 10])]), "incomplete-write", "past the end")?;
+    ok(img.create_snap("s"), "snap")?;
+    ok(img.set_snap(Some("s")), "set_snap")?;
+    expect_err(img.write_ranges(vec![(0, vec![1])]), "read-only", "at a snapshot")
+}
+
 /// Discards on 64 KiB boundaries: librbd skips the unaligned head and tail of a partial
 /// discard (`rbd_discard_granularity_bytes`), so only aligned ranges are sure to read zero.
 fn discard_zeroes_the_range(c: &Ctx) -> R {
@@ -979,6 +1022,8 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("resize_shrinks_and_grows", resize_shrinks_and_grows),
     ("image_cursor_reads_writes_and_seeks", image_cursor_reads_writes_and_seeks),
     ("snapshots_are_listed_oldest_first_with_sizes", snapshots_are_listed_oldest_first_with_sizes),
+    ("write_ranges_writes_every_range", write_ranges_writes_every_range),
+    ("start_reads_hands_over_data_and_chunk_digests", start_reads_hands_over_data_and_chunk_digests),
     ("host_sha256_gives_standard_digests", host_sha256_gives_standard_digests),
     ("snapshot_is_immutable", snapshot_is_immutable),
     ("create_snap_existing_is_exists", create_snap_existing_is_exists),
