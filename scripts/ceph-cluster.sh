@@ -14,7 +14,7 @@
 # DIR defaults to $RBD_WASM_CEPH_DIR or /tmp/rbd-wasm-ceph.
 # Environment:
 #   RBD_WASM_CEPH_PORT            monitor port (msgr v1), default 6789
-#   RBD_WASM_CEPH_MEMSTORE_BYTES  memstore capacity, default 3 GiB
+#   RBD_WASM_CEPH_MEMSTORE_BYTES  memstore capacity, default 8 GiB (RAM, used as written)
 #   RBD_WASM_CEPH_TIMEOUT         seconds to wait for active+clean, default 60
 #
 # Needs the packages from scripts/install-ceph.sh.
@@ -215,7 +215,7 @@ EOF
 
 cmd_start() {
     local port=${RBD_WASM_CEPH_PORT:-6789}
-    local bytes=${RBD_WASM_CEPH_MEMSTORE_BYTES:-$((3 * 1024 * 1024 * 1024))}
+    local bytes=${RBD_WASM_CEPH_MEMSTORE_BYTES:-$((8 * 1024 * 1024 * 1024))}
     local wait_s=${RBD_WASM_CEPH_TIMEOUT:-60}
     local t0=$SECONDS fsid osd_uuid osd_id
 

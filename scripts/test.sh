@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: the whole test suite, Ceph included. Installs what it needs
-# (the wasm32-wasip2 target; Ceph's Debian packages; the JavaScript toolchain from npm),
+# (the wasm32-wasip2 target; Ceph's Debian packages; the JavaScript and Python toolchains
+# from npm and PyPI),
 # builds the guests, starts a throwaway single-node Ceph cluster on 127.0.0.1, runs every
 # test on both backends, and stops the cluster again, however the tests end. Extra
 # arguments go to `cargo test`.
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 scripts/install-rust-deps.sh
 scripts/install-ceph.sh
 scripts/install-js-deps.sh
+scripts/install-py-deps.sh
 
 # The guest components (wasm32-wasip2 only), and the crates the native test run leaves out.
 guests=(hello snapshots conformance plain-command differential hostile read-throughput backup restore verify snap-rotate)

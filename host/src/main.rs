@@ -19,6 +19,8 @@ use rbd_wasm::meter::Usage;
 use rbd_wasm::progress::{ProgressEntry, ProgressMode, ProgressView};
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
 
+mod build_py;
+
 /// Run sandboxed WebAssembly jobs against Ceph RBD images.
 #[derive(Parser)]
 #[command(name = "rbd-wasm", version, about, long_about = None)]
@@ -37,6 +39,9 @@ enum Command {
     /// List or create pools of the embedded store.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Build a Python job into a component (offline, with the pinned componentize-py that
+    /// scripts/install-py-deps.sh installs): `rbd-wasm build-py app.py -o job.wasm`.
+    BuildPy(build_py::BuildPyArgs),
 }
 
 /// Where the images are: a Ceph cluster (with `--conf`), else the embedded store.
@@ -242,6 +247,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_job(args),
         Command::Image(cmd) => report(image_command(cmd)),
         Command::Pool(cmd) => report(pool_command(cmd)),
+        Command::BuildPy(args) => report(build_py::build_py(args)),
     }
 }
 
