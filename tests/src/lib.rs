@@ -217,6 +217,20 @@ pub fn run_audited(
     run_job(guest, args, backend, grants, limits, audit, None)
 }
 
+/// Run a loaded component (one built from Python, say) with its output captured, granted
+/// every operation on `pools`, with `output_dir` as its `/out` if given.
+pub fn run_loaded_component(
+    component: &JobComponent,
+    job_id: &str,
+    args: &[&str],
+    backend: Arc<dyn Backend>,
+    pools: &[&str],
+    output_dir: Option<&Path>,
+) -> JobRun {
+    let grants = Grants::new(pools.iter().map(|p| Grant::full(*p)).collect());
+    run_loaded(component.clone(), job_id, args, backend, grants, JobLimits::default(), AuditSink::Off, output_dir)
+}
+
 /// Run the component at `path` (a job that is not one of [`GUESTS`], such as one built from
 /// JavaScript or Python), granted every operation on `rbd` and `rbd2`; it is compiled (or
 /// taken from the cache) on every call.

@@ -13,14 +13,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use rbd_wasm::audit::AuditSink;
 use rbd_wasm::backend::{Backend, Extent, ImageStat};
 use rbd_wasm::capability::{Grant, Grants};
-use rbd_wasm::output::OutputSink;
-use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits};
+use rbd_wasm::runtime::{JobComponent, JobError, JobLimits};
 use rbd_wasm_tests::{
-    ceph_conf, embedded_store, host_binary, run_with, runtime, test_cache_dir, tokio, unique_prefix, workspace_root,
-    JobRun,
+    ceph_conf, embedded_store, host_binary, run_loaded_component, run_with, runtime, test_cache_dir, unique_prefix,
+    workspace_root, JobRun,
 };
 use sha2::{Digest, Sha256};
 
@@ -99,7 +97,7 @@ fn python_component(relative: &str) -> (PathBuf, JobComponent) {
 
 /// Run a loaded component with its output captured, granted every operation on `pools`.
 fn run_loaded(component: &JobComponent, job_id: &str, args: &[&str], backend: Arc<dyn Backend>, pools: &[&str]) -> JobRun {
-    run_loaded_with_output(component, job_id, args, backend, pools, None)
+    run_loaded_component(component, job_id, args, backend, pools, None)
 }
 
 fn run_loaded_with_output(
@@ -110,25 +108,7 @@ fn run_loaded_with_output(
     pools: &[&str],
     output_dir: Option<&Path>,
 ) -> JobRun {
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let job = JobConfig {
-        job_id: job_id.to_owned(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        backend,
-        grants: Grants::new(pools.iter().map(|p| Grant::full(*p)).collect()),
-        limits: JobLimits::default(),
-        output_dir: output_dir.map(Path::to_owned),
-        stdout: OutputSink::Capture(stdout.clone()),
-        stderr: OutputSink::Capture(stderr.clone()),
-        progress: None,
-        audit: AuditSink::Off,
-        cancel: None,
-        usage: None,
-    };
-    let result = tokio().block_on(runtime().run(component, job));
-    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    JobRun { result, stdout: text(&stdout), stderr: text(&stderr) }
+    run_loaded_component(component, job_id, args, backend, pools, output_dir)
 }
 
 fn run_python(relative: &str, args: &[&str], backend: Arc<dyn Backend>, pools: &[&str]) -> JobRun {
