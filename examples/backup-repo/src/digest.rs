@@ -15,7 +15,7 @@
 use rbd_wasm_guest::{Extent, Image, PendingReads, Range};
 use sha2::{Digest, Sha256};
 
-use crate::Result;
+use crate::{Result, READ_PIECE};
 
 /// Bytes per chunk: librbd's discard granularity, and small enough that the edges of the
 /// extents an incremental backup reads add little.
@@ -158,8 +158,6 @@ impl ReadChunks {
 /// Most chunk bytes read for one group of extents. Two groups are in memory at most: the
 /// one being written out and the next one, being read meanwhile.
 const GROUP_BYTES: u64 = 32 << 20;
-/// Most bytes in one range asked of the host.
-const READ_PIECE: u64 = 4 << 20;
 
 /// Extents gathered, and the chunks they touch that must be read.
 #[derive(Default)]

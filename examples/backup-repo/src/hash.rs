@@ -51,11 +51,3 @@ impl io::Write for Hasher {
         Ok(())
     }
 }
-
-/// The SHA-256 of each `chunk`-byte piece of `data` (the last may be shorter).
-pub fn chunk_digests(data: &[u8], chunk: u32) -> Vec<[u8; 32]> {
-    #[cfg(target_family = "wasm")]
-    return rbd_wasm_guest::sha256_chunks(data, chunk);
-    #[cfg(not(target_family = "wasm"))]
-    return data.chunks(chunk as usize).map(|c| <sha2::Sha256 as sha2::Digest>::digest(c).into()).collect();
-}
