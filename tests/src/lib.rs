@@ -236,8 +236,7 @@ pub fn run_loaded_component(
 /// taken from the cache) on every call.
 pub fn run_component(path: &Path, job_id: &str, args: &[&str], backend: Arc<dyn Backend>) -> JobRun {
     let component = runtime().load(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-    let grants = Grants::new(vec![Grant::full("rbd"), Grant::full("rbd2")]);
-    run_loaded(component, job_id, args, backend, grants, JobLimits::default(), AuditSink::Off, None)
+    run_loaded_component(&component, job_id, args, backend, &["rbd", "rbd2"], None)
 }
 
 fn run_job(

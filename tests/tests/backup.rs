@@ -373,16 +373,20 @@ mod librbd {
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("rbd").join(&src);
         let job = guest("backup");
-        let run = || {
-            Command::new(host_binary())
-                .arg("run")
+        let command = || {
+            let mut cmd = Command::new(host_binary());
+            cmd.arg("run")
                 .arg("-c")
                 .arg(ceph_conf())
                 .arg("--output-dir")
                 .arg(out.path())
                 .arg(&job)
                 .args(["--", "rbd", &src, "--claim-timeout", "0"])
-                .env("RBD_WASM_CACHE", test_cache_dir())
+                .env("RBD_WASM_CACHE", test_cache_dir());
+            cmd
+        };
+        let run = || {
+            command()
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -415,17 +419,7 @@ mod librbd {
             }
         }
         // A last, uncut run completes the chain, and takes over what the killed runs left.
-        let last_run = Command::new(host_binary())
-            .arg("run")
-            .arg("-c")
-            .arg(ceph_conf())
-            .arg("--output-dir")
-            .arg(out.path())
-            .arg(&job)
-            .args(["--", "rbd", &src, "--claim-timeout", "0"])
-            .env("RBD_WASM_CACHE", test_cache_dir())
-            .output()
-            .expect("run rbd-wasm");
+        let last_run = command().output().expect("run rbd-wasm");
         let said = format!("{}{}", String::from_utf8_lossy(&last_run.stdout), String::from_utf8_lossy(&last_run.stderr));
         assert!(last_run.status.success(), "{said}");
         let names: Vec<String> = backend.open("rbd", &src, None, true).unwrap().list_snaps().unwrap().into_iter().map(|s| s.name).collect();

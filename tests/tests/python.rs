@@ -100,17 +100,6 @@ fn run_loaded(component: &JobComponent, job_id: &str, args: &[&str], backend: Ar
     run_loaded_component(component, job_id, args, backend, pools, None)
 }
 
-fn run_loaded_with_output(
-    component: &JobComponent,
-    job_id: &str,
-    args: &[&str],
-    backend: Arc<dyn Backend>,
-    pools: &[&str],
-    output_dir: Option<&Path>,
-) -> JobRun {
-    run_loaded_component(component, job_id, args, backend, pools, output_dir)
-}
-
 fn run_python(relative: &str, args: &[&str], backend: Arc<dyn Backend>, pools: &[&str]) -> JobRun {
     let (_, component) = python_component(relative);
     let job_id = Path::new(relative).file_stem().unwrap().to_str().unwrap().to_owned();
@@ -351,7 +340,7 @@ mod embedded {
             ]
         );
         let out = tempfile::tempdir().unwrap();
-        let mapped = lines(&run_loaded_with_output(&component, "sdk_api", &["sandbox"], store.backend.clone(), &["rbd"], Some(out.path())));
+        let mapped = lines(&run_loaded_component(&component, "sdk_api", &["sandbox"], store.backend.clone(), &["rbd"], Some(out.path())));
         assert_eq!(mapped[5], "write /out/hello.txt: ok ['hello.txt']");
         assert_eq!(std::fs::read_to_string(out.path().join("hello.txt")).unwrap(), "hello from python\n");
         assert_eq!(mapped[..5], unmapped[..5], "mapping /out opens nothing else");
