@@ -1,21 +1,29 @@
 //! rbd-wasm: run sandboxed WebAssembly jobs against Ceph RBD images.
 //!
-//! Data flows one way: the CLI (or an embedder) builds [`capability::Grants`] and a
-//! [`runtime::JobConfig`]; the [`runtime::Runtime`] loads the job's component and runs it;
-//! the guest reaches storage only through the handles that [`api`] mints from the grants;
-//! handles call a [`rbd_backend::Backend`].
+//! An integrator needs four things: a [`Runtime`] (engine, linker, component cache), a
+//! [`JobConfig`] for each run (the job's [`Grants`], [`JobLimits`], output and audit sinks),
+//! and the [`JobError`] a run ends with.
+//!
+//! Data flows one way: grants and limits -> the runtime -> the handles that [`rbd`] mints
+//! from the grants (each checks, charges and audits its own calls) -> the
+//! [`rbd_backend::Backend`]. The policy the handles apply lives in [`policy`]: grants and
+//! capabilities, the meter (quotas and budgets, held through guards) and the audit log.
 
-pub mod api;
-pub mod audit;
 mod bindings;
 pub mod cache;
-pub mod capability;
-mod hashing;
+mod job_host;
 pub mod manifest;
-pub mod meter;
 pub mod output;
-pub mod progress;
+mod output_dir;
+pub mod policy;
+mod rbd;
 pub mod runtime;
 
 pub use bindings::types::Progress;
+pub use output::OutputSink;
+pub use policy::audit::AuditSink;
+pub use policy::capability::{Grant, Grants, ImagePattern, Operation, Operations};
+pub use policy::meter::{Quotas, Usage};
+pub use policy::{audit, capability, meter};
 pub use rbd_backend as backend;
+pub use runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};

@@ -9,6 +9,7 @@
 //! args = ["vm-1"]
 //! id = "nightly-backup"
 //! output_dir = "/var/backups/rbd"  # the job's /out; no filesystem without it
+//! output_read_only = false         # true maps /out read-only (restore, verify)
 //!
 //! [[grants]]
 //! pool = "rbd"
@@ -26,13 +27,16 @@
 //! write_bytes = 0
 //! operations = 1000000
 //! bandwidth_mib_per_sec = 200      # reads plus writes
+//! host_memory_mib = 128            # host memory held for the job (reads in flight...)
+//! output_dir_bytes = 1099511627776 # bytes the job may write to /out
+//! output_dir_files = 100000        # files and directories it may create there
 //! ```
 //!
 //! Deny by default: a manifest without grants grants nothing. Unknown keys are errors, so a
-//! misspelt limit is never silently ignored.
+//! misspelt limit is never silently ignored, and every number is range-checked ([`limit`]):
+//! a value the host cannot honour is refused with the range it accepts.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -71,6 +75,8 @@ struct RawJob {
     args: Vec<String>,
     id: Option<String>,
     output_dir: Option<PathBuf>,
+    #[serde(default)]
+    output_read_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +105,9 @@ struct RawLimits {
     write_bytes: Option<u64>,
     operations: Option<u64>,
     bandwidth_mib_per_sec: Option<f64>,
+    host_memory_mib: Option<u64>,
+    output_dir_bytes: Option<u64>,
+    output_dir_files: Option<u64>,
 }
 
 /// A checked manifest.
@@ -110,6 +119,7 @@ pub struct Manifest {
     pub id: Option<String>,
     /// Resolved against the manifest's directory.
     pub output_dir: Option<PathBuf>,
+    pub output_read_only: bool,
     pub grants: Grants,
     pub limits: JobLimits,
 }
@@ -144,56 +154,89 @@ impl Manifest {
             };
             grants.push(Grant { pool: g.pool, images: ImagePattern::new(g.images), operations });
         }
-        let defaults = JobLimits::default();
+        let d = JobLimits::default();
         let l = raw.limits;
-        let memory_bytes = match l.memory_mib {
-            Some(mib) => usize::try_from(mib.saturating_mul(1 << 20)).map_err(|_| "limits.memory_mib is too large")?,
-            None => defaults.memory_bytes,
-        };
+        let field = |name: &str, e: String| format!("limits.{name}: {e}");
         let limits = JobLimits {
-            memory_bytes,
-            deadline: l.deadline_secs.map(Duration::from_secs).unwrap_or(defaults.deadline),
-            output_bytes: l.output_bytes.unwrap_or(defaults.output_bytes),
-            reads_in_flight: match l.reads_in_flight {
-                Some(0) => return Err("limits.reads_in_flight must be at least 1".into()),
-                Some(n) => n,
-                None => defaults.reads_in_flight,
-            },
+            memory_bytes: l.memory_mib.map(limit::memory_mib).transpose().map_err(|e| field("memory_mib", e))?.unwrap_or(d.memory_bytes),
+            deadline: l.deadline_secs.map(limit::deadline_secs).transpose().map_err(|e| field("deadline_secs", e))?.unwrap_or(d.deadline),
+            output_bytes: l.output_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("output_bytes", e))?.unwrap_or(d.output_bytes),
+            reads_in_flight: l.reads_in_flight.map(|n| limit::range(n, 1, 256)).transpose().map_err(|e| field("reads_in_flight", e))?.unwrap_or(d.reads_in_flight),
             quotas: Quotas {
-                max_handles: l.max_handles.or(defaults.quotas.max_handles),
+                max_handles: l.max_handles.map(|n| limit::range(n, 1, 1 << 20)).transpose().map_err(|e| field("max_handles", e))?.or(d.quotas.max_handles),
                 read_bytes: l.read_bytes,
                 write_bytes: l.write_bytes,
                 operations: l.operations,
-                bandwidth_bytes_per_sec: match l.bandwidth_mib_per_sec {
-                    Some(mib) if !(mib > 0.0 && mib.is_finite()) => {
-                        return Err("limits.bandwidth_mib_per_sec must be a positive number".into())
-                    }
-                    Some(mib) => Some((mib * 1048576.0) as u64),
-                    None => None,
+                bandwidth_bytes_per_sec: l.bandwidth_mib_per_sec.map(limit::bandwidth_mib).transpose().map_err(|e| field("bandwidth_mib_per_sec", e))?,
+                host_memory_bytes: match l.host_memory_mib {
+                    Some(mib) => Some(limit::range(mib, 1, 64 << 10).map_err(|e| field("host_memory_mib", e))? << 20),
+                    None => d.quotas.host_memory_bytes,
                 },
             },
-            cpu: match l.cpu_secs {
-                Some(secs) if !(secs > 0.0 && secs.is_finite()) => {
-                    return Err("limits.cpu_secs must be a positive number".into())
-                }
-                Some(secs) => Some(Duration::from_secs_f64(secs)),
-                None => None,
-            },
+            cpu: l.cpu_secs.map(limit::cpu_secs).transpose().map_err(|e| field("cpu_secs", e))?,
+            output_dir_bytes: l.output_dir_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("output_dir_bytes", e))?.unwrap_or(d.output_dir_bytes),
+            output_dir_files: l.output_dir_files.map(|n| limit::range(n, 0, 1 << 32)).transpose().map_err(|e| field("output_dir_files", e))?.unwrap_or(d.output_dir_files),
         };
         Ok(Manifest {
             component: raw.job.component.map(|p| base.join(p)),
             args: raw.job.args,
             id: raw.job.id,
             output_dir: raw.job.output_dir.map(|p| base.join(p)),
+            output_read_only: raw.job.output_read_only,
             grants: Grants::new(grants),
             limits,
         })
     }
 }
 
+/// The ranges the host accepts for each limit, shared by manifests and the command line.
+pub mod limit {
+    use std::time::Duration;
+
+    /// The most linear memory a job may have (the runtime's per-memory maximum).
+    pub const MAX_MEMORY_MIB: u64 = 4096;
+    /// The longest deadline or CPU budget: a week.
+    pub const MAX_SECS: u64 = 7 * 24 * 3600;
+    /// The largest byte count any limit takes (1 PiB).
+    pub const MAX_BYTES: u64 = 1 << 50;
+
+    /// `n` if `min <= n <= max`, else a message naming the range.
+    pub fn range<T: PartialOrd + std::fmt::Display + Copy>(n: T, min: T, max: T) -> Result<T, String> {
+        if n < min || n > max {
+            Err(format!("{n} is out of range ({min} to {max})"))
+        } else {
+            Ok(n)
+        }
+    }
+
+    pub fn memory_mib(mib: u64) -> Result<usize, String> {
+        let mib = range(mib, 1, MAX_MEMORY_MIB)?;
+        usize::try_from(mib << 20).map_err(|_| format!("{mib} MiB does not fit this machine's address space"))
+    }
+
+    pub fn deadline_secs(secs: u64) -> Result<Duration, String> {
+        Ok(Duration::from_secs(range(secs, 1, MAX_SECS)?))
+    }
+
+    pub fn cpu_secs(secs: f64) -> Result<Duration, String> {
+        if !(secs.is_finite() && secs > 0.0 && secs <= MAX_SECS as f64) {
+            return Err(format!("{secs:?} is out of range (a positive number of seconds up to {MAX_SECS})"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    pub fn bandwidth_mib(mib: f64) -> Result<u64, String> {
+        if !(mib.is_finite() && mib > 0.0 && mib <= (1u64 << 30) as f64) {
+            return Err(format!("{mib:?} is out of range (a positive number of MiB/s up to {})", 1u64 << 30));
+        }
+        Ok((mib * 1048576.0) as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const FULL: &str = r#"
 schema = 1
@@ -255,9 +298,17 @@ bandwidth_mib_per_sec = 2
             ("schema = 1\n[job]\n[limits]\nmemory_mb = 5\n", "unknown field"),
             ("schema = 1\n[job]\n[[grants]]\npool = \"rbd\"\noperations = [\"fly\"]\n", "unknown operation `fly`"),
             ("schema = 1\n[job]\n[[grants]]\npool = \"\"\noperations = [\"read\"]\n", "pool name is empty"),
-            ("schema = 1\n[job]\n[limits]\nreads_in_flight = 0\n", "at least 1"),
-            ("schema = 1\n[job]\n[limits]\ncpu_secs = -1.0\n", "cpu_secs must be a positive number"),
-            ("schema = 1\n[job]\n[limits]\nbandwidth_mib_per_sec = 0.0\n", "must be a positive number"),
+            ("schema = 1\n[job]\n[limits]\nreads_in_flight = 0\n", "limits.reads_in_flight: 0 is out of range (1 to 256)"),
+            ("schema = 1\n[job]\n[limits]\ncpu_secs = -1.0\n", "limits.cpu_secs: -1.0 is out of range"),
+            ("schema = 1\n[job]\n[limits]\ncpu_secs = 1e300\n", "limits.cpu_secs: 1e300 is out of range"),
+            ("schema = 1\n[job]\n[limits]\ncpu_secs = nan\n", "limits.cpu_secs: NaN is out of range"),
+            ("schema = 1\n[job]\n[limits]\nbandwidth_mib_per_sec = 0.0\n", "limits.bandwidth_mib_per_sec: 0.0 is out of range"),
+            ("schema = 1\n[job]\n[limits]\nmemory_mib = 18446744073709551615\n", "limits.memory_mib: 18446744073709551615 is out of range"),
+            ("schema = 1\n[job]\n[limits]\nmemory_mib = 0\n", "limits.memory_mib: 0 is out of range"),
+            ("schema = 1\n[job]\n[limits]\ndeadline_secs = 0\n", "limits.deadline_secs: 0 is out of range"),
+            ("schema = 1\n[job]\n[limits]\ndeadline_secs = 99999999999\n", "limits.deadline_secs: 99999999999 is out of range"),
+            ("schema = 1\n[job]\n[limits]\nmax_handles = 0\n", "limits.max_handles: 0 is out of range"),
+            ("schema = 1\n[job]\n[limits]\nhost_memory_mib = 0\n", "limits.host_memory_mib: 0 is out of range"),
             ("[job]\n", "missing field `schema`"),
         ];
         for (text, want) in cases {

@@ -9,19 +9,32 @@ use std::time::Duration;
 
 use rbd_backend::Backend;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, UpdateDeadline};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use crate::api::{HasRbd, RbdCtx, RbdView};
 use crate::audit::{Audit, AuditSink};
-use crate::meter::{Meter, Quotas, Usage};
 use crate::bindings::{JobWorld, JobWorldPre};
 use crate::cache::ComponentCache;
 use crate::capability::Grants;
-use crate::output::{JobOutput, OutputSink};
+use crate::meter::{Meter, Quotas, Usage, DEFAULT_HOST_MEMORY_BYTES};
+use crate::output::{terminal_safe, JobOutput, OutputSink};
+use crate::output_dir::{overlaps, GuardedFs, HasGuardedFs, OutputQuota};
+use crate::rbd::{HasRbd, RbdCtx, RbdView};
 
 /// How often the epoch advances: the granularity of yielding and of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The largest component the host compiles: compiling is host work no limit of the job's
+/// covers yet, so its input is bounded (the Python runtime, the largest job we know,
+/// is about 40 MB).
+pub const MAX_COMPONENT_BYTES: usize = 256 << 20;
+/// The longest failure message of a job that is kept (the rest is cut).
+pub const MAX_FAILURE_BYTES: usize = 4096;
+/// Table elements all of a job's tables may hold together.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// How long the end of a job may wait for its images to close (a backend call still in
+/// flight holds them); past it the job's result is returned and they close when it ends.
+const CLOSE_TIME: Duration = Duration::from_secs(10);
 
 /// Why a job did not run to a successful end. Each case is something the operator can act
 /// on, and the CLI turns each into its own message and exit status.
@@ -103,7 +116,7 @@ impl Default for RuntimeConfig {
 /// Per-job limits.
 #[derive(Debug, Clone)]
 pub struct JobLimits {
-    /// Most bytes of linear memory.
+    /// Most bytes of linear memory, all the job's memories together.
     pub memory_bytes: usize,
     /// Wall-clock time before the job is stopped.
     pub deadline: Duration,
@@ -116,6 +129,10 @@ pub struct JobLimits {
     /// Time the guest may spend running its own code (not waiting on the host), measured in
     /// epoch ticks; `None` for no limit beyond the deadline.
     pub cpu: Option<Duration>,
+    /// Most bytes the job may write to its output directory (writes and file growth).
+    pub output_dir_bytes: u64,
+    /// Most files and directories the job may create in its output directory.
+    pub output_dir_files: u64,
 }
 
 impl Default for JobLimits {
@@ -125,8 +142,14 @@ impl Default for JobLimits {
             deadline: Duration::from_secs(3600),
             output_bytes: 64 << 20,
             reads_in_flight: 8,
-            quotas: Quotas { max_handles: Some(1024), ..Quotas::default() },
+            quotas: Quotas {
+                max_handles: Some(1024),
+                host_memory_bytes: Some(DEFAULT_HOST_MEMORY_BYTES),
+                ..Quotas::default()
+            },
             cpu: None,
+            output_dir_bytes: crate::output_dir::DEFAULT_OUTPUT_BYTES,
+            output_dir_files: crate::output_dir::DEFAULT_OUTPUT_FILES,
         }
     }
 }
@@ -139,8 +162,11 @@ pub struct JobConfig {
     pub backend: Arc<dyn Backend>,
     pub grants: Grants,
     pub limits: JobLimits,
-    /// A host directory the job sees as `/out`, read-write; no filesystem otherwise.
+    /// A host directory the job sees as `/out`; no filesystem otherwise. It must not
+    /// overlap the store, the component cache or the audit log.
     pub output_dir: Option<PathBuf>,
+    /// Map the output directory read-only (a restore or a verify only reads it).
+    pub output_read_only: bool,
     pub stdout: OutputSink,
     pub stderr: OutputSink,
     pub progress: Option<Arc<dyn Fn(crate::bindings::types::Progress) + Send + Sync>>,
@@ -163,7 +189,8 @@ pub struct JobState {
     wasi: WasiCtx,
     table: ResourceTable,
     rbd: RbdCtx,
-    limits: StoreLimits,
+    limits: JobLimiter,
+    out_quota: Arc<OutputQuota>,
     /// Epoch ticks that found the guest running its own code.
     cpu_ticks: u64,
 }
@@ -180,6 +207,46 @@ impl std::fmt::Display for CpuLimitReached {
 
 impl std::error::Error for CpuLimitReached {}
 
+/// The memory limit of a job over all its linear memories and tables together (a
+/// component may have several of each; a per-memory limit would multiply).
+struct JobLimiter {
+    memory_limit: usize,
+    memory: usize,
+    table_elements: usize,
+}
+
+impl ResourceLimiter for JobLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory.saturating_add(desired.saturating_sub(current));
+        if total > self.memory_limit {
+            return Ok(false);
+        }
+        self.memory = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements.saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
 impl WasiView for JobState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
@@ -191,6 +258,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<JobState>,
     cache: ComponentCache,
+    cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -216,6 +284,15 @@ impl Runtime {
 
         let mut linker: Linker<JobState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        // The output directory's files go through the quota: its `wasi:filesystem/types`
+        // stands in for wasmtime-wasi's.
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::filesystem::types::add_to_linker::<JobState, HasGuardedFs>(&mut linker, |s| {
+            let quota = s.out_quota.clone();
+            GuardedFs { fs: s.filesystem(), quota }
+        })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        linker.allow_shadowing(false);
         JobWorld::add_to_linker::<JobState, HasRbd>(&mut linker, |s: &mut JobState| RbdView {
             ctx: &mut s.rbd,
             table: &mut s.table,
@@ -236,7 +313,7 @@ impl Runtime {
             }
         })?;
 
-        Ok(Runtime { engine, linker, cache: ComponentCache::new(config.cache_dir), ticker_stop })
+        Ok(Runtime { engine, linker, cache: ComponentCache::new(config.cache_dir.clone()), cache_dir: config.cache_dir, ticker_stop })
     }
 
     /// Load a job from a file: read it, compile it (or take it from the cache), and check
@@ -250,6 +327,12 @@ impl Runtime {
     /// As [`Runtime::load`], from bytes; `path` names them in errors.
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<JobComponent, JobError> {
         let not_component = |reason: String| JobError::NotAComponent { path: path.to_owned(), reason };
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(not_component(format!(
+                "it is {} bytes, over the {MAX_COMPONENT_BYTES} bytes this host compiles",
+                bytes.len()
+            )));
+        }
         match wasm_kind(bytes) {
             WasmKind::Component => {}
             WasmKind::CoreModule => {
@@ -282,22 +365,22 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         if let Some(dir) = &job.output_dir {
-            wasi.preopened_dir(dir, "/out", FsPerms::ReadWrite)
+            self.check_output_dir(dir, job.backend.as_ref(), &job.audit)?;
+            let perms = if job.output_read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            wasi.preopened_dir(dir, "/out", perms)
                 .map_err(|e| JobError::Setup(format!("cannot map output directory {}: {e:#}", dir.display())))?;
         }
         let audit = Audit::new(&job.job_id, job.audit);
         let meter = Arc::new(Meter::new(job.limits.quotas.clone()));
-        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit, meter.clone());
+        let out_quota = Arc::new(OutputQuota::new(job.limits.output_dir_bytes, job.limits.output_dir_files, meter.clone()));
+        let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit.clone(), meter.clone());
         if let Some(progress) = job.progress {
-            rbd.on_progress(progress);
+            rbd.job_host.on_progress(progress);
         }
-        let limits = wasmtime::StoreLimitsBuilder::new()
-            .memory_size(job.limits.memory_bytes)
-            .trap_on_grow_failure(false)
-            .build();
+        let limits = JobLimiter { memory_limit: job.limits.memory_bytes, memory: 0, table_elements: 0 };
         let mut store = Store::new(
             &self.engine,
-            JobState { wasi: wasi.build(), table: ResourceTable::new(), rbd, limits, cpu_ticks: 0 },
+            JobState { wasi: wasi.build(), table: ResourceTable::new(), rbd, limits, out_quota: out_quota.clone(), cpu_ticks: 0 },
         );
         store.limiter(|s| &mut s.limits);
         // Every epoch tick that finds the guest running its own code yields to the executor
@@ -323,11 +406,19 @@ impl Runtime {
             }) => Some(outcome),
             () = cancel.notified() => None,
         };
-        // However the job ended, it leaves no lock behind (its images close with the store).
-        store.data_mut().rbd.release_locks().await;
+        // However the job ended, it leaves no lock behind, and its images are closed (on the
+        // blocking pool: closing waits for backend calls in flight).
+        store.data().rbd.release_locks().await;
+        let cpu_ms = store.data().cpu_ticks * EPOCH_TICK.as_millis() as u64;
+        let closing = tokio::task::spawn_blocking(move || drop(store));
+        if tokio::time::timeout(CLOSE_TIME, closing).await.is_err() {
+            tracing::warn!("the job's images did not close within {CLOSE_TIME:?}; they close when its backend calls end");
+        }
+        audit.flush().await;
         if let Some(usage) = &job.usage {
-            let cpu_ms = store.data().cpu_ticks * EPOCH_TICK.as_millis() as u64;
-            *usage.lock().unwrap_or_else(|p| p.into_inner()) = Usage { cpu_ms, ..meter.usage() };
+            let (output_dir_bytes, output_dir_files) = out_quota.used();
+            *usage.lock().unwrap_or_else(|p| p.into_inner()) =
+                Usage { cpu_ms, output_dir_bytes, output_dir_files, ..meter.usage() };
         }
         let Some(outcome) = outcome else {
             return Err(JobError::Cancelled);
@@ -343,9 +434,34 @@ impl Runtime {
                 None => Err(JobError::Trap(e)),
             },
             Ok(Err(other)) => Err(other),
-            Ok(Ok(Err(message))) => Err(JobError::Failed(message)),
+            Ok(Ok(Err(message))) => {
+                Err(JobError::Failed(terminal_safe(&crate::audit::cut(&message, MAX_FAILURE_BYTES)).into_owned()))
+            }
             Ok(Ok(Ok(()))) => Ok(()),
         }
+    }
+}
+
+impl Runtime {
+    /// Refuse an output directory that reaches the store's data, the compiled-component
+    /// cache (native code this host loads) or the audit log: a job could otherwise rewrite
+    /// what the host trusts.
+    fn check_output_dir(&self, dir: &Path, backend: &dyn Backend, audit: &AuditSink) -> Result<(), JobError> {
+        let protected = [
+            ("the embedded store", backend.local_dir()),
+            ("the compiled-component cache", self.cache_dir.clone()),
+            ("the audit log", audit.path().map(Path::to_owned)),
+        ];
+        for (what, path) in protected {
+            if let Some(path) = path.filter(|p| overlaps(dir, p)) {
+                return Err(JobError::Setup(format!(
+                    "the output directory {} overlaps {what} ({}); map a directory of its own",
+                    dir.display(),
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -272,6 +272,7 @@ fn run_loaded(
         grants,
         limits,
         output_dir: output_dir.map(Path::to_owned),
+        output_read_only: false,
         stdout: OutputSink::Capture(stdout.clone()),
         stderr: OutputSink::Capture(stderr.clone()),
         progress: None,

@@ -239,6 +239,7 @@ fn a_cancelled_job_stops_and_leaves_no_lock() {
         grants: full_grants(),
         limits: JobLimits::default(),
         output_dir: None,
+        output_read_only: false,
         stdout: OutputSink::Capture(stdout.clone()),
         stderr: OutputSink::Capture(Default::default()),
         progress: None,

@@ -138,6 +138,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The client identity under which this connection takes locks (`client.4151`).
     fn client_name(&self) -> String;
 
+    /// The local directory the store keeps its data in, if it has one (the embedded store):
+    /// a host must not let a job's output directory reach it.
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The pools of the store, sorted.
     fn list_pools(&self) -> Result<Vec<String>>;
 

@@ -79,6 +79,10 @@ impl EmbeddedBackend {
 }
 
 impl Backend for EmbeddedBackend {
+    fn local_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.store.root.path().canonicalize().unwrap_or_else(|_| self.store.root.path().to_owned()))
+    }
+
     fn version(&self) -> Version {
         // librbd of Ceph Pacific, whose behaviour this backend follows.
         Version { major: 1, minor: 16, extra: 0 }

@@ -47,6 +47,9 @@ impl Root {
     pub fn new(path: &Path) -> Self {
         Root(path.to_path_buf())
     }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
     pub fn meta(&self) -> PathBuf {
         self.0.join("store.json")
     }

@@ -6,8 +6,16 @@
 //! reads the next extent while the last one is hashed. One update is in flight per hasher
 //! at most (the next one waits for it), which bounds the memory a job can park here.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
+
+use crate::meter::{HandleSlot, Meter, Reservation};
+
+/// Smallest piece `sha256-chunks` hashes separately (besides 0, the whole): 32 bytes of
+/// digest per piece, so smaller pieces make the answer a large multiple of the data.
+pub const MIN_CHUNK: u32 = 4096;
 
 /// Below this, hashing inline costs less than a trip to the blocking pool.
 const INLINE_BYTES: usize = 64 << 10;
@@ -16,11 +24,13 @@ const INLINE_BYTES: usize = 64 << 10;
 pub struct Sha256Job {
     state: Option<Sha256>,
     pending: Option<JoinHandle<Sha256>>,
+    meter: Arc<Meter>,
+    _slot: HandleSlot,
 }
 
 impl Sha256Job {
-    pub fn new() -> Self {
-        Sha256Job { state: Some(Sha256::new()), pending: None }
+    pub fn new(meter: Arc<Meter>, slot: HandleSlot) -> Self {
+        Sha256Job { state: Some(Sha256::new()), pending: None, meter, _slot: slot }
     }
 
     /// The hash state, once the update in flight (if any) is done.
@@ -37,7 +47,10 @@ impl Sha256Job {
             state.update(&data);
             self.state = Some(state);
         } else {
+            // The bytes stay in the job's host-memory budget until they are hashed.
+            let memory = self.meter.reserve(data.len() as u64).map_err(|e| wasmtime::Error::msg(e.to_string()))?;
             self.pending = Some(tokio::task::spawn_blocking(move || {
+                let _held = memory;
                 state.update(&data);
                 state
             }));
@@ -53,8 +66,11 @@ impl Sha256Job {
 }
 
 /// The SHA-256 of each `chunk`-byte piece of `data`, concatenated (0: one piece).
-pub async fn sha256_chunks(data: Vec<u8>, chunk: u32) -> wasmtime::Result<Vec<u8>> {
-    tokio::task::spawn_blocking(move || chunk_digests(&data, chunk))
+pub async fn sha256_chunks(data: Vec<u8>, chunk: u32, memory: Reservation) -> wasmtime::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let _held = memory;
+        chunk_digests(&data, chunk)
+    })
         .await
         .map_err(|e| wasmtime::Error::msg(format!("hashing failed: {e}")))
 }
@@ -76,13 +92,14 @@ mod tests {
     #[tokio::test]
     async fn pipelined_updates_hash_like_one_pass() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
-        let mut job = Sha256Job::new();
+        let meter = Arc::new(Meter::new(Default::default()));
+        let mut job = Sha256Job::new(meter.clone(), meter.handle_slot().unwrap());
         for piece in [&data[..10], &data[10..200_000], &data[200_000..]] {
             job.update(piece.to_vec()).await.unwrap();
         }
         assert_eq!(job.finish().await.unwrap(), Sha256::digest(&data).to_vec());
         assert_eq!(job.finish().await.unwrap(), Sha256::digest(b"").to_vec(), "finish starts over");
-        let chunks = sha256_chunks(data.clone(), 65536).await.unwrap();
+        let chunks = sha256_chunks(data.clone(), 65536, meter.reserve(0).unwrap()).await.unwrap();
         assert_eq!(chunks.len(), 5 * 32);
         assert_eq!(&chunks[4 * 32..], Sha256::digest(&data[4 * 65536..]).as_slice());
     }

@@ -20,16 +20,16 @@ pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
 /// The job world, as the host implements it.
 const WIT: &[(&str, &str)] = &[
-    ("types.wit", include_str!("../../wit/types.wit")),
-    ("rbd.wit", include_str!("../../wit/rbd.wit")),
-    ("world.wit", include_str!("../../wit/world.wit")),
+    ("types.wit", include_str!("../../../../wit/types.wit")),
+    ("rbd.wit", include_str!("../../../../wit/rbd.wit")),
+    ("world.wit", include_str!("../../../../wit/world.wit")),
 ];
 
 /// The Python SDK.
 const SDK: &[(&str, &str)] = &[
-    ("rados.py", include_str!("../../python/sdk/rados.py")),
-    ("rbd.py", include_str!("../../python/sdk/rbd.py")),
-    ("rbd_wasm.py", include_str!("../../python/sdk/rbd_wasm.py")),
+    ("rados.py", include_str!("../../../../python/sdk/rados.py")),
+    ("rbd.py", include_str!("../../../../python/sdk/rbd.py")),
+    ("rbd_wasm.py", include_str!("../../../../python/sdk/rbd_wasm.py")),
 ];
 
 /// The module componentize-py is told to wrap; it exports the job's `Job` class.

@@ -1,0 +1,230 @@
+//! `rbd-wasm run`: run one job, with its manifest and the command line's overrides, and
+//! report how it ended (exit status, and with `--json` a report on standard output).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use rbd_wasm::manifest::{limit, Manifest};
+use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
+use rbd_wasm::{AuditSink, Grant, Grants, OutputSink, Usage};
+
+use crate::progress::{ProgressEntry, ProgressMode, ProgressView};
+use crate::{open_backend, StoreArgs};
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The job manifest (TOML: component, args, grants, limits, output directory). The
+    /// options below override it.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Grant the job every operation on the images of this pool (repeatable). Replaces the
+    /// manifest's grants; without a manifest the default is `rbd`.
+    #[arg(long = "pool")]
+    pools: Vec<String>,
+    /// A host directory the job sees as `/out` (read-write). Without it the job has no
+    /// filesystem at all. It must not overlap the store, the cache or the audit log.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Map the output directory read-only (enough for restore and verify).
+    #[arg(long)]
+    output_read_only: bool,
+    /// Stop the job after this many seconds (default 3600).
+    #[arg(long)]
+    deadline_secs: Option<u64>,
+    /// Most linear memory of the job, in MiB, all its memories together (default 1024).
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Tags the job's output lines; default: the component's file stem.
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Append a JSON line for every mutating operation and every denial to this file.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Compile the component every time instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// How to show the job's progress reports. Default: bars when standard error is a
+    /// terminal, plain lines otherwise.
+    #[arg(long, value_enum)]
+    progress: Option<ProgressArg>,
+    /// When the job ends, print a JSON report on standard output (outcome, exit code, time,
+    /// RBD traffic, CPU, last progress of each label); the job's own output goes to
+    /// standard error then.
+    #[arg(long)]
+    json: bool,
+    /// The job's component (optional with a manifest that names one).
+    job: Option<PathBuf>,
+    /// Arguments passed to the job's `run` (replace the manifest's).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProgressArg {
+    Bars,
+    Lines,
+    None,
+}
+
+/// What `run --json` prints.
+#[derive(serde::Serialize)]
+struct RunReport {
+    job_id: String,
+    component: PathBuf,
+    /// `ok`, or the kind of failure (`failed`, `trap`, `deadline`, `setup`...).
+    status: &'static str,
+    exit_code: i32,
+    error: Option<String>,
+    elapsed_secs: f64,
+    usage: Usage,
+    progress: Vec<ProgressEntry>,
+}
+
+/// What to run: the manifest (if any) with the command line's overrides applied.
+struct JobPlan {
+    component: PathBuf,
+    args: Vec<String>,
+    id: Option<String>,
+    grants: Grants,
+    limits: JobLimits,
+    output_dir: Option<PathBuf>,
+    output_read_only: bool,
+}
+
+fn job_plan(args: &RunArgs) -> Result<JobPlan, JobError> {
+    let manifest = match &args.manifest {
+        Some(path) => Some(Manifest::load(path).map_err(|e| JobError::Setup(e.to_string()))?),
+        None => None,
+    };
+    let component = args
+        .job
+        .clone()
+        .or_else(|| manifest.as_ref().and_then(|m| m.component.clone()))
+        .ok_or_else(|| JobError::Setup("no job given: name a component, or a manifest with `job.component`".into()))?;
+    let job_args = if !args.args.is_empty() || manifest.is_none() {
+        args.args.clone()
+    } else {
+        manifest.as_ref().map(|m| m.args.clone()).unwrap_or_default()
+    };
+    let grants = if !args.pools.is_empty() {
+        Grants::new(args.pools.iter().map(Grant::full).collect())
+    } else {
+        match &manifest {
+            Some(m) => m.grants.clone(),
+            None => Grants::new(vec![Grant::full("rbd")]),
+        }
+    };
+    let mut limits = manifest.as_ref().map(|m| m.limits.clone()).unwrap_or_default();
+    if let Some(mib) = args.memory_mib {
+        limits.memory_bytes = limit::memory_mib(mib).map_err(|e| JobError::Setup(format!("--memory-mib: {e}")))?;
+    }
+    if let Some(secs) = args.deadline_secs {
+        limits.deadline = limit::deadline_secs(secs).map_err(|e| JobError::Setup(format!("--deadline-secs: {e}")))?;
+    }
+    Ok(JobPlan {
+        component,
+        args: job_args,
+        id: args.job_id.clone().or_else(|| manifest.as_ref().and_then(|m| m.id.clone())),
+        grants,
+        limits,
+        output_dir: args.output_dir.clone().or_else(|| manifest.as_ref().and_then(|m| m.output_dir.clone())),
+        output_read_only: args.output_read_only || manifest.as_ref().is_some_and(|m| m.output_read_only),
+    })
+}
+
+pub fn run_job(args: RunArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let started = std::time::Instant::now();
+    let mode = match args.progress {
+        Some(ProgressArg::Bars) => ProgressMode::Bars,
+        Some(ProgressArg::Lines) => ProgressMode::Lines,
+        Some(ProgressArg::None) => ProgressMode::Quiet,
+        None if std::io::stderr().is_terminal() => ProgressMode::Bars,
+        None => ProgressMode::Lines,
+    };
+    let mut job_id = args.job_id.clone().unwrap_or_else(|| "job".into());
+    let mut component_path = args.job.clone().unwrap_or_default();
+    let usage = Arc::new(std::sync::Mutex::new(Usage::default()));
+    let mut view = ProgressView::new(&job_id, mode);
+    let result = (|| -> Result<(), JobError> {
+        let plan = job_plan(&args)?;
+        component_path = plan.component;
+        job_id = plan.id.unwrap_or_else(|| {
+            component_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
+        });
+        view = ProgressView::new(&job_id, mode);
+        let audit = match &args.audit_log {
+            Some(path) => AuditSink::append_to(path)
+                .map_err(|e| JobError::Setup(format!("cannot open the audit log {}: {e}", path.display())))?,
+            None => AuditSink::Off,
+        };
+        let backend = open_backend(&args.store).map_err(|e| JobError::Setup(format!("{e:#}")))?;
+        let mut config = RuntimeConfig { max_concurrent_jobs: 4, ..RuntimeConfig::default() };
+        if args.no_cache {
+            config.cache_dir = None;
+        }
+        let runtime = Runtime::new(config).map_err(|e| JobError::Setup(format!("{e:#}")))?;
+        let component = runtime.load(&component_path)?;
+        // With `--json` standard output carries the report alone; with bars, lines are
+        // printed above them.
+        let line_sink = |to_stderr: bool| {
+            let view = view.clone();
+            OutputSink::Lines(Arc::new(move |line: &str| view.print_line(line, to_stderr)))
+        };
+        let (stdout, stderr) = match (args.json, mode) {
+            (true, _) => (line_sink(true), line_sink(true)),
+            (false, ProgressMode::Bars) => (line_sink(false), line_sink(true)),
+            (false, _) => (OutputSink::Stdout, OutputSink::Stderr),
+        };
+        let job = JobConfig {
+            job_id: job_id.clone(),
+            args: plan.args,
+            backend,
+            grants: plan.grants,
+            limits: plan.limits,
+            output_dir: plan.output_dir,
+            output_read_only: plan.output_read_only,
+            stdout,
+            stderr,
+            progress: Some(view.sink()),
+            audit,
+            cancel: None,
+            usage: Some(usage.clone()),
+        };
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| JobError::Setup(format!("cannot start the async runtime: {e}")))?;
+        tokio.block_on(runtime.run(&component, job))
+    })();
+    let progress = view.finish();
+    let exit_code = match &result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rbd-wasm: {e}");
+            e.exit_code().clamp(1, 255)
+        }
+    };
+    if args.json {
+        let report = RunReport {
+            job_id,
+            component: component_path,
+            status: result.as_ref().err().map_or("ok", JobError::kind),
+            exit_code,
+            error: result.as_ref().err().map(|e| e.to_string()),
+            elapsed_secs: started.elapsed().as_secs_f64(),
+            usage: *usage.lock().unwrap_or_else(|p| p.into_inner()),
+            progress,
+        };
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("rbd-wasm: cannot write the report: {e}"),
+        }
+    }
+    ExitCode::from(u8::try_from(exit_code).unwrap_or(1))
+}
+

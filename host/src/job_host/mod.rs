@@ -1,0 +1,93 @@
+//! The `job-host` interface: what the host does for a job besides storage. Progress
+//! reports (bounded: labels are cut, few, and made safe for a terminal) and hashing (native,
+//! off the job's thread, in the job's host-memory budget). Every call is charged as an
+//! operation.
+
+pub mod hashing;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
+use crate::bindings::ceph::rbd::{job_host, types};
+use crate::rbd::{trap_on_quota, RbdView};
+use hashing::Sha256Job;
+
+/// The longest progress label kept (longer ones are cut).
+pub const MAX_LABEL_BYTES: usize = 120;
+/// Most distinct labels a job may report; reports of further labels are dropped.
+pub const MAX_LABELS: usize = 32;
+
+/// Where a job's progress reports go, and the labels seen so far.
+#[derive(Default)]
+pub struct JobHostCtx {
+    progress: Option<Arc<dyn Fn(types::Progress) + Send + Sync>>,
+    labels: HashSet<String>,
+}
+
+impl JobHostCtx {
+    pub fn on_progress(&mut self, sink: Arc<dyn Fn(types::Progress) + Send + Sync>) {
+        self.progress = Some(sink);
+    }
+
+    /// Hand a report on, its label made safe and bounded; a label past [`MAX_LABELS`] is
+    /// dropped.
+    fn report(&mut self, mut progress: types::Progress) {
+        let Some(sink) = &self.progress else { return };
+        progress.label = crate::output::terminal_safe(&crate::audit::cut(&progress.label, MAX_LABEL_BYTES)).into_owned();
+        if !self.labels.contains(&progress.label) {
+            if self.labels.len() >= MAX_LABELS {
+                return;
+            }
+            self.labels.insert(progress.label.clone());
+        }
+        sink(progress);
+    }
+}
+
+impl job_host::Host for RbdView<'_> {
+    async fn report_progress(&mut self, progress: types::Progress) -> wasmtime::Result<()> {
+        trap_on_quota(self.ctx.meter().operation())?;
+        self.ctx.job_host.report(progress);
+        Ok(())
+    }
+
+    async fn sha256_chunks(&mut self, data: Vec<u8>, chunk_size: u32) -> wasmtime::Result<Vec<u8>> {
+        let meter = self.ctx.meter().clone();
+        trap_on_quota(meter.operation())?;
+        if chunk_size != 0 && chunk_size < hashing::MIN_CHUNK {
+            return Err(wasmtime::Error::msg(format!(
+                "sha256-chunks: a chunk size of {chunk_size} bytes; it must be 0 (one piece) or at least {}",
+                hashing::MIN_CHUNK
+            )));
+        }
+        let memory = meter.reserve(data.len() as u64).map_err(|e| wasmtime::Error::msg(e.to_string()))?;
+        hashing::sha256_chunks(data, chunk_size, memory).await
+    }
+}
+
+/// Hashers are pure computation, but each holds host memory: they count as handles.
+impl job_host::HostSha256 for RbdView<'_> {
+    async fn new(&mut self) -> wasmtime::Result<Resource<Sha256Job>> {
+        let meter = self.ctx.meter().clone();
+        trap_on_quota(meter.operation())?;
+        let slot = meter.handle_slot().map_err(|e| wasmtime::Error::msg(format!("cannot make a hasher: {e}")))?;
+        Ok(self.table.push(Sha256Job::new(meter, slot))?)
+    }
+
+    async fn update(&mut self, hasher: Resource<Sha256Job>, data: Vec<u8>) -> wasmtime::Result<()> {
+        trap_on_quota(self.ctx.meter().operation())?;
+        self.table.get_mut(&hasher)?.update(data).await
+    }
+
+    async fn finish(&mut self, hasher: Resource<Sha256Job>) -> wasmtime::Result<Vec<u8>> {
+        trap_on_quota(self.ctx.meter().operation())?;
+        self.table.get_mut(&hasher)?.finish().await
+    }
+
+    async fn drop(&mut self, hasher: Resource<Sha256Job>) -> wasmtime::Result<()> {
+        self.table.delete(hasher)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! An image's reads and writes: checked against the capability, charged to the byte quotas
+//! and the bandwidth cap when they start (and refunded for what did not happen), and held
+//! in the job's host-memory budget while the host holds their bytes.
+//!
+//! Reads may stay in flight while the guest works (`start-reads`); a [`PendingReads`] that
+//! is dropped without `wait`, or dropped with the job, aborts what has not started and gives
+//! its memory back once what had started is done.
+
+use std::sync::Arc;
+
+use rbd_backend::Error;
+use tokio::task::JoinHandle;
+use wasmtime::component::Resource;
+
+use super::{blocking, outcome, HostError, HostResult, ImageHandle, RbdView};
+use crate::bindings::ceph::rbd::{rbd, types};
+use crate::capability::Operation;
+use crate::meter::{HandleSlot, Meter, Reservation};
+
+/// Most bytes a guest may read in one call, after clipping to the image: a guest that wants
+/// more reads in pieces (and cannot make the host allocate an image's worth at once).
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+/// Most ranges (or writes) in one call.
+pub const MAX_RANGES_PER_CALL: usize = 1024;
+/// Smallest piece the host hashes separately: 32 bytes of digest per piece, so smaller
+/// pieces would make the digests a large multiple of the data (and the hashing slow).
+pub const MIN_HASH_CHUNK: u32 = 4096;
+
+/// Reads started by `start-reads` (and by `read` and `read-ranges`, which wait at once).
+pub struct PendingReads {
+    /// None once waited for.
+    tasks: Option<Vec<JoinHandle<HostResult<types::ReadResult>>>>,
+    meter: Arc<Meter>,
+    /// Bytes charged to the read quota when the reads started.
+    charged: u64,
+    /// The host memory the results take, held until they are handed over.
+    _memory: Arc<Reservation>,
+    /// The guest's handle slot, for reads it holds as a resource.
+    _slot: Option<HandleSlot>,
+}
+
+impl PendingReads {
+    pub(super) fn holding(mut self, slot: HandleSlot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
+    /// The results in the order asked; the first error if any read failed. What was
+    /// charged and not delivered is refunded.
+    pub(super) async fn wait(mut self) -> HostResult<Vec<types::ReadResult>> {
+        self.take().await
+    }
+
+    async fn take(&mut self) -> HostResult<Vec<types::ReadResult>> {
+        let tasks = self.tasks.take().ok_or_else(|| Error::Logic("these reads were already waited for".into()))?;
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut failed = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok(result)) => out.push(result),
+                Ok(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
+                Err(join) => {
+                    failed.get_or_insert(HostError::Trap(wasmtime::Error::msg(format!("read task failed: {join}"))));
+                }
+            }
+        }
+        let delivered: u64 = if failed.is_some() { 0 } else { out.iter().map(|r| r.data.len() as u64).sum() };
+        self.meter.refund_read(self.charged.saturating_sub(delivered));
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+impl Drop for PendingReads {
+    /// Reads the guest no longer wants: those not started are aborted; those under way end
+    /// on the blocking pool, and their memory is given back then. They stay charged: the
+    /// cluster did (or does) the work.
+    fn drop(&mut self) {
+        for task in self.tasks.iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
+/// `length` bytes at `offset` of an image of `size` bytes, cut at its end (as librbd does).
+fn clipped(offset: u64, length: u64, size: u64) -> u64 {
+    if offset >= size {
+        0
+    } else {
+        length.min(size - offset)
+    }
+}
+
+impl ImageHandle {
+    /// Check, charge and start reads: several in flight (the job's I/O slots), each hashed
+    /// in `chunk` pieces as it is read if asked.
+    pub(super) async fn start_reads(
+        &self,
+        method: &str,
+        ranges: Vec<types::Range>,
+        chunk: Option<u32>,
+    ) -> HostResult<PendingReads> {
+        self.require(method, Operation::Read).await?;
+        if ranges.len() > MAX_RANGES_PER_CALL {
+            return Err(Error::InvalidArgument(format!("{} ranges in one call; at most {MAX_RANGES_PER_CALL}", ranges.len())).into());
+        }
+        if let Some(c) = chunk.filter(|c| *c < MIN_HASH_CHUNK) {
+            return Err(Error::InvalidArgument(format!("a hash chunk of {c} bytes; at least {MIN_HASH_CHUNK}")).into());
+        }
+        if let Some(r) = ranges.iter().find(|r| r.offset.checked_add(r.length).is_none()) {
+            return Err(Error::InvalidArgument(format!("offset {} + length {} overflows", r.offset, r.length)).into());
+        }
+        let size = blocking({
+            let open = self.open.clone();
+            move || open.with(|i| i.size())
+        })
+        .await?;
+        let total = ranges.iter().fold(0u64, |acc, r| acc.saturating_add(clipped(r.offset, r.length, size)));
+        if total > MAX_READ_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "a read of {total} bytes is over the per-call limit of {MAX_READ_BYTES} bytes; read in pieces"
+            ))
+            .into());
+        }
+        let digests = match chunk {
+            Some(c) => (total / u64::from(c) + ranges.len() as u64) * 32,
+            None => 0,
+        };
+        let meter = self.scope.meter().clone();
+        let memory = Arc::new(meter.reserve(total + digests)?);
+        meter.start_read(total)?;
+        meter.throttle(total).await;
+        let slots = self.scope.io_slots().clone();
+        let mut tasks = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let (open, slots, memory) = (self.open.clone(), slots.clone(), memory.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = slots.acquire_owned().await;
+                blocking(move || {
+                    let _held = memory;
+                    let data = open.with(|i| i.read(r.offset, r.length))?;
+                    let chunk_sha256 =
+                        chunk.map(|c| crate::job_host::hashing::chunk_digests(&data, c)).unwrap_or_default();
+                    Ok(types::ReadResult { data, chunk_sha256 })
+                })
+                .await
+            }));
+        }
+        Ok(PendingReads { tasks: Some(tasks), meter, charged: total, _memory: memory, _slot: None })
+    }
+
+    /// Charge a write of `bytes` (quota, memory, bandwidth) before it starts.
+    async fn start_write(&self, method: &str, bytes: u64) -> HostResult<Reservation> {
+        self.require(method, Operation::Write).await?;
+        let meter = self.scope.meter();
+        let memory = meter.reserve(bytes)?;
+        meter.start_write(bytes)?;
+        meter.throttle(bytes).await;
+        Ok(memory)
+    }
+
+    pub(super) async fn write(&self, offset: u64, data: Vec<u8>) -> HostResult<u64> {
+        let len = data.len() as u64;
+        let memory = self.start_write("write", len).await?;
+        let open = self.open.clone();
+        let result = blocking(move || {
+            let _held = memory;
+            open.with(|i| i.write(offset, &data))
+        })
+        .await;
+        let written = match &result {
+            Ok(n) => *n,
+            Err(HostError::Rbd(Error::IncompleteWrite { written, .. })) => *written,
+            Err(_) => 0,
+        };
+        self.scope.meter().refund_write(len.saturating_sub(written));
+        self.audit("write", Operation::Write, &outcome(&result)).await;
+        result
+    }
+
+    /// Several writes in flight at once (the job's I/O slots). They land in any order, so
+    /// they must not overlap.
+    pub(super) async fn write_ranges(&self, writes: Vec<types::WriteOp>) -> HostResult<u64> {
+        if writes.len() > MAX_RANGES_PER_CALL {
+            self.require("write-ranges", Operation::Write).await?;
+            return Err(Error::InvalidArgument(format!("{} writes in one call; at most {MAX_RANGES_PER_CALL}", writes.len())).into());
+        }
+        let mut spans: Vec<(u64, u64)> = writes.iter().map(|w| (w.offset, w.data.len() as u64)).collect();
+        spans.sort_unstable();
+        let total: u64 = spans.iter().map(|(_, len)| len).sum();
+        let memory = Arc::new(self.start_write("write-ranges", total).await?);
+        for pair in spans.windows(2) {
+            if pair[0].0.saturating_add(pair[0].1) > pair[1].0 {
+                self.scope.meter().refund_write(total);
+                return Err(Error::InvalidArgument(format!("writes at {} and {} overlap", pair[0].0, pair[1].0)).into());
+            }
+        }
+        let slots = self.scope.io_slots().clone();
+        let mut tasks = Vec::with_capacity(writes.len());
+        for w in writes {
+            let (open, slots, memory) = (self.open.clone(), slots.clone(), memory.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = slots.acquire_owned().await;
+                blocking(move || {
+                    let _held = memory;
+                    open.with(|i| i.write(w.offset, &w.data))
+                })
+                .await
+            }));
+        }
+        let (mut written, mut first_error) = (0u64, None);
+        for task in tasks {
+            match task.await {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => {
+                    if let HostError::Rbd(Error::IncompleteWrite { written: n, .. }) = &e {
+                        written += n;
+                    }
+                    first_error.get_or_insert(e);
+                }
+                Err(join) => {
+                    first_error.get_or_insert(HostError::Trap(wasmtime::Error::msg(format!("write task failed: {join}"))));
+                }
+            }
+        }
+        self.scope.meter().refund_write(total.saturating_sub(written));
+        let result = match first_error {
+            Some(e) => Err(e),
+            None => Ok(written),
+        };
+        self.audit("write-ranges", Operation::Write, &outcome(&result)).await;
+        result
+    }
+}
+
+impl rbd::HostPendingReads for RbdView<'_> {
+    async fn wait(&mut self, reads: Resource<PendingReads>) -> HostResult<Vec<types::ReadResult>> {
+        self.ctx.meter().operation()?;
+        self.table.get_mut(&reads)?.take().await
+    }
+
+    async fn drop(&mut self, reads: Resource<PendingReads>) -> wasmtime::Result<()> {
+        self.table.delete(reads)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clipped;
+
+    #[test]
+    fn reads_are_clipped_at_the_end_of_the_image() {
+        assert_eq!(clipped(0, 10, 100), 10);
+        assert_eq!(clipped(95, 10, 100), 5);
+        assert_eq!(clipped(100, 10, 100), 0);
+        assert_eq!(clipped(u64::MAX - 1, 10, 100), 0);
+    }
+}

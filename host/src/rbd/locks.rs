@@ -1,0 +1,157 @@
+//! Advisory locks: the job's own, and the registry the host releases them from.
+//!
+//! Every job of one host shares one client identity with the cluster, so Ceph cannot tell
+//! one job's lock from another's. The host can: a job may unlock only a lock it took
+//! (`not-found` otherwise, as librbd answers for a lock the client does not hold); taking
+//! someone else's lock away is `break-lock`, which needs its own grant. The registry follows
+//! the job's renames, so the locks of a renamed image are still released when the job ends.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rbd_backend::{Backend, Error};
+
+use super::{blocking, HostError, HostResult, ImageHandle};
+use crate::bindings::ceph::rbd::types;
+use crate::capability::Operation;
+
+/// How long the host spends releasing a finished job's locks before it gives up on the rest
+/// (they are reported; `rbd lock rm` or a `break-lock` clears them).
+pub const RELEASE_TIME: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HeldLock {
+    pool: String,
+    image: String,
+    cookie: String,
+}
+
+/// The advisory locks a job took and has not released.
+#[derive(Default)]
+pub(super) struct HeldLocks {
+    held: Mutex<Vec<HeldLock>>,
+}
+
+impl HeldLocks {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<HeldLock>) -> T) -> T {
+        f(&mut self.held.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn add(&self, lock: HeldLock) {
+        self.with(|held| {
+            if !held.contains(&lock) {
+                held.push(lock)
+            }
+        });
+    }
+
+    fn holds(&self, lock: &HeldLock) -> bool {
+        self.with(|held| held.contains(lock))
+    }
+
+    fn remove(&self, lock: &HeldLock) {
+        self.with(|held| held.retain(|l| l != lock));
+    }
+
+    /// The job renamed `src` to `dest` in `pool`: its locks moved with the image.
+    pub fn renamed(&self, pool: &str, src: &str, dest: &str) {
+        self.with(|held| {
+            for l in held.iter_mut().filter(|l| l.pool == pool && l.image == src) {
+                l.image = dest.to_owned();
+            }
+        });
+    }
+
+    /// Release every lock, within [`RELEASE_TIME`] in all. Each image is reopened for this:
+    /// the job may have closed its handle, and a lock belongs to the client, not the handle.
+    pub async fn release_all(&self, backend: &Arc<dyn Backend>) {
+        let locks = self.with(std::mem::take);
+        if locks.is_empty() {
+            return;
+        }
+        let backend = backend.clone();
+        let release = async {
+            let mut left = Vec::new();
+            for lock in locks.iter() {
+                let (backend, l) = (backend.clone(), lock.clone());
+                match blocking(move || backend.open(&l.pool, &l.image, None, false)?.unlock(&l.cookie)).await {
+                    Ok(()) | Err(HostError::Rbd(Error::NotFound(_))) => {}
+                    Err(e) => {
+                        tracing::warn!(pool = %lock.pool, image = %lock.image, "releasing a lock the job left behind failed: {e:?}");
+                        left.push(lock.clone());
+                    }
+                }
+            }
+            left
+        };
+        match tokio::time::timeout(RELEASE_TIME, release).await {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => tracing::warn!("{} lock(s) the job left behind could not be released", left.len()),
+            Err(_) => tracing::warn!(
+                "releasing the locks the job left behind took more than {RELEASE_TIME:?}; some may remain ({} in all)",
+                locks.len()
+            ),
+        }
+    }
+}
+
+impl ImageHandle {
+    fn held(&self, cookie: String) -> HeldLock {
+        HeldLock { pool: self.cap.pool().to_owned(), image: self.cap.image().to_owned(), cookie }
+    }
+
+    pub(super) fn lock_client(&self) -> String {
+        self.scope.backend().client_name()
+    }
+
+    pub(super) async fn list_lockers(&self) -> HostResult<types::LockInfo> {
+        let info = self.call("list-lockers", Some(Operation::Read), |i| i.list_lockers()).await?;
+        Ok(types::LockInfo {
+            tag: info.tag,
+            exclusive: info.exclusive,
+            lockers: info
+                .lockers
+                .into_iter()
+                .map(|l| types::Locker { client: l.client, cookie: l.cookie, address: l.address })
+                .collect(),
+        })
+    }
+
+    /// Take an exclusive lock, or a shared one with `tag`.
+    pub(super) async fn lock(&self, cookie: String, tag: Option<String>) -> HostResult<()> {
+        let held = self.held(cookie.clone());
+        match tag {
+            None => self.call("lock-exclusive", Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await?,
+            Some(tag) => self.call("lock-shared", Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await?,
+        }
+        self.scope.locks().add(held);
+        Ok(())
+    }
+
+    /// Release a lock this job took.
+    pub(super) async fn unlock(&self, cookie: String) -> HostResult<()> {
+        let held = self.held(cookie.clone());
+        if !self.scope.locks().holds(&held) {
+            self.require("unlock", Operation::Lock).await?;
+            let refused = Error::NotFound(format!(
+                "this job holds no lock with cookie `{cookie}` on image `{}` (break-lock takes other clients' locks)",
+                self.cap.image()
+            ));
+            self.audit("unlock", Operation::Lock, &Err(refused.clone())).await;
+            return Err(refused.into());
+        }
+        self.call("unlock", Some(Operation::Lock), move |i| i.unlock(&cookie)).await?;
+        self.scope.locks().remove(&held);
+        Ok(())
+    }
+
+    pub(super) async fn break_lock(&self, client: String, cookie: String) -> HostResult<()> {
+        let held = self.held(cookie.clone());
+        let own = client == self.lock_client();
+        self.call("break-lock", Some(Operation::BreakLock), move |i| i.break_lock(&client, &cookie)).await?;
+        if own {
+            self.scope.locks().remove(&held);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! What every handle of one job shares: the backend (reached nowhere else in the host), the
+//! grants, the meter, the audit trail, the job's I/O slots and the locks it holds.
+
+use std::sync::Arc;
+
+use rbd_backend::{Backend, Version};
+use tokio::sync::Semaphore;
+
+use super::locks::HeldLocks;
+use crate::audit::Audit;
+use crate::capability::Grants;
+use crate::meter::Meter;
+
+pub(crate) struct JobScope {
+    backend: Arc<dyn Backend>,
+    grants: Grants,
+    meter: Arc<Meter>,
+    audit: Audit,
+    /// Bounds the backend reads and writes one job keeps in flight.
+    io_slots: Arc<Semaphore>,
+    locks: HeldLocks,
+}
+
+impl JobScope {
+    pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize, audit: Audit, meter: Arc<Meter>) -> Self {
+        JobScope {
+            backend,
+            grants,
+            meter,
+            audit,
+            io_slots: Arc::new(Semaphore::new(reads_in_flight.max(1))),
+            locks: HeldLocks::default(),
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        self.backend.version()
+    }
+
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    pub fn meter(&self) -> &Arc<Meter> {
+        &self.meter
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    pub(super) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub(super) fn io_slots(&self) -> &Arc<Semaphore> {
+        &self.io_slots
+    }
+
+    pub(super) fn locks(&self) -> &HeldLocks {
+        &self.locks
+    }
+
+    /// Whether the job may see image `image` of pool `pool` (children and parents outside
+    /// the grant are hidden, as images outside it are).
+    pub fn can_see(&self, pool: &str, image: &str) -> bool {
+        self.grants.pool(pool).is_ok_and(|p| p.can_see(image))
+    }
+
+    /// Release every advisory lock the job still holds. Ceph keeps a lock until its holder
+    /// unlocks it (or someone breaks it), whatever became of the holder's handle, so the host
+    /// does it for a job however the job ended, within [`super::locks::RELEASE_TIME`].
+    pub async fn release_locks(&self) {
+        self.locks.release_all(&self.backend).await;
+    }
+}
