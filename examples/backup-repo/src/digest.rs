@@ -11,11 +11,15 @@
 //! `rbd export IMG@SNAP - | python3 -c 'import sys,hashlib; h=hashlib.sha256()
 //! [h.update(hashlib.sha256(c).digest()) for c in iter(lambda: sys.stdin.buffer.read(65536), b"")]
 //! print(h.hexdigest())'`
+//!
+//! The sums are held in memory, 32 bytes for each 64 KiB: an image may have at most
+//! [`MAX_CHUNKS`] chunks (4 TiB), so that they fit in one allocation of a wasm32 job. A
+//! larger image is an error, not a truncated count.
 
 use rbd_wasm_guest::{Extent, Image, PendingReads, Range};
 use sha2::{Digest, Sha256};
 
-use crate::{Result, READ_PIECE};
+use crate::{to_usize, Result, READ_PIECE};
 
 /// Bytes per chunk: librbd's discard granularity, and small enough that the edges of the
 /// extents an incremental backup reads add little.
@@ -24,6 +28,33 @@ pub const CHUNK: u64 = 64 << 10;
 type Sum = [u8; 32];
 
 const MAGIC: &[u8] = b"rbd-wasm chunk sums v1\n";
+/// The magic, the chunk size and the image size.
+const HEADER: u64 = MAGIC.len() as u64 + 16;
+
+/// Most chunks an image may have: their digests, and a sums file of them, must fit in one
+/// allocation of a wasm32 job (at most `i32::MAX` bytes there). Applied on every target, so
+/// that native tests see what a job sees.
+pub const MAX_CHUNKS: u64 = (i32::MAX as u64 - HEADER) / 32;
+
+/// How many chunks an image of `size` bytes has, if it may have that many.
+pub fn chunk_count(size: u64) -> Result<usize> {
+    let count = size.div_ceil(CHUNK);
+    if count > MAX_CHUNKS {
+        return Err(format!(
+            "an image of {size} bytes has {count} chunks of {CHUNK} bytes: their digests do not fit in \
+             a job's memory (at most {MAX_CHUNKS} chunks, an image of {} bytes)",
+            MAX_CHUNKS * CHUNK
+        )
+        .into());
+    }
+    to_usize(count, "a chunk count")
+}
+
+/// The bytes `[lo, hi)` of chunk `index` of an image of `size` bytes; empty past the end.
+pub fn chunk_bounds(index: u64, size: u64) -> (u64, u64) {
+    let lo = index.saturating_mul(CHUNK).min(size);
+    (lo, lo.saturating_add(CHUNK).min(size))
+}
 
 /// The sha256 of every chunk of an image of `size` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,38 +67,55 @@ fn sha(bytes: &[u8]) -> Sum {
     Sha256::digest(bytes).into()
 }
 
+/// The digest of `len` zeroes, `len` at most [`CHUNK`].
 fn zero_sum(len: u64) -> Sum {
     static FULL: std::sync::OnceLock<Sum> = std::sync::OnceLock::new();
-    if len == CHUNK {
-        *FULL.get_or_init(|| sha(&[0u8; CHUNK as usize]))
+    static ZEROES: [u8; CHUNK as usize] = [0; CHUNK as usize];
+    if len >= CHUNK {
+        *FULL.get_or_init(|| sha(&ZEROES))
     } else {
-        sha(&vec![0u8; len as usize])
+        // `len < CHUNK`, so it is a small usize on every target.
+        sha(&ZEROES[..len as usize])
     }
 }
 
 impl ChunkSums {
-    /// An image of `size` bytes of zeroes.
-    pub fn zeroed(size: u64) -> Self {
+    /// An image of `size` bytes of zeroes; an error if it has more than [`MAX_CHUNKS`]
+    /// chunks or their digests cannot be allocated.
+    pub fn zeroed(size: u64) -> Result<Self> {
         let mut sums = ChunkSums { size: 0, sums: Vec::new() };
-        sums.resize(size);
-        sums
+        sums.resize(size)?;
+        Ok(sums)
     }
 
     pub fn size(&self) -> u64 {
         self.size
     }
 
+    /// The length of chunk `index` (zero past the end).
     fn chunk_len(&self, index: u64) -> u64 {
-        CHUNK.min(self.size - index * CHUNK)
+        let (lo, hi) = chunk_bounds(index, self.size);
+        hi - lo
+    }
+
+    /// The slot of chunk `index`, if the image has that chunk.
+    fn slot(&mut self, index: u64) -> Option<&mut Sum> {
+        self.sums.get_mut(usize::try_from(index).ok()?)
     }
 
     /// The image was resized: chunks past the end go and new ones are zeroes. Returns the
     /// chunk holding the smaller of the two ends if that end falls inside it: its length
-    /// changed, so the caller must re-read it.
-    pub fn resize(&mut self, size: u64) -> Option<u64> {
+    /// changed, so the caller must re-read it. An error (and nothing changed) if the new
+    /// size has more than [`MAX_CHUNKS`] chunks or their digests cannot be allocated.
+    pub fn resize(&mut self, size: u64) -> Result<Option<u64>> {
+        let count = chunk_count(size)?;
+        if let Some(more) = count.checked_sub(self.sums.len()) {
+            self.sums
+                .try_reserve_exact(more)
+                .map_err(|e| format!("the digests of the {count} chunks of a {size}-byte image: {e}"))?;
+        }
         let old = self.size;
         self.size = size;
-        let count = size.div_ceil(CHUNK) as usize;
         self.sums.truncate(count);
         while self.sums.len() < count {
             let index = self.sums.len() as u64;
@@ -75,7 +123,7 @@ impl ChunkSums {
         }
         // The chunk holding the smaller end changed length (or content, when shrunk).
         let end = old.min(size);
-        (old != size && end % CHUNK != 0).then_some(end / CHUNK)
+        Ok((old != size && end % CHUNK != 0).then_some(end / CHUNK))
     }
 
     /// Chunk `index` now holds `data` (its whole length).
@@ -85,7 +133,7 @@ impl ChunkSums {
 
     /// Chunk `index` now holds bytes of this digest.
     pub fn set_digest(&mut self, index: u64, digest: Sum) {
-        if let Some(sum) = self.sums.get_mut(index as usize) {
+        if let Some(sum) = self.slot(index) {
             *sum = digest;
         }
     }
@@ -93,7 +141,7 @@ impl ChunkSums {
     /// Chunk `index` now reads as zeroes.
     pub fn set_zero(&mut self, index: u64) {
         let len = self.chunk_len(index);
-        if let Some(sum) = self.sums.get_mut(index as usize) {
+        if let Some(sum) = self.slot(index) {
             *sum = zero_sum(len);
         }
     }
@@ -109,10 +157,17 @@ impl ChunkSums {
 
     /// Offsets of the chunks that differ from `other`'s (sizes must match).
     pub fn differing_chunks(&self, other: &ChunkSums) -> Vec<u64> {
+        // A usize always fits in a u64, and index * CHUNK is below the image size.
         self.sums.iter().zip(&other.sums).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i as u64 * CHUNK).collect()
     }
 
+    /// The length of the sums file of an image of `size` bytes.
+    pub fn encoded_len(size: u64) -> Result<u64> {
+        Ok(HEADER + chunk_count(size)? as u64 * 32)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
+        // At most HEADER + MAX_CHUNKS * 32 bytes, which fits a wasm32 usize.
         let mut out = Vec::with_capacity(MAGIC.len() + 16 + self.sums.len() * 32);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&CHUNK.to_le_bytes());
@@ -131,7 +186,8 @@ impl ChunkSums {
         if chunk != CHUNK {
             return Err(format!("chunk sums of {chunk}-byte chunks; this job uses {CHUNK}").into());
         }
-        if body.len() as u64 != size.div_ceil(CHUNK) * 32 {
+        let count = chunk_count(size)?;
+        if body.len() as u64 != count as u64 * 32 {
             return Err("a chunk sums file of the wrong length".into());
         }
         let sums = body.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect();
@@ -147,9 +203,10 @@ pub struct ReadChunks {
 impl ReadChunks {
     /// `[offset, offset + length)` as slices of the buffers, in order.
     pub fn slices(&self, offset: u64, length: u64) -> impl Iterator<Item = (u64, &[u8])> {
-        let end = offset + length;
+        let end = offset.saturating_add(length);
         self.buffers.iter().filter_map(move |(at, data)| {
-            let (lo, hi) = (offset.max(*at), end.min(at + data.len() as u64));
+            let (lo, hi) = (offset.max(*at), end.min(at.saturating_add(data.len() as u64)));
+            // Both within `data`, whose length is a usize.
             (lo < hi).then(|| (lo, &data[(lo - at) as usize..(hi - at) as usize]))
         })
     }
@@ -191,15 +248,18 @@ pub fn walk_diff(
     while let Some(batch) = iter.next_batch()? {
         let mut done = 0;
         for extent in batch {
-            done = extent.offset + extent.length;
+            let end = extent.offset.checked_add(extent.length).filter(|&end| end <= size).ok_or_else(|| {
+                format!("the diff has an extent {}+{} past the image's end ({size})", extent.offset, extent.length)
+            })?;
+            done = end;
             if extent.length == 0 {
                 continue;
             }
             let first = extent.offset / CHUNK;
-            let last = (extent.offset + extent.length - 1) / CHUNK;
+            let last = (end - 1) / CHUNK;
             for index in first..=last {
-                let (lo, hi) = (index * CHUNK, (index * CHUNK + CHUNK).min(size));
-                let whole = extent.offset <= lo && extent.offset + extent.length >= hi;
+                let (lo, hi) = chunk_bounds(index, size);
+                let whole = extent.offset <= lo && end >= hi;
                 if extent.exists || !whole {
                     if group.dirty.last() != Some(&index) {
                         group.dirty.push(index);
@@ -242,7 +302,7 @@ fn start(image: &Image, mut group: Group, size: u64) -> Result<Started> {
     group.dirty.dedup();
     let mut ranges: Vec<Range> = Vec::new();
     for &index in &group.dirty {
-        let (lo, hi) = (index * CHUNK, (index * CHUNK + CHUNK).min(size));
+        let (lo, hi) = chunk_bounds(index, size);
         match ranges.last_mut() {
             Some(r) if r.offset + r.length == lo && r.length + (hi - lo) <= READ_PIECE => r.length += hi - lo,
             _ => ranges.push(Range { offset: lo, length: hi - lo }),
@@ -277,7 +337,7 @@ fn finish(started: Started, sums: &mut ChunkSums, emit: &mut impl FnMut(&Extent,
 /// The digest of an image as it is now: reads only what its diff from nothing says is
 /// allocated.
 pub fn image_chunk_sums(image: &Image) -> Result<ChunkSums> {
-    let mut sums = ChunkSums::zeroed(image.size()?);
+    let mut sums = ChunkSums::zeroed(image.size()?)?;
     walk_diff(image, None, &mut sums, |_, _| Ok(()), |_| {})?;
     Ok(sums)
 }
@@ -297,22 +357,88 @@ mod tests {
     #[test]
     fn sums_follow_writes_and_resizes_like_the_bytes() {
         let mut bytes = vec![0u8; 300_000];
-        let mut sums = ChunkSums::zeroed(300_000);
+        let mut sums = ChunkSums::zeroed(300_000).unwrap();
         assert_eq!(sums.image_digest(), plain_digest(&bytes));
         bytes[70_000..70_010].copy_from_slice(b"0123456789");
         sums.set(1, &bytes[65536..131072]);
         assert_eq!(sums.image_digest(), plain_digest(&bytes));
         // Shrink into a chunk: it must be re-read.
         bytes.truncate(70_005);
-        assert_eq!(sums.resize(70_005), Some(1));
+        assert_eq!(sums.resize(70_005).unwrap(), Some(1));
         sums.set(1, &bytes[65536..]);
         assert_eq!(sums.image_digest(), plain_digest(&bytes));
         // Grow: zeroes after the old end.
         bytes.resize(200_000, 0);
-        assert_eq!(sums.resize(200_000), Some(1));
+        assert_eq!(sums.resize(200_000).unwrap(), Some(1));
         sums.set(1, &bytes[65536..131072]);
         assert_eq!(sums.image_digest(), plain_digest(&bytes));
         assert_eq!(ChunkSums::decode(&sums.encode()).unwrap(), sums);
         assert!(ChunkSums::decode(&sums.encode()[..40]).is_err());
+    }
+
+    const TIB: u64 = 1 << 40;
+
+    fn error<T: std::fmt::Debug>(result: Result<T>) -> String {
+        result.expect_err("no error").to_string()
+    }
+
+    #[test]
+    fn a_300_tib_image_is_refused_before_its_digests_are_allocated() {
+        // 5 033 164 800 chunks: more than a wasm32 usize holds, and 150 GiB of digests.
+        let e = error(ChunkSums::zeroed(300 * TIB));
+        assert!(e.contains("an image of 329853488332800 bytes has 5033164800 chunks") && e.contains("do not fit"), "{e}");
+        assert!(error(ChunkSums::encoded_len(300 * TIB)).contains("do not fit"));
+        assert!(error(ChunkSums::zeroed(u64::MAX)).contains("do not fit"));
+        // Growing to it leaves the sums as they were.
+        let mut sums = ChunkSums::zeroed(1 << 20).unwrap();
+        let before = sums.clone();
+        assert!(sums.resize(300 * TIB).is_err());
+        assert_eq!(sums, before);
+        // The limit itself, counted without allocating.
+        assert_eq!(chunk_count(MAX_CHUNKS * CHUNK).unwrap() as u64, MAX_CHUNKS);
+        assert!(chunk_count(MAX_CHUNKS * CHUNK + 1).is_err());
+        assert!(ChunkSums::encoded_len(MAX_CHUNKS * CHUNK).unwrap() <= i32::MAX as u64);
+    }
+
+    #[test]
+    fn a_sums_file_claiming_300_tib_is_refused() {
+        for size in [300 * TIB, 256 * TIB, u64::MAX] {
+            let mut forged = MAGIC.to_vec();
+            forged.extend_from_slice(&CHUNK.to_le_bytes());
+            forged.extend_from_slice(&size.to_le_bytes());
+            forged.extend_from_slice(&[0; 64]);
+            assert!(error(ChunkSums::decode(&forged)).contains("do not fit"), "{size}");
+        }
+    }
+
+    #[test]
+    fn chunk_arithmetic_at_300_tib() {
+        let size = 300 * TIB + 5;
+        let last = size / CHUNK;
+        assert_eq!(last, 5_033_164_800);
+        assert_eq!(chunk_bounds(last - 1, size), (300 * TIB - CHUNK, 300 * TIB));
+        assert_eq!(chunk_bounds(last, size), (300 * TIB, size));
+        // Past the end: empty, not an underflow.
+        assert_eq!(chunk_bounds(last + 1, size), (size, size));
+        assert_eq!(chunk_bounds(u64::MAX, size), (size, size));
+        assert_eq!(chunk_bounds(u64::MAX / CHUNK, u64::MAX), (u64::MAX / CHUNK * CHUNK, u64::MAX));
+        // Reads at 300 TiB are sliced by their offsets.
+        let data: Vec<u8> = (0..=255).collect();
+        let chunks = ReadChunks { buffers: vec![(300 * TIB, data.clone())] };
+        let got: Vec<_> = chunks.slices(300 * TIB + 10, 20).collect();
+        assert_eq!(got, [(300 * TIB + 10, &data[10..30])]);
+        assert_eq!(chunks.slices(u64::MAX - 1, 10).count(), 0);
+    }
+
+    #[test]
+    fn chunk_indices_past_the_end_change_nothing() {
+        let mut sums = ChunkSums::zeroed(1 << 20).unwrap();
+        let before = sums.clone();
+        // 2^32 + 1 would be chunk 1 if truncated to a wasm32 usize.
+        for index in [(1u64 << 32) + 1, 16, 300 * TIB / CHUNK, u64::MAX] {
+            sums.set_digest(index, [7; 32]);
+            sums.set_zero(index);
+            assert_eq!(sums, before, "{index}");
+        }
     }
 }

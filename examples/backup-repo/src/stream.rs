@@ -4,6 +4,11 @@
 //! `f` from-snapshot name, `t` to-snapshot name, `s` le64 image size, `w` le64 offset, le64
 //! length and the data, `z` le64 offset and le64 length of zeroes, `e` the end. Written by
 //! hand: no Rust crate reads or writes it, and it is six record kinds.
+//!
+//! A stream may come from anywhere, so the reader trusts no length in it: a name is at most
+//! [`MAX_NAME`] bytes, and a `w` or `z` record must lie inside the image the `s` record
+//! before it sizes. It allocates nothing for a `w` record's data: the caller reads it in
+//! pieces of its own size with [`StreamReader::read_data`].
 
 use std::io::{self, BufWriter, Read, Write};
 
@@ -13,7 +18,7 @@ pub const BANNER: &[u8] = b"rbd diff v1\n";
 const V2_BANNER: &[u8] = b"rbd diff v2\n";
 
 /// Longest snapshot name accepted in a stream (librbd's own limit is lower).
-const MAX_NAME: u32 = 4096;
+pub const MAX_NAME: u32 = 4096;
 
 /// Writes a stream, hashing it as it goes.
 pub struct StreamWriter<W: Write> {
@@ -60,8 +65,12 @@ impl<W: Write> StreamWriter<W> {
     }
 
     fn name(&mut self, tag: u8, name: &str) -> io::Result<()> {
+        // Never write what the reader would refuse.
+        let len = u32::try_from(name.len()).ok().filter(|&len| len <= MAX_NAME).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("a snapshot name of {} bytes (at most {MAX_NAME})", name.len()))
+        })?;
         self.put(&[tag])?;
-        self.put(&(name.len() as u32).to_le_bytes())?;
+        self.put(&len.to_le_bytes())?;
         self.put(name.as_bytes())
     }
 
@@ -110,6 +119,8 @@ pub struct StreamReader<R: Read> {
     input: R,
     /// Bytes of the current `w` record's data not read yet.
     data_left: u64,
+    /// The image size of the last `s` record.
+    size: Option<u64>,
     ended: bool,
 }
 
@@ -128,13 +139,23 @@ impl<R: Read> StreamReader<R> {
         if banner != BANNER {
             return Err(invalid("not an rbd diff stream (no `rbd diff v1` banner)".into()));
         }
-        Ok(StreamReader { input, data_left: 0, ended: false })
+        Ok(StreamReader { input, data_left: 0, size: None, ended: false })
     }
 
     fn le64(&mut self) -> io::Result<u64> {
         let mut b = [0u8; 8];
         self.input.read_exact(&mut b)?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// A `w` or `z` record's offset and length, checked to lie inside the image.
+    fn extent(&mut self, what: &str) -> io::Result<(u64, u64)> {
+        let (offset, length) = (self.le64()?, self.le64()?);
+        let size = self.size.ok_or_else(|| invalid(format!("a {what} record before the size record")))?;
+        if offset.checked_add(length).is_none_or(|end| end > size) {
+            return Err(invalid(format!("a {what} record {offset}+{length} past the image's end ({size} bytes)")));
+        }
+        Ok((offset, length))
     }
 
     /// The next record; the unread data of a `w` record before it is skipped.
@@ -169,13 +190,20 @@ impl<R: Read> StreamReader<R> {
                     Record::To(name)
                 }
             }
-            b's' => Record::Size(self.le64()?),
+            b's' => {
+                let size = self.le64()?;
+                self.size = Some(size);
+                Record::Size(size)
+            }
             b'w' => {
-                let (offset, length) = (self.le64()?, self.le64()?);
+                let (offset, length) = self.extent("data")?;
                 self.data_left = length;
                 Record::Data { offset, length }
             }
-            b'z' => Record::Zero { offset: self.le64()?, length: self.le64()? },
+            b'z' => {
+                let (offset, length) = self.extent("zero")?;
+                Record::Zero { offset, length }
+            }
             b'e' => {
                 self.ended = true;
                 Record::End
@@ -185,7 +213,8 @@ impl<R: Read> StreamReader<R> {
         Ok(record)
     }
 
-    /// Fill `buf` from the current `w` record's data.
+    /// Fill `buf` from the current `w` record's data (a record may be read in several
+    /// pieces).
     pub fn read_data(&mut self, buf: &mut [u8]) -> io::Result<()> {
         if buf.len() as u64 > self.data_left {
             return Err(invalid("read past the end of a data record".into()));
@@ -218,6 +247,84 @@ mod tests {
         assert_eq!(&data, b"hello");
         assert_eq!(r.next_record().unwrap(), Record::Zero { offset: 4096, length: 8192 });
         assert_eq!(r.next_record().unwrap(), Record::End);
+    }
+
+    /// A stream of these bytes after the banner.
+    fn forged(records: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = BANNER.to_vec();
+        for r in records {
+            bytes.extend_from_slice(r);
+        }
+        bytes
+    }
+
+    fn extent(tag: u8, offset: u64, length: u64) -> Vec<u8> {
+        let mut r = vec![tag];
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&length.to_le_bytes());
+        r
+    }
+
+    fn size(size: u64) -> Vec<u8> {
+        [&b"s"[..], &size.to_le_bytes()].concat()
+    }
+
+    fn first_error(bytes: &[u8]) -> String {
+        let mut r = StreamReader::new(bytes).unwrap();
+        loop {
+            match r.next_record() {
+                Ok(Record::End) => panic!("read as a whole stream"),
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_forged_record_length_is_refused_before_anything_is_read() {
+        const TIB: u64 = 1 << 40;
+        // 4 TiB of data claimed in a 1 MiB image, in a stream of a few bytes.
+        let e = first_error(&forged(&[&size(1 << 20), &extent(b'w', 0, 4 * TIB), b"e"]));
+        assert!(e.contains("a data record 0+4398046511104 past the image's end (1048576 bytes)"), "{e}");
+        let e = first_error(&forged(&[&size(1 << 20), &extent(b'z', 1 << 20, 1), b"e"]));
+        assert!(e.contains("a zero record 1048576+1 past the image's end"), "{e}");
+        // offset + length past 2^64.
+        let e = first_error(&forged(&[&size(u64::MAX), &extent(b'w', u64::MAX - 1, 2), b"e"]));
+        assert!(e.contains("past the image's end"), "{e}");
+        // No size to check against.
+        let e = first_error(&forged(&[&extent(b'w', 0, 1), b"x", b"e"]));
+        assert!(e.contains("a data record before the size record"), "{e}");
+        // A name of 4 GiB.
+        let e = first_error(&forged(&[b"t", &u32::MAX.to_le_bytes(), b"e"]));
+        assert!(e.contains("a snapshot name of 4294967295 bytes"), "{e}");
+    }
+
+    #[test]
+    fn records_at_300_tib_read_in_pieces() {
+        const TIB: u64 = 1 << 40;
+        let mut w = StreamWriter::new(Vec::new(), None, "b", 300 * TIB).unwrap();
+        w.data(300 * TIB - 6, b"abcdef").unwrap();
+        w.zero(0, 300 * TIB - 6).unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        let mut r = StreamReader::new(&bytes[..]).unwrap();
+        assert_eq!(r.next_record().unwrap(), Record::To("b".into()));
+        assert_eq!(r.next_record().unwrap(), Record::Size(300 * TIB));
+        assert_eq!(r.next_record().unwrap(), Record::Data { offset: 300 * TIB - 6, length: 6 });
+        let (mut a, mut b) = ([0u8; 2], [0u8; 4]);
+        r.read_data(&mut a).unwrap();
+        r.read_data(&mut b).unwrap();
+        assert_eq!((&a, &b), (b"ab", b"cdef"));
+        assert!(r.read_data(&mut a).is_err());
+        assert_eq!(r.next_record().unwrap(), Record::Zero { offset: 0, length: 300 * TIB - 6 });
+        assert_eq!(r.next_record().unwrap(), Record::End);
+    }
+
+    #[test]
+    fn a_name_the_reader_would_refuse_is_not_written() {
+        let long = "x".repeat(MAX_NAME as usize + 1);
+        assert!(StreamWriter::new(Vec::new(), None, &long, 1).is_err());
+        assert!(StreamWriter::new(Vec::new(), Some(&long), "b", 1).is_err());
+        assert!(StreamWriter::new(Vec::new(), None, &long[1..], 1).is_ok());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `rbd export-diff` v1 stream format, so that the real `rbd import-diff` restores them.
 //!
 //! Arguments: `POOL IMAGE... [--every SECS] [--claim-timeout SECS]`. For each image the job
-//! takes a snapshot `backup-N` and writes `/out/POOL/IMAGE/N.rbddiff`: a diff from the
+//! takes a snapshot `backup-N` and writes `/out/POOL/IMAGE/N.rbddiff` (POOL and IMAGE
+//! encoded into one path component each, see `backup_repo::encode_name`): a diff from the
 //! snapshot of the newest complete backup in that directory, if the image still has it, and
 //! else a full one. Beside it, `N.json` (the manifest, see `backup-repo`) says what the
 //! stream holds. The stream is written under a temporary name and renamed when complete and
@@ -26,9 +27,11 @@
 use std::fs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backup_repo::digest::{reread_chunk, walk_diff, ChunkSums, CHUNK};
+use backup_repo::digest::{chunk_count, reread_chunk, walk_diff, ChunkSums, CHUNK};
 use backup_repo::stream::StreamWriter;
-use backup_repo::{snapshot_name, snapshot_number, write_atomically, Manifest, Repo, Result, ROOT};
+use backup_repo::{
+    manifest_file, snapshot_name, snapshot_number, stream_file, sums_file, write_atomically, Manifest, Repo, Result, ROOT,
+};
 use rbd_wasm_guest::{open_pool, report_progress, CreateOptions, Error, Image, Pool};
 use sha2::{Digest, Sha256};
 
@@ -139,13 +142,15 @@ enum Outcome {
 
 fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     let pool_name = &args.pool;
-    let repo = Repo::new(ROOT.as_ref(), pool_name, image_name);
+    let repo = Repo::new(ROOT.as_ref(), pool_name, image_name)?;
     fs::create_dir_all(repo.dir()).map_err(|e| format!("creating {}: {e}", repo.dir().display()))?;
     // Decide and claim under the mutex; back up after it. The image is opened inside: an
     // open librbd handle answers from the header it last read, and a snapshot another
     // runner just took must be seen.
     let mutex = ClaimsMutex::lock(pool)?;
     let head = pool.open(image_name)?;
+    // An image too large to keep the digests of is refused before it is claimed.
+    chunk_count(head.size()?)?;
     let backups = repo.backups()?;
     let newest_complete = backups.iter().map(|(n, _)| *n).max().unwrap_or(0);
     let backed_up = |name: &str| backups.iter().any(|(_, m)| m.to_snapshot == name);
@@ -179,7 +184,14 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
 
     // The claim. N is one more than any backup the image or the repository knows, so a
     // name is never reused.
-    let n = ours.iter().map(|(n, _)| *n).max().unwrap_or(0).max(newest_complete) + 1;
+    let n = ours
+        .iter()
+        .map(|(n, _)| *n)
+        .max()
+        .unwrap_or(0)
+        .max(newest_complete)
+        .checked_add(1)
+        .ok_or("no backup number is left after the newest")?;
     let to = snapshot_name(n);
     head.create_snap(&to)?;
     drop(mutex);
@@ -202,10 +214,13 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
 
     let image = pool.open_at_snapshot(image_name, &to)?;
     let size = image.size()?;
-    let mut sums = base_sums.unwrap_or_else(|| ChunkSums::zeroed(size));
-    let resized_chunk = sums.resize(size);
+    let mut sums = match base_sums {
+        Some(sums) => sums,
+        None => ChunkSums::zeroed(size)?,
+    };
+    let resized_chunk = sums.resize(size)?;
 
-    let stream_name = format!("{n}.rbddiff");
+    let stream_name = stream_file(n);
     let tmp = repo.dir().join(format!("{stream_name}.tmp"));
     let file = fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
     let mut out = StreamWriter::new(file, from.as_deref(), &to, size)?;
@@ -234,7 +249,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     drop(file);
     fs::rename(&tmp, repo.dir().join(&stream_name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
 
-    let sums_name = format!("{n}.sums");
+    let sums_name = sums_file(n);
     let sums_bytes = sums.encode();
     write_atomically(&repo.dir().join(&sums_name), &sums_bytes)?;
     let manifest = Manifest {
@@ -251,7 +266,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         sums: sums_name,
         sums_sha256: hex::encode(Sha256::digest(&sums_bytes)),
     };
-    write_atomically(&repo.dir().join(format!("{n}.json")), &serde_json::to_vec_pretty(&manifest)?)?;
+    write_atomically(&repo.dir().join(manifest_file(n)), &serde_json::to_vec_pretty(&manifest)?)?;
     match &from {
         Some(from) => println!("{pool_name}/{image_name}: incremental backup {from} -> {to}, {stream_bytes} bytes"),
         None => println!("{pool_name}/{image_name}: full backup of {to}, {stream_bytes} bytes"),

@@ -16,7 +16,7 @@ use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
 use backup_repo::digest::image_chunk_sums;
-use backup_repo::{check_stream, Manifest, Repo, Result, ROOT};
+use backup_repo::{check_stream, to_usize, Manifest, Repo, Result, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Pool};
 
 /// librbd drops discards finer than this (`rbd_discard_granularity_bytes`); zeroes inside
@@ -88,8 +88,9 @@ fn parse(args: Vec<String>) -> Result<Args> {
 /// Zero `[offset, offset + length)`: discard the part librbd discards exactly, write zeroes
 /// at the unaligned edges.
 fn zero(image: &Image, offset: u64, length: u64) -> Result<()> {
-    let end = offset + length;
-    let aligned_start = offset.div_ceil(DISCARD_GRANULARITY) * DISCARD_GRANULARITY;
+    // The stream reader checked that the record ends inside the image, so below 2^64.
+    let end = offset.checked_add(length).ok_or("a zero record past 2^64")?;
+    let aligned_start = offset.div_ceil(DISCARD_GRANULARITY).saturating_mul(DISCARD_GRANULARITY);
     let aligned_end = end / DISCARD_GRANULARITY * DISCARD_GRANULARITY;
     if aligned_start >= aligned_end {
         return write_zeroes(image, offset, length);
@@ -100,8 +101,9 @@ fn zero(image: &Image, offset: u64, length: u64) -> Result<()> {
 }
 
 fn write_zeroes(image: &Image, offset: u64, length: u64) -> Result<()> {
+    // Less than two granules: the edges of a zero record.
     if length > 0 {
-        image.write(offset, &vec![0u8; length as usize])?;
+        image.write(offset, &vec![0u8; to_usize(length, "a run of zeroes")?])?;
     }
     Ok(())
 }
@@ -109,7 +111,7 @@ fn write_zeroes(image: &Image, offset: u64, length: u64) -> Result<()> {
 /// Apply one stream to `image`, as `rbd import-diff` does; `base` is the snapshot the
 /// stream must start from.
 fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) -> Result<()> {
-    let path = repo.stream_path(manifest);
+    let path = repo.stream_path(manifest)?;
     let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut stream = StreamReader::new(BufReader::with_capacity(1 << 20, file))?;
     let mut batch = Batch::default();
@@ -130,9 +132,10 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
             }
             Record::Data { offset, length } => {
                 let mut done = 0;
+                // In pieces: the record's length is the stream's word, not an allocation.
                 while done < length {
                     let piece = WRITE_PIECE.min(length - done);
-                    let mut buf = vec![0u8; piece as usize];
+                    let mut buf = vec![0u8; to_usize(piece, "a write")?];
                     stream.read_data(&mut buf)?;
                     batch.push(image, offset + done, buf)?;
                     done += piece;
@@ -160,7 +163,7 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
 }
 
 fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
-    let repo = Repo::new(ROOT.as_ref(), &args.pool, &args.image);
+    let repo = Repo::new(ROOT.as_ref(), &args.pool, &args.image)?;
     let chain = repo.chain(args.backup)?;
     for manifest in &chain {
         check_stream(&repo, manifest)?;

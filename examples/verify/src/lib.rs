@@ -16,13 +16,17 @@ use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
 use backup_repo::digest::image_chunk_sums;
-use backup_repo::{check_stream, pieces, Repo, Result, PIECES_PER_CALL, ROOT};
+use backup_repo::{check_stream, pieces, to_usize, Repo, Result, PIECES_PER_CALL, READ_PIECE, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Range};
 use sha2::{Digest, Sha256};
 
 const USAGE: &str = "usage: POOL IMAGE [--backup N] [--sample FRACTION] [--seed S]";
 /// Differences listed before the rest are only counted.
 const LISTED: usize = 10;
+/// Most of a `w` record's data held at once: one `read-ranges` call's worth. A record may
+/// be longer (Ceph writes one per extent) and its length is the stream's word, so it is
+/// read and compared in parts of this size.
+const DATA_PART: u64 = READ_PIECE * PIECES_PER_CALL as u64;
 
 struct Args {
     pool: String,
@@ -89,12 +93,25 @@ impl Report {
     }
 }
 
-/// Compare `[offset, offset + expected.len())` of `image` with `expected`, or with zeroes.
+/// Compare `[offset, offset + length)` of `image` with `expected` (`length` bytes), or with
+/// zeroes. The pieces are taken a call's worth at a time: a zero record of terabytes is
+/// never a list of all its pieces.
 fn compare(image: &Image, offset: u64, length: u64, expected: Option<&[u8]>, report: &mut Report) -> Result<()> {
-    let ranges: Vec<Range> = pieces(offset, length).collect();
-    for call in ranges.chunks(PIECES_PER_CALL) {
-        for (range, got) in call.iter().zip(image.read_ranges(call)?) {
-            let want = expected.map(|e| &e[(range.offset - offset) as usize..][..got.len()]);
+    let mut ranges = pieces(offset, length);
+    loop {
+        let call: Vec<Range> = ranges.by_ref().take(PIECES_PER_CALL).collect();
+        if call.is_empty() {
+            return Ok(());
+        }
+        for (range, got) in call.iter().zip(image.read_ranges(&call)?) {
+            let want = match expected {
+                Some(e) => {
+                    let at = to_usize(range.offset - offset, "an offset in a record")?;
+                    let want = e.get(at..).and_then(|e| e.get(..got.len()));
+                    Some(want.ok_or_else(|| format!("{}+{}: more bytes read than the backup has", range.offset, range.length))?)
+                }
+                None => None,
+            };
             let same = match want {
                 Some(want) => got == want,
                 None => got.iter().all(|&b| b == 0),
@@ -106,12 +123,11 @@ fn compare(image: &Image, offset: u64, length: u64, expected: Option<&[u8]>, rep
             report.bytes += got.len() as u64;
         }
     }
-    Ok(())
 }
 
 fn run(args: Vec<String>) -> Result<()> {
     let args = parse(args)?;
-    let repo = Repo::new(ROOT.as_ref(), &args.pool, &args.image);
+    let repo = Repo::new(ROOT.as_ref(), &args.pool, &args.image)?;
     let manifest = repo.chain(args.backup)?.pop().ok_or("no backup")?;
     check_stream(&repo, &manifest)?;
     let pool = open_pool(&args.pool)?;
@@ -124,7 +140,7 @@ fn run(args: Vec<String>) -> Result<()> {
         report.differ(format!("the snapshot is {size} bytes, the manifest says {}", manifest.size));
     }
 
-    let path = repo.stream_path(&manifest);
+    let path = repo.stream_path(&manifest)?;
     let mut stream = StreamReader::new(BufReader::with_capacity(1 << 20, File::open(&path)?))?;
     let mut data = Vec::new();
     loop {
@@ -133,9 +149,14 @@ fn run(args: Vec<String>) -> Result<()> {
                 report.records += 1;
                 if args.sample.is_none_or(|f| sampled(offset, args.seed, f)) {
                     report.checked += 1;
-                    data.resize(length as usize, 0);
-                    stream.read_data(&mut data)?;
-                    compare(&image, offset, length, Some(&data), &mut report)?;
+                    let mut done = 0;
+                    while done < length {
+                        let part = DATA_PART.min(length - done);
+                        data.resize(to_usize(part, "a part of a data record")?, 0);
+                        stream.read_data(&mut data)?;
+                        compare(&image, offset + done, part, Some(&data), &mut report)?;
+                        done += part;
+                    }
                 }
                 report_progress(&format!("verify {}", manifest.to_snapshot), offset + length, Some(size));
             }
