@@ -154,6 +154,11 @@ impl LineWriter {
             buf.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&bytes[..granted]);
             return Ok(());
         }
+        if *self.out.budget.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+            // Past the budget nothing more is shown: do not even look at the bytes.
+            self.out.note_dropped();
+            return Ok(());
+        }
         let mut rest = bytes;
         while !rest.is_empty() {
             let room = MAX_LINE_BYTES - self.line.len();

@@ -28,6 +28,10 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// covers yet, so its input is bounded (the Python runtime, the largest job we know,
 /// is about 40 MB).
 pub const MAX_COMPONENT_BYTES: usize = 256 << 20;
+/// The most bytes one call may copy between the guest and the host (its arguments or its
+/// results): a call past it traps. This is wasmtime's own default, named here because
+/// the host's memory bound counts on it.
+pub const MAX_CALL_COPY_BYTES: usize = 128 << 20;
 /// The longest failure message of a job that is kept (the rest is cut).
 pub const MAX_FAILURE_BYTES: usize = 4096;
 /// Table elements all of a job's tables may hold together.
@@ -383,6 +387,7 @@ impl Runtime {
             JobState { wasi: wasi.build(), table: ResourceTable::new(), rbd, limits, out_quota: out_quota.clone(), cpu_ticks: 0 },
         );
         store.limiter(|s| &mut s.limits);
+        store.set_hostcall_fuel(MAX_CALL_COPY_BYTES);
         // Every epoch tick that finds the guest running its own code yields to the executor
         // (a busy guest cannot starve other jobs) and counts against its CPU budget, which
         // stops a tight loop even when the wall-clock deadline is far away.

@@ -298,3 +298,28 @@ pub fn host_binary() -> PathBuf {
     });
     target_dir().join("debug/rbd-wasm")
 }
+
+/// What a run of the `rbd-wasm` binary left behind.
+pub struct Measured {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// From start to exit, measured here.
+    pub wall: std::time::Duration,
+}
+
+/// Run `rbd-wasm` with `args` and time it. (Its peak memory is in its `--json` report:
+/// `ru_maxrss` from `wait4` would count this test process's pages, which the child shares
+/// until it execs.)
+pub fn run_host_measured(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Measured {
+    let started = std::time::Instant::now();
+    let out = Command::new(host_binary())
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, *v)))
+        .env_remove("CEPH_CONF")
+        .env("RBD_WASM_CACHE", test_cache_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run rbd-wasm");
+    Measured { code: out.status.code().unwrap_or(-1), stdout: out.stdout, stderr: out.stderr, wall: started.elapsed() }
+}

@@ -9,7 +9,9 @@ use std::time::Duration;
 use rbd_wasm::backend::{Backend, CreateOptions};
 use rbd_wasm::capability::{Grant, Grants, ImagePattern, Operation, Operations};
 use rbd_wasm::runtime::{JobError, JobLimits};
-use rbd_wasm_tests::{embedded_store, librbd_backend, run, run_with, unique_prefix, JobRun};
+use rbd_wasm_tests::{
+    ceph_conf, embedded_store, guest, librbd_backend, run, run_host_measured, run_with, unique_prefix, JobRun, Measured,
+};
 
 /// How an attack must end.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +27,24 @@ enum Ending {
     /// calls: the budget counts each epoch tick a call spans, so on a loaded machine it may
     /// run out before the operation quota does).
     RefusedOrCpuLimit,
+    /// The job returned an error (which the host shows bounded and escaped).
+    Failed,
+    /// Its deadline stopped it.
+    Deadline,
+}
+
+impl Ending {
+    /// The `--json` report's status for this ending.
+    fn statuses(self) -> &'static [&'static str] {
+        match self {
+            Ending::Refused => &["ok"],
+            Ending::Trap => &["trap"],
+            Ending::CpuLimit => &["cpu-limit"],
+            Ending::RefusedOrCpuLimit => &["ok", "cpu-limit"],
+            Ending::Failed => &["failed"],
+            Ending::Deadline => &["deadline"],
+        }
+    }
 }
 
 const OUTPUT_LIMIT: u64 = 1 << 20;
@@ -61,12 +81,38 @@ fn outside(backend: &dyn Backend, prefix: &str) -> (Vec<String>, Vec<u8>, Vec<St
     (names, data, snaps)
 }
 
-fn attack(backend: Arc<dyn Backend>, prefix: &str, name: &str, ending: Ending) -> JobRun {
+/// The secret image every attack is kept away from: data and a protected snapshot.
+fn plant_the_secret(backend: &dyn Backend, prefix: &str) {
     backend.create("rbd", &format!("{prefix}-secret"), 1 << 20, &CreateOptions::default()).unwrap();
     let secret = backend.open("rbd", &format!("{prefix}-secret"), None, false).unwrap();
     secret.write(0, b"the crown jewels").unwrap();
     secret.create_snap("s").unwrap();
-    drop(secret);
+    secret.protect_snap("s").unwrap();
+}
+
+/// What is left to check once an attack ended: nothing outside the grant changed, no lock
+/// or handle leaked, and the host runs the next job.
+fn after_the_attack(backend: &Arc<dyn Backend>, prefix: &str, name: &str, before: &(Vec<String>, Vec<u8>, Vec<String>)) {
+    assert_eq!(&outside(backend.as_ref(), prefix), before, "{name}: something outside the grant changed");
+    for image in backend.list("rbd").unwrap().into_iter().filter(|n| n.starts_with(&format!("{prefix}-job-"))) {
+        let img = backend.open("rbd", &image, None, true).unwrap();
+        assert_eq!(img.list_lockers().unwrap().lockers, vec![], "{name}: {image} is still locked");
+        drop(img);
+        // Nothing of the job holds the image open any more (a leaked handle would make
+        // this `busy`), unless it has snapshots or children.
+        let img = backend.open("rbd", &image, None, true).unwrap();
+        let (snaps, children) = (img.list_snaps().unwrap(), img.list_children().unwrap());
+        drop(img);
+        if snaps.is_empty() && children.is_empty() {
+            backend.remove("rbd", &image).unwrap_or_else(|e| panic!("{name}: {image} cannot be removed: {e}"));
+        }
+    }
+    // The host is fine: another job runs.
+    run("hello", &["rbd2", &format!("{prefix}-after")], backend.clone()).assert_ok();
+}
+
+fn attack(backend: Arc<dyn Backend>, prefix: &str, name: &str, ending: Ending) -> JobRun {
+    plant_the_secret(backend.as_ref(), prefix);
     let before = outside(backend.as_ref(), prefix);
 
     let operations: Operations = Operation::ALL.into_iter().filter(|op| *op != Operation::BreakLock).collect();
@@ -87,6 +133,8 @@ fn attack(backend: Arc<dyn Backend>, prefix: &str, name: &str, ending: Ending) -
         (Ending::Trap, Err(JobError::Trap(_))) => {}
         (Ending::CpuLimit, Err(JobError::CpuLimit(_))) => {}
         (Ending::RefusedOrCpuLimit, Ok(()) | Err(JobError::CpuLimit(_))) => {}
+        (Ending::Failed, Err(JobError::Failed(_))) => {}
+        (Ending::Deadline, Err(JobError::Deadline(_))) => {}
         (want, got) => panic!(
             "{name}: expected {want:?}, got {got:?}\nstdout: {}\nstderr: {}",
             head(&job.stdout),
@@ -94,20 +142,7 @@ fn attack(backend: Arc<dyn Backend>, prefix: &str, name: &str, ending: Ending) -
         ),
     }
     assert!(job.stdout.len() as u64 <= OUTPUT_LIMIT && job.stderr.len() as u64 <= OUTPUT_LIMIT, "{name}: output past its limit");
-    assert_eq!(outside(backend.as_ref(), prefix), before, "{name}: something outside the grant changed");
-    for image in backend.list("rbd").unwrap().into_iter().filter(|n| n.starts_with(&format!("{prefix}-job-"))) {
-        let img = backend.open("rbd", &image, None, true).unwrap();
-        assert_eq!(img.list_lockers().unwrap().lockers, vec![], "{name}: {image} is still locked");
-        drop(img);
-        // Nothing of the job holds the image open any more (a leaked handle would make
-        // this `busy`), unless it has snapshots.
-        let snaps = backend.open("rbd", &image, None, true).unwrap().list_snaps().unwrap();
-        if snaps.is_empty() {
-            backend.remove("rbd", &image).unwrap_or_else(|e| panic!("{name}: {image} cannot be removed: {e}"));
-        }
-    }
-    // The host is fine: another job runs.
-    run("hello", &["rbd2", &format!("{prefix}-after")], backend.clone()).assert_ok();
+    after_the_attack(&backend, prefix, name, &before);
     job
 }
 
@@ -167,11 +202,307 @@ attacks! {
     read_the_environment => Ending::Refused,
 }
 
+// ---- Attacks on what the host spends, run through the `rbd-wasm` binary so that its peak
+// memory (its own VmHWM, in its report) and wall time are measured, and its `--json` usage checked.
+
+/// The job's limits in the measured attacks (a manifest's `[limits]`).
+const MEMORY_MIB: u64 = 256;
+const HOST_MEMORY_MIB: u64 = 128;
+const DEADLINE_SECS: u64 = 60;
+/// What the host process itself takes, besides what a job's limits let it hold: wasmtime,
+/// the compiled job, librados' threads and buffers (measured: 30-60 MiB), plus the one
+/// call's copy of its arguments that wasmtime bounds (`MAX_CALL_COPY_BYTES`, 128 MiB). The
+/// README states the same bound.
+const HOST_BASE_MIB: u64 = 128 + 128;
+/// How late a job may end after its deadline (closing, releasing locks, process exit).
+const DEADLINE_MARGIN_SECS: u64 = 12;
+
+/// How an attack's job is set up.
+#[derive(Clone, Copy)]
+struct Setup {
+    ending: Ending,
+    /// Extra `[limits]` lines.
+    limits: &'static str,
+    output: OutputDir,
+    /// Made before the job runs (with the host suite's own client).
+    plant: fn(&dyn Backend, &str),
+    /// Checked after the job, with its report.
+    check: fn(&Measured, &serde_json::Value),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum OutputDir {
+    None,
+    ReadWrite,
+    ReadOnly,
+}
+
+fn nothing(_: &dyn Backend, _: &str) {}
+fn no_check(_: &Measured, _: &serde_json::Value) {}
+
+fn setup(ending: Ending) -> Setup {
+    Setup { ending, limits: "", output: OutputDir::None, plant: nothing, check: no_check }
+}
+
+/// Operator-visible output carries no control character but newline and tab.
+fn no_control_bytes(out: &Measured, _: &serde_json::Value) {
+    for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|c| (c.is_control() && *c != '\n' && *c != '\t') || ('\u{202a}'..='\u{202e}').contains(c))
+            .collect();
+        assert!(bad.is_empty(), "{stream} carries control characters {bad:?}: {}", head(&text));
+    }
+}
+
+fn labels_are_few_short_and_safe(out: &Measured, report: &serde_json::Value) {
+    no_control_bytes(out, report);
+    let labels: Vec<&str> = report["progress"].as_array().unwrap().iter().map(|p| p["label"].as_str().unwrap()).collect();
+    assert!(labels.len() <= 32, "{} labels kept", labels.len());
+    assert!(labels.iter().all(|l| l.len() <= 130 && !l.contains('\u{1b}')), "labels: {:?}", &labels[..2]);
+}
+
+fn read_quota_charged_when_started(_: &Measured, report: &serde_json::Value) {
+    // Two reads of 8 MiB fit the 16 MiB quota and were charged though never waited for.
+    assert_eq!(report["usage"]["read_bytes"], 16u64 << 20, "usage: {}", report["usage"]);
+}
+
+fn nothing_read_past_the_quota(_: &Measured, report: &serde_json::Value) {
+    assert_eq!(report["usage"]["read_bytes"], 0, "usage: {}", report["usage"]);
+}
+
+fn output_quota_held(_: &Measured, report: &serde_json::Value) {
+    let usage = &report["usage"];
+    assert!(usage["output_dir_bytes"].as_u64().unwrap() <= 64 << 20, "usage: {usage}");
+    assert!(usage["output_dir_files"].as_u64().unwrap() <= 100, "usage: {usage}");
+}
+
+fn host_memory_within_budget(_: &Measured, report: &serde_json::Value) {
+    let peak = report["usage"]["host_memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak <= HOST_MEMORY_MIB << 20, "host memory peak {peak}");
+}
+
+fn plant_a_lock(backend: &dyn Backend, prefix: &str) {
+    let name = format!("{prefix}-job-held");
+    backend.create("rbd", &name, 1 << 20, &CreateOptions::default()).unwrap();
+    backend.open("rbd", &name, None, false).unwrap().lock_exclusive("bystander").unwrap();
+}
+
+fn plant_family(backend: &dyn Backend, prefix: &str) {
+    let (secret, child) = (format!("{prefix}-secret"), format!("{prefix}-job-child"));
+    backend.clone_image("rbd", &secret, "s", "rbd", &child, &Default::default()).unwrap();
+    let parent = format!("{prefix}-job-parent");
+    backend.create("rbd", &parent, 1 << 20, &CreateOptions::default()).unwrap();
+    let img = backend.open("rbd", &parent, None, false).unwrap();
+    img.create_snap("s").unwrap();
+    img.protect_snap("s").unwrap();
+    backend.clone_image("rbd", &parent, "s", "rbd", &format!("{prefix}-hidden-child"), &Default::default()).unwrap();
+}
+
+/// The manifest of a measured attack: the same grant as the in-process attacks, the
+/// limits above plus the attack's own.
+fn manifest(prefix: &str, setup: &Setup) -> String {
+    let base = format!(
+        "memory_mib = {MEMORY_MIB}\ndeadline_secs = {DEADLINE_SECS}\ncpu_secs = 5\noutput_bytes = {OUTPUT_LIMIT}\n\
+         max_handles = 64\noperations = 20000\nhost_memory_mib = {HOST_MEMORY_MIB}\noutput_dir_bytes = {}\noutput_dir_files = 100\n",
+        64u64 << 20
+    );
+    let own: Vec<&str> = setup.limits.lines().filter_map(|l| l.split(" = ").next()).collect();
+    let base: Vec<&str> = base.lines().filter(|l| !own.iter().any(|k| l.starts_with(&format!("{k} = ")))).collect();
+    let ops: Vec<String> =
+        Operation::ALL.iter().filter(|op| **op != Operation::BreakLock).map(|op| format!("\"{}\"", op.name())).collect();
+    format!(
+        "schema = 1\n[job]\nid = \"hostile\"\n[[grants]]\npool = \"rbd\"\nimages = \"{prefix}-job-*\"\noperations = [{}]\n\
+         [limits]\n{}\n{}\n",
+        ops.join(", "),
+        base.join("\n"),
+        setup.limits
+    )
+}
+
+fn measured_attack(backend: Arc<dyn Backend>, store: Option<&std::path::Path>, prefix: &str, name: &str, setup: Setup) {
+    plant_the_secret(backend.as_ref(), prefix);
+    (setup.plant)(backend.as_ref(), prefix);
+    let before = outside(backend.as_ref(), prefix);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = dir.path().join("job.toml");
+    std::fs::write(&manifest_path, manifest(prefix, &setup)).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(out_dir.join("existing"), b"the operator's file").unwrap();
+
+    let bystander = {
+        let backend = backend.clone();
+        let name = format!("{prefix}-bystander");
+        std::thread::spawn(move || run("hello", &["rbd2", &name], backend))
+    };
+    let component = guest("hostile");
+    let conf = ceph_conf_if(store.is_none());
+    let mut args = vec!["run", "--json", "--progress", "none", "--manifest", manifest_path.to_str().unwrap()];
+    match &conf {
+        Some(conf) => args.extend(["-c", conf.to_str().unwrap()]),
+        None => args.extend(["--store", store.unwrap().to_str().unwrap()]),
+    }
+    if setup.output != OutputDir::None {
+        args.extend(["--output-dir", out_dir.to_str().unwrap()]);
+    }
+    if setup.output == OutputDir::ReadOnly {
+        args.push("--output-read-only");
+    }
+    args.extend([component.to_str().unwrap(), "--", name, prefix]);
+    let out = run_host_measured(&args, &[]);
+    bystander.join().expect("bystander thread").assert_ok();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{name}: no --json report ({e}); exit {}, stderr: {}", out.code, head(&stderr)));
+    let status = report["status"].as_str().unwrap_or_default();
+    assert!(
+        setup.ending.statuses().contains(&status),
+        "{name}: expected {:?}, got {status} ({})\nstderr: {}",
+        setup.ending,
+        report["error"],
+        head(&stderr)
+    );
+    // The kernel's high-water mark of the host process (VmHWM, which exec resets), as the
+    // host reports it.
+    let peak = report["host_peak_rss_bytes"].as_u64().unwrap_or_else(|| panic!("{name}: no peak RSS in {report}"));
+    let bound = (MEMORY_MIB + HOST_MEMORY_MIB + HOST_BASE_MIB) << 20;
+    println!("{name}: {status}, peak RSS {} MiB (bound {} MiB), {:.1} s", peak >> 20, bound >> 20, out.wall.as_secs_f64());
+    assert!(peak <= bound, "{name}: the host's peak RSS was {} MiB, over {} MiB", peak >> 20, bound >> 20);
+    let deadline = report_deadline(&setup);
+    assert!(
+        out.wall <= Duration::from_secs(deadline + DEADLINE_MARGIN_SECS),
+        "{name}: the job took {:?}, past its deadline of {deadline} s",
+        out.wall
+    );
+    let usage = &report["usage"];
+    assert!(usage["operations"].as_u64().unwrap() <= 20_001, "{name}: {usage}");
+    assert!(out.stderr.len() as u64 <= 2 * OUTPUT_LIMIT + (64 << 10), "{name}: output past its limit");
+    no_control_bytes(&out, &report);
+    (setup.check)(&out, &report);
+    // The operator's file in the output directory is untouched, and nothing links out.
+    assert_eq!(std::fs::read(out_dir.join("existing")).unwrap(), b"the operator's file");
+    for entry in std::fs::read_dir(&out_dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+        assert!(!meta.file_type().is_symlink(), "{name}: the job left a link {}", entry.path().display());
+    }
+    after_the_attack(&backend, prefix, name, &before);
+}
+
+fn report_deadline(setup: &Setup) -> u64 {
+    setup
+        .limits
+        .lines()
+        .find_map(|l| l.strip_prefix("deadline_secs = ").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(DEADLINE_SECS)
+}
+
+fn ceph_conf_if(librbd: bool) -> Option<std::path::PathBuf> {
+    librbd.then(ceph_conf)
+}
+
+fn measured_on_embedded(name: &str, setup: Setup) {
+    let store = embedded_store();
+    store.backend.create_pool("vault").unwrap();
+    let path = store.dir.path().to_owned();
+    measured_attack(store.backend.clone(), Some(&path), "t", name, setup);
+}
+
+fn measured_on_librbd(name: &str, setup: Setup) {
+    measured_attack(librbd_backend(), None, &unique_prefix("m"), name, setup);
+}
+
+macro_rules! measured_attacks {
+    ($($name:ident => $setup:expr),* $(,)?) => {
+        const MEASURED: &[&str] = &[$(stringify!($name)),*];
+        mod measured_embedded {
+            use super::*;
+            $(#[test] fn $name() { measured_on_embedded(stringify!($name), $setup); })*
+        }
+        mod measured_librbd {
+            use super::*;
+            $(#[test] fn $name() { measured_on_librbd(stringify!($name), $setup); })*
+        }
+    };
+}
+
+measured_attacks! {
+    hash_in_tiny_chunks => setup(Ending::Trap),
+    hash_more_than_the_host_budget => Setup { check: host_memory_within_budget, ..setup(Ending::Trap) },
+    start_reads_and_never_wait => Setup { check: host_memory_within_budget, ..setup(Ending::Refused) },
+    drop_reads_past_the_read_quota => Setup {
+        limits: "read_bytes = 16777216",
+        check: read_quota_charged_when_started,
+        ..setup(Ending::Refused)
+    },
+    read_ahead_then_return => setup(Ending::Refused),
+    make_hashers_without_bound => setup(Ending::Trap),
+    call_the_hasher_past_the_operation_quota => setup(Ending::Trap),
+    report_progress_past_the_operation_quota => setup(Ending::Trap),
+    report_progress_with_huge_and_many_labels => Setup { check: labels_are_few_short_and_safe, ..setup(Ending::Refused) },
+    list_in_a_loop => setup(Ending::RefusedOrCpuLimit),
+    call_next_batch_past_the_end => setup(Ending::RefusedOrCpuLimit),
+    make_diff_iterators_without_bound => setup(Ending::Refused),
+    write_more_than_the_host_budget_at_once => Setup { limits: "host_memory_mib = 32", ..setup(Ending::Refused) },
+    copy_past_the_read_quota => Setup {
+        limits: "read_bytes = 16777216",
+        check: nothing_read_past_the_quota,
+        ..setup(Ending::Refused)
+    },
+    outwait_the_deadline_in_the_host => Setup {
+        limits: "deadline_secs = 5\nbandwidth_mib_per_sec = 1",
+        ..setup(Ending::Deadline)
+    },
+    fill_the_output_directory => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
+    grow_a_file_sparsely => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
+    create_files_without_bound => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
+    open_files_without_bound => Setup { output: OutputDir::ReadWrite, ..setup(Ending::Refused) },
+    plant_symlinks => Setup { output: OutputDir::ReadWrite, ..setup(Ending::Refused) },
+    plant_a_hard_link => Setup { output: OutputDir::ReadWrite, ..setup(Ending::Refused) },
+    write_to_a_read_only_output_directory => Setup { output: OutputDir::ReadOnly, ..setup(Ending::Refused) },
+    forge_another_jobs_line => setup(Ending::Refused),
+    fail_with_a_huge_message => setup(Ending::Failed),
+    print_a_huge_line => setup(Ending::RefusedOrCpuLimit),
+    see_parents_and_children_outside_the_grant => Setup { plant: plant_family, ..setup(Ending::Refused) },
+    rename_a_locked_image_and_trap => setup(Ending::Trap),
+}
+
+/// A job may unlock only its own locks, though every job of a host is one client to Ceph:
+/// run in this process, on the very client that holds the other job's lock.
+fn unlock_another_jobs_lock(backend: Arc<dyn Backend>, prefix: &str) {
+    plant_a_lock(backend.as_ref(), prefix);
+    let operations: Operations = Operation::ALL.into_iter().filter(|op| *op != Operation::BreakLock).collect();
+    let grants = Grants::new(vec![Grant { pool: "rbd".into(), images: ImagePattern::new(format!("{prefix}-job-*")), operations }]);
+    let job = run_with("hostile", &["unlock_another_jobs_lock", prefix], backend.clone(), grants, limits());
+    job.assert_ok();
+    let held = backend.open("rbd", &format!("{prefix}-job-held"), None, false).unwrap();
+    assert_eq!(held.list_lockers().unwrap().lockers.len(), 1, "the other job's lock is gone");
+    held.unlock("bystander").unwrap();
+}
+
+#[test]
+fn embedded_unlock_another_jobs_lock() {
+    let store = embedded_store();
+    unlock_another_jobs_lock(store.backend.clone(), "t");
+}
+
+#[test]
+fn librbd_unlock_another_jobs_lock() {
+    unlock_another_jobs_lock(librbd_backend(), &unique_prefix("u"));
+}
+
 #[test]
 fn every_attack_has_a_test() {
     let store = embedded_store();
     let listing = run("hostile", &["list"], store.backend.clone());
     listing.assert_ok();
     let listed: Vec<&str> = listing.stdout.lines().collect();
-    assert_eq!(listed, ATTACKS, "the hostile guest's attacks and this suite's tests differ");
+    let tested: Vec<&str> = ATTACKS.iter().chain(MEASURED).copied().chain(["unlock_another_jobs_lock"]).collect();
+    let (mut listed, mut tested) = (listed, tested);
+    listed.sort_unstable();
+    tested.sort_unstable();
+    assert_eq!(listed, tested, "the hostile guest's attacks and this suite's tests differ");
 }

@@ -80,6 +80,8 @@ struct RunReport {
     exit_code: i32,
     error: Option<String>,
     elapsed_secs: f64,
+    /// The host process's peak resident memory (the kernel's VmHWM), when known.
+    host_peak_rss_bytes: Option<u64>,
     usage: Usage,
     progress: Vec<ProgressEntry>,
 }
@@ -217,6 +219,7 @@ pub fn run_job(args: RunArgs) -> ExitCode {
             exit_code,
             error: result.as_ref().err().map(|e| e.to_string()),
             elapsed_secs: started.elapsed().as_secs_f64(),
+            host_peak_rss_bytes: peak_rss_bytes(),
             usage: *usage.lock().unwrap_or_else(|p| p.into_inner()),
             progress,
         };
@@ -228,3 +231,11 @@ pub fn run_job(args: RunArgs) -> ExitCode {
     ExitCode::from(u8::try_from(exit_code).unwrap_or(1))
 }
 
+
+/// This process's peak resident set size, from `/proc/self/status` (Linux).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}

@@ -294,6 +294,315 @@ fn read_the_environment(_: &Ctx) -> R {
     Ok(())
 }
 
+
+// ---- The host's own memory and time (the job's host-memory budget, every call charged).
+
+fn hash_in_tiny_chunks(_: &Ctx) -> R {
+    use rbd_wasm_guest::bindings::ceph::rbd::job_host;
+    let data = vec![7u8; 40 << 20];
+    let digests = job_host::sha256_chunks(&data, 1);
+    Err(format!("40 MiB hashed in 1-byte chunks: {} bytes of digests", digests.len()))
+}
+
+fn hash_more_than_the_host_budget(_: &Ctx) -> R {
+    use rbd_wasm_guest::bindings::ceph::rbd::job_host;
+    let data = vec![7u8; 200 << 20];
+    let digests = job_host::sha256_chunks(&data, 0);
+    Err(format!("200 MiB hashed at once: {} bytes", digests.len()))
+}
+
+fn start_reads_and_never_wait(c: &Ctx) -> R {
+    c.pool.create(&c.job("ra"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("ra")).map_err(|e| e.to_string())?;
+    img.write(0, &vec![1u8; 1 << 20]).map_err(|e| e.to_string())?;
+    let mut held = Vec::new();
+    for i in 0..30u64 {
+        let ranges = [Range { offset: (i % 16) << 26, length: 64 << 20 }];
+        match img.start_reads(&ranges, Some(65536)) {
+            Ok(reads) => held.push(reads),
+            Err(Error::QuotaExceeded(_)) => {
+                println!("refused after {} reads of 64 MiB in flight", held.len());
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("30 reads of 64 MiB in flight and no limit".into())
+}
+
+fn drop_reads_past_the_read_quota(c: &Ctx) -> R {
+    c.pool.create(&c.job("rq"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("rq")).map_err(|e| e.to_string())?;
+    for i in 0..200u64 {
+        match img.start_reads(&[Range { offset: (i % 100) << 23, length: 8 << 20 }], None) {
+            Ok(reads) => drop(reads),
+            Err(Error::QuotaExceeded(_)) => {
+                println!("refused after {i} dropped reads of 8 MiB");
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("200 dropped reads of 8 MiB and no quota".into())
+}
+
+fn read_ahead_then_return(c: &Ctx) -> R {
+    c.pool.create(&c.job("rr"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("rr")).map_err(|e| e.to_string())?;
+    let reads = img.start_reads(&[Range { offset: 0, length: 64 << 20 }], None).map_err(|e| e.to_string())?;
+    std::mem::forget(reads);
+    Ok(())
+}
+
+fn make_hashers_without_bound(_: &Ctx) -> R {
+    let mut held = Vec::new();
+    for _ in 0..1_000_000 {
+        held.push(rbd_wasm_guest::Sha256::new());
+    }
+    Err("a million hashers".into())
+}
+
+fn call_the_hasher_past_the_operation_quota(_: &Ctx) -> R {
+    let h = rbd_wasm_guest::Sha256::new();
+    for _ in 0..10_000_000u64 {
+        h.update(b"x");
+    }
+    Err("ten million uncharged hash calls".into())
+}
+
+fn report_progress_past_the_operation_quota(_: &Ctx) -> R {
+    for i in 0..10_000_000u64 {
+        rbd_wasm_guest::report_progress("spin", i, None);
+    }
+    Err("ten million uncharged progress reports".into())
+}
+
+fn report_progress_with_huge_and_many_labels(_: &Ctx) -> R {
+    let long = "L".repeat(1 << 20);
+    for i in 0..1000u64 {
+        rbd_wasm_guest::report_progress(&format!("{i}{long}\x1b[2J"), i, Some(1000));
+    }
+    Ok(())
+}
+
+fn list_in_a_loop(c: &Ctx) -> R {
+    for i in 0..10_000_000u64 {
+        match c.pool.list() {
+            Ok(_) => {}
+            Err(Error::QuotaExceeded(_)) => {
+                println!("refused after {i} listings");
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("ten million uncharged listings".into())
+}
+
+fn call_next_batch_past_the_end(c: &Ctx) -> R {
+    use rbd_wasm_guest::bindings::ceph::rbd::{rbd as raw, types};
+    c.pool.create(&c.job("nb"), 1 << 20).map_err(|e| e.to_string())?;
+    let pool = raw::open_pool("rbd").map_err(|e| format!("{e:?}"))?;
+    let img = pool.open(&c.job("nb"), &types::OpenOptions { snapshot: None, read_only: true }).map_err(|e| format!("{e:?}"))?;
+    let it = img.diff_iterate(0, 1 << 20, None, false, false).map_err(|e| format!("{e:?}"))?;
+    for i in 0..10_000_000u64 {
+        match it.next_batch() {
+            Ok(_) => {}
+            Err(types::Error::QuotaExceeded(_)) => {
+                println!("refused after {i} batches");
+                return Ok(());
+            }
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    }
+    Err("ten million uncharged batches".into())
+}
+
+fn make_diff_iterators_without_bound(c: &Ctx) -> R {
+    c.pool.create(&c.job("di"), 1 << 20).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("di")).map_err(|e| e.to_string())?;
+    let mut held = Vec::new();
+    for _ in 0..1_000_000 {
+        match img.diff_iterate(0, 1 << 20, None) {
+            Ok(it) => held.push(it),
+            Err(Error::QuotaExceeded(_)) => {
+                println!("refused after {} iterators", held.len());
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("a million diff iterators".into())
+}
+
+fn write_more_than_the_host_budget_at_once(c: &Ctx) -> R {
+    c.pool.create(&c.job("wb"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("wb")).map_err(|e| e.to_string())?;
+    // Over the 32 MiB host-memory budget the host suite sets for this attack.
+    let writes: Vec<(u64, Vec<u8>)> = (0..4u64).map(|i| (i << 25, vec![3u8; 16 << 20])).collect();
+    refused(img.write_ranges(writes), &["quota-exceeded"], "write 64 MiB in one call")
+}
+
+fn copy_past_the_read_quota(c: &Ctx) -> R {
+    c.pool.create(&c.job("cp"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("cp")).map_err(|e| e.to_string())?;
+    refused(img.copy(&c.pool, &c.job("cp2")), &["quota-exceeded"], "copy 1 GiB under a 16 MiB read quota")
+}
+
+fn outwait_the_deadline_in_the_host(c: &Ctx) -> R {
+    c.pool.create(&c.job("dl"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("dl")).map_err(|e| e.to_string())?;
+    // Under a 1 MiB/s cap, each of these waits a minute in the host, not in the guest.
+    for i in 0..100u64 {
+        img.read(i << 26, 64 << 20).map_err(|e| e.to_string())?;
+    }
+    Err("read 6 GiB at 1 MiB/s within the deadline".into())
+}
+
+// ---- The output directory.
+
+fn fill_the_output_directory(_: &Ctx) -> R {
+    use std::io::Write;
+    let mut f = std::fs::File::create("/out/fill").map_err(|e| e.to_string())?;
+    let block = vec![9u8; 1 << 20];
+    for i in 0..1024 {
+        if let Err(e) = f.write_all(&block) {
+            println!("refused after {i} MiB: {e}");
+            return Ok(());
+        }
+    }
+    Err("wrote 1 GiB to the output directory".into())
+}
+
+fn grow_a_file_sparsely(_: &Ctx) -> R {
+    let f = std::fs::File::create("/out/sparse").map_err(|e| e.to_string())?;
+    if f.set_len(1 << 40).is_ok() {
+        return Err("grew a file to 1 TiB".into());
+    }
+    Ok(())
+}
+
+fn create_files_without_bound(_: &Ctx) -> R {
+    for i in 0..1_000_000 {
+        if let Err(e) = std::fs::write(format!("/out/f{i}"), b"x") {
+            println!("refused after {i} files: {e}");
+            return Ok(());
+        }
+    }
+    Err("a million files".into())
+}
+
+fn open_files_without_bound(_: &Ctx) -> R {
+    std::fs::write("/out/o", b"x").map_err(|e| e.to_string())?;
+    let mut held = Vec::new();
+    for _ in 0..1_000_000 {
+        match std::fs::File::open("/out/o") {
+            Ok(f) => held.push(f),
+            Err(e) => {
+                println!("refused after {} open files: {e}", held.len());
+                return Ok(());
+            }
+        }
+    }
+    Err("a million open files".into())
+}
+
+fn plant_symlinks(_: &Ctx) -> R {
+    for (target, link) in [("../../../../../../etc/passwd", "/out/passwd-link"), ("..", "/out/up"), ("/etc", "/out/etc")] {
+        #[allow(deprecated)]
+        let made = std::fs::soft_link(target, link);
+        if made.is_ok() {
+            return Err(format!("made {link} -> {target}"));
+        }
+    }
+    Ok(())
+}
+
+fn plant_a_hard_link(_: &Ctx) -> R {
+    std::fs::write("/out/a", b"x").map_err(|e| e.to_string())?;
+    if std::fs::hard_link("/out/a", "/out/b").is_ok() {
+        return Err("made a hard link".into());
+    }
+    Ok(())
+}
+
+fn write_to_a_read_only_output_directory(_: &Ctx) -> R {
+    if std::fs::write("/out/new", b"x").is_ok() {
+        return Err("wrote to a read-only output directory".into());
+    }
+    if std::fs::create_dir("/out/d").is_ok() {
+        return Err("made a directory in a read-only output directory".into());
+    }
+    if std::fs::read_dir("/out").is_err() {
+        return Err("cannot even read it".into());
+    }
+    Ok(())
+}
+
+// ---- What reaches the operator.
+
+fn forge_another_jobs_line(_: &Ctx) -> R {
+    println!("\r\x1b[2K[bystander] backup ok");
+    println!("\x1b]52;c;cm0gLXJmIH4K\x07clipboard");
+    eprintln!("\x1b]0;window title\x07\u{202e}reversed");
+    print!("\u{9b}2J no newline at the end");
+    Ok(())
+}
+
+fn fail_with_a_huge_message(_: &Ctx) -> R {
+    Err(format!("\x1b[2J{}", "m".repeat(64 << 20)))
+}
+
+fn print_a_huge_line(_: &Ctx) -> R {
+    use std::io::Write;
+    let block = vec![b'y'; 1 << 20];
+    let mut out = std::io::stdout();
+    for _ in 0..256 {
+        let _ = out.write_all(&block);
+    }
+    Ok(())
+}
+
+// ---- Grants and locks.
+
+fn unlock_another_jobs_lock(c: &Ctx) -> R {
+    // The host suite locked PREFIX-job-held with cookie `bystander` through the same client
+    // this job uses (as another job of the same host would).
+    let img = c.pool.open(&c.job("held")).map_err(|e| e.to_string())?;
+    refused(img.unlock("bystander"), &["not-found"], "unlock another job's lock")?;
+    let lockers = img.list_lockers().map_err(|e| e.to_string())?;
+    if lockers.lockers.is_empty() {
+        return Err("the other job's lock is gone".into());
+    }
+    Ok(())
+}
+
+fn see_parents_and_children_outside_the_grant(c: &Ctx) -> R {
+    // The host suite cloned the secret image into PREFIX-job-child, and PREFIX-job-parent
+    // into PREFIX-hidden-child (outside the grant).
+    let child = c.pool.open(&c.job("child")).map_err(|e| e.to_string())?;
+    if let Some(p) = child.parent_info().map_err(|e| e.to_string())? {
+        return Err(format!("parent outside the grant shown: {}/{}", p.pool, p.image));
+    }
+    let parent = c.pool.open(&c.job("parent")).map_err(|e| e.to_string())?;
+    let children = parent.list_children().map_err(|e| e.to_string())?;
+    if !children.is_empty() {
+        return Err(format!("children outside the grant shown: {children:?}"));
+    }
+    Ok(())
+}
+
+fn rename_a_locked_image_and_trap(c: &Ctx) -> R {
+    c.pool.create(&c.job("mv"), 1 << 20).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("mv")).map_err(|e| e.to_string())?;
+    img.lock_exclusive("mine").map_err(|e| e.to_string())?;
+    drop(img);
+    // librbd refuses to rename a locked image (read-only); the embedded store renames it.
+    // Either way the host must find the lock when the job ends.
+    let _ = c.pool.rename(&c.job("mv"), &c.job("moved"));
+    std::process::abort()
+}
+
 const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("open_outside_grant_with_dot_dot", open_outside_grant_with_dot_dot),
     ("open_outside_grant_with_slashes", open_outside_grant_with_slashes),
@@ -324,6 +633,34 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("reach_for_files", reach_for_files),
     ("reach_for_the_network", reach_for_the_network),
     ("read_the_environment", read_the_environment),
+    ("hash_in_tiny_chunks", hash_in_tiny_chunks),
+    ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
+    ("start_reads_and_never_wait", start_reads_and_never_wait),
+    ("drop_reads_past_the_read_quota", drop_reads_past_the_read_quota),
+    ("read_ahead_then_return", read_ahead_then_return),
+    ("make_hashers_without_bound", make_hashers_without_bound),
+    ("call_the_hasher_past_the_operation_quota", call_the_hasher_past_the_operation_quota),
+    ("report_progress_past_the_operation_quota", report_progress_past_the_operation_quota),
+    ("report_progress_with_huge_and_many_labels", report_progress_with_huge_and_many_labels),
+    ("list_in_a_loop", list_in_a_loop),
+    ("call_next_batch_past_the_end", call_next_batch_past_the_end),
+    ("make_diff_iterators_without_bound", make_diff_iterators_without_bound),
+    ("write_more_than_the_host_budget_at_once", write_more_than_the_host_budget_at_once),
+    ("copy_past_the_read_quota", copy_past_the_read_quota),
+    ("outwait_the_deadline_in_the_host", outwait_the_deadline_in_the_host),
+    ("fill_the_output_directory", fill_the_output_directory),
+    ("grow_a_file_sparsely", grow_a_file_sparsely),
+    ("create_files_without_bound", create_files_without_bound),
+    ("open_files_without_bound", open_files_without_bound),
+    ("plant_symlinks", plant_symlinks),
+    ("plant_a_hard_link", plant_a_hard_link),
+    ("write_to_a_read_only_output_directory", write_to_a_read_only_output_directory),
+    ("forge_another_jobs_line", forge_another_jobs_line),
+    ("fail_with_a_huge_message", fail_with_a_huge_message),
+    ("print_a_huge_line", print_a_huge_line),
+    ("unlock_another_jobs_lock", unlock_another_jobs_lock),
+    ("see_parents_and_children_outside_the_grant", see_parents_and_children_outside_the_grant),
+    ("rename_a_locked_image_and_trap", rename_a_locked_image_and_trap),
 ];
 
 fn run(args: Vec<String>) -> R {
