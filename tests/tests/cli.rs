@@ -188,3 +188,60 @@ fn run_json_reports_the_outcome_usage_and_progress() {
     let report: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();
     assert_eq!(report["status"], "unreadable", "{report}");
 }
+
+#[test]
+fn a_manifest_with_out_of_range_numbers_is_refused_with_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = guest("hello");
+    for (limit, want) in [
+        ("cpu_secs = 1e300", "limits.cpu_secs: 1e300 is out of range"),
+        ("memory_mib = 99999999", "limits.memory_mib: 99999999 is out of range (1 to 4096)"),
+        ("deadline_secs = 0", "limits.deadline_secs: 0 is out of range"),
+    ] {
+        let manifest = dir.path().join("job.toml");
+        std::fs::write(&manifest, format!("schema = 1\n[job]\n[limits]\n{limit}\n")).unwrap();
+        let out = rbd_wasm(dir.path(), &["run", "--manifest", manifest.to_str().unwrap(), hello.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{limit}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(want), "{limit}: {}", text(&out.stderr));
+    }
+    let out = rbd_wasm(dir.path(), &["run", "--memory-mib", "0", hello.to_str().unwrap()]);
+    assert!(text(&out.stderr).contains("--memory-mib: 0 is out of range"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_output_directory_that_reaches_the_store_the_cache_or_the_audit_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let hello = guest("hello");
+    let audit = dir.path().join("logs/audit.log");
+    std::fs::create_dir_all(audit.parent().unwrap()).unwrap();
+    let cache = rbd_wasm_tests::test_cache_dir();
+    for (out_dir, what) in [
+        (store.join("rbd"), "the embedded store"),
+        (dir.path().to_owned(), "the embedded store"),
+        (cache.clone(), "the compiled-component cache"),
+        (audit.parent().unwrap().to_owned(), "the audit log"),
+    ] {
+        let out = rbd_wasm(
+            &store,
+            &["run", "--audit-log", audit.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap(), hello.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}: {}", out_dir.display(), text(&out.stderr));
+        assert!(text(&out.stderr).contains(&format!("overlaps {what}")), "{}: {}", out_dir.display(), text(&out.stderr));
+    }
+    let own = dir.path().join("backups");
+    std::fs::create_dir(&own).unwrap();
+    let out = rbd_wasm(&store, &["run", "--output-dir", own.to_str().unwrap(), hello.to_str().unwrap()]);
+    assert!(out.status.success(), "a directory of its own is fine: {}", text(&out.stderr));
+}
+
+#[test]
+fn names_from_the_store_are_printed_made_safe_for_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let hello = guest("hello");
+    let out = rbd_wasm(dir.path(), &["run", hello.to_str().unwrap(), "--", "rbd", "evil\u{1b}]0;pwned\u{7}"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ls = rbd_wasm(dir.path(), &["image", "ls"]);
+    assert_eq!(text(&ls.stdout), "evil\\x1b]0;pwned\\x07\n");
+    assert!(!text(&out.stdout).contains('\u{1b}'), "job output is escaped too: {}", text(&out.stdout));
+}
