@@ -41,7 +41,7 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 /// `build-py` itself (which writes the entry module).
 fn inputs_digest(job: &Path) -> String {
     let root = workspace_root();
-    let mut files = vec![job.to_owned(), root.join("host/src/build_py.rs")];
+    let mut files = vec![job.to_owned(), root.join("host/src/bin/rbd-wasm/build_py.rs")];
     for dir in ["python/sdk", "wit"] {
         let mut entries: Vec<PathBuf> =
             std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
