@@ -36,6 +36,9 @@ pub const MAX_CALL_COPY_BYTES: usize = 128 << 20;
 pub const MAX_FAILURE_BYTES: usize = 4096;
 /// Table elements all of a job's tables may hold together.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// A job stopped at its deadline while a backend call had been waiting this long is reported
+/// as `backend-unresponsive` rather than as slow.
+const BACKEND_STALL: Duration = Duration::from_secs(5);
 /// How long the end of a job may wait for its images to close (a backend call still in
 /// flight holds them); past it the job's result is returned and they close when it ends.
 const CLOSE_TIME: Duration = Duration::from_secs(10);
@@ -60,6 +63,8 @@ pub enum JobError {
     Deadline(Duration),
     #[error("the job used up its CPU budget of {0:?} and was stopped")]
     CpuLimit(Duration),
+    #[error("the job ran past its deadline of {deadline:?} while the storage backend did not answer (its oldest call had waited {waited:?}) and was stopped")]
+    BackendUnresponsive { deadline: Duration, waited: Duration },
     #[error("the job was cancelled by the host")]
     Cancelled,
     #[error("cannot set up the job: {0}")]
@@ -77,6 +82,7 @@ impl JobError {
             JobError::Failed(_) => "failed",
             JobError::Exit(_) => "exit",
             JobError::Deadline(_) => "deadline",
+            JobError::BackendUnresponsive { .. } => "backend-unresponsive",
             JobError::CpuLimit(_) => "cpu-limit",
             JobError::Cancelled => "cancelled",
             JobError::Setup(_) => "setup",
@@ -90,6 +96,7 @@ impl JobError {
             JobError::Exit(code) => *code,
             JobError::Trap(_) => 3,
             JobError::Deadline(_) | JobError::CpuLimit(_) | JobError::Cancelled => 4,
+            JobError::BackendUnresponsive { .. } => 5,
             JobError::Unreadable { .. } | JobError::NotAComponent { .. } | JobError::WrongWorld { .. } => 2,
             JobError::Setup(_) => 2,
         }
@@ -411,6 +418,8 @@ impl Runtime {
             }) => Some(outcome),
             () = cancel.notified() => None,
         };
+        // Whether the cluster stopped answering: a call still waiting when the job was stopped.
+        let backend_wait = store.data().rbd.backend_wait().filter(|w| *w >= BACKEND_STALL);
         // However the job ended, it leaves no lock behind, and its images are closed (on the
         // blocking pool: closing waits for backend calls in flight).
         store.data().rbd.release_locks().await;
@@ -429,7 +438,10 @@ impl Runtime {
             return Err(JobError::Cancelled);
         };
         match outcome {
-            Err(_elapsed) => Err(JobError::Deadline(deadline)),
+            Err(_elapsed) => match backend_wait {
+                Some(waited) => Err(JobError::BackendUnresponsive { deadline, waited }),
+                None => Err(JobError::Deadline(deadline)),
+            },
             Ok(Err(JobError::Trap(e))) if e.downcast_ref::<CpuLimitReached>().is_some() => {
                 Err(JobError::CpuLimit(job.limits.cpu.unwrap_or_default()))
             }

@@ -205,6 +205,18 @@ pub fn run_with_output(guest: &str, args: &[&str], backend: Arc<dyn Backend>, ou
     run_job(guest, args, backend, grants, JobLimits::default(), AuditSink::Off, Some(output_dir))
 }
 
+/// As [`run_with`], with `output_dir` mapped as the job's `/out`.
+pub fn run_with_output_and_limits(
+    guest: &str,
+    args: &[&str],
+    backend: Arc<dyn Backend>,
+    grants: Grants,
+    limits: JobLimits,
+    output_dir: &Path,
+) -> JobRun {
+    run_job(guest, args, backend, grants, limits, AuditSink::Off, Some(output_dir))
+}
+
 /// As [`run_with`], with the job's audit records going to `audit`.
 pub fn run_audited(
     guest: &str,

@@ -38,7 +38,8 @@ fn spawn_runner(cluster: &Cluster, out: &Path, args: &[String]) -> Child {
 fn finish(child: Child) -> String {
     let out = child.wait_with_output().expect("wait for a runner");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "a runner failed:\n{text}");
+    // 75: this runner backed up nothing because the other held every image it wanted.
+    assert!(out.status.success() || out.status.code() == Some(75), "a runner failed:\n{text}");
     text
 }
 
@@ -91,7 +92,8 @@ fn an_unfinished_claim_is_left_alone_until_it_times_out(backend: Arc<dyn Backend
     drop(img);
     let out = tempfile::tempdir().unwrap();
     let job = run_with_output("backup", &["rbd", &src], backend.clone(), out.path());
-    job.assert_ok();
+    // Backing up nothing because of a claim is not a success: exit status 75.
+    assert!(matches!(job.result, Err(rbd_wasm::JobError::Exit(75))), "{:?}\n{}", job.result, job.stderr);
     assert!(job.stdout.contains("skipped: backup-1") && job.stdout.contains("another runner"), "{}", job.stdout);
     assert!(!out.path().join("rbd").join(&src).join("1.json").exists());
 

@@ -137,7 +137,10 @@ impl Drop for ClaimsMutex {
 /// What became of one image.
 enum Outcome {
     Done,
+    /// Nothing to do (the newest backup is recent enough).
     Skipped(String),
+    /// Another runner's claim (or a killed run's, until it times out) holds the image.
+    Claimed(String),
 }
 
 fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
@@ -162,7 +165,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     for (_, snap) in ours.iter().filter(|(_, s)| !backed_up(&s.name)) {
         let age = now.saturating_sub(snap.timestamp);
         if age < args.claim_timeout {
-            return Ok(Outcome::Skipped(format!(
+            return Ok(Outcome::Claimed(format!(
                 "{} (taken {age} s ago) has no complete backup yet: another runner is backing it up \
                  (if its run was killed, the next run after --claim-timeout {} s takes over)",
                 snap.name, args.claim_timeout
@@ -278,10 +281,15 @@ fn run(args: Vec<String>) -> Result<()> {
     let args = parse(args)?;
     let pool = open_pool(&args.pool)?;
     let mut failed = Vec::new();
+    let (mut done, mut claimed) = (0, 0);
     for image in &args.images {
         match backup_image(&pool, &args, image) {
-            Ok(Outcome::Done) => {}
+            Ok(Outcome::Done) => done += 1,
             Ok(Outcome::Skipped(why)) => println!("{}/{image}: skipped: {why}", args.pool),
+            Ok(Outcome::Claimed(why)) => {
+                println!("{}/{image}: skipped: {why}", args.pool);
+                claimed += 1;
+            }
             Err(e) => {
                 eprintln!("{}/{image}: {e}", args.pool);
                 failed.push(image.as_str());
@@ -291,7 +299,17 @@ fn run(args: Vec<String>) -> Result<()> {
     if !failed.is_empty() {
         return Err(format!("{} of {} images failed: {}", failed.len(), args.images.len(), failed.join(", ")).into());
     }
+    if claimed > 0 && done == 0 {
+        // Not a success: if the claim is a killed run's, nothing is being backed up until it
+        // times out, and cron or monitoring must be able to tell.
+        eprintln!("backed up nothing: {claimed} image(s) held by another runner's claim (exit status {EXIT_CLAIMED})");
+        std::process::exit(EXIT_CLAIMED);
+    }
     Ok(())
 }
+
+/// The exit status of a run that backed up nothing because other runners' claims held its
+/// images (EX_TEMPFAIL: try again later).
+const EXIT_CLAIMED: i32 = 75;
 
 rbd_wasm_guest::job!(run);

@@ -25,6 +25,7 @@ const DIFF_WINDOW_MAX_GROWTH: u64 = 64;
 pub struct DiffIterator {
     open: Arc<OpenImage>,
     meter: Arc<Meter>,
+    watch: Arc<super::BackendWatch>,
     from: Option<String>,
     include_parent: bool,
     whole_object: bool,
@@ -71,6 +72,7 @@ impl ImageHandle {
         Ok(DiffIterator {
             open: self.open.clone(),
             meter: self.scope.meter().clone(),
+            watch: self.scope.watch().clone(),
             from: from_snapshot,
             include_parent,
             whole_object,
@@ -105,10 +107,10 @@ impl rbd::HostDiffIterator for RbdView<'_> {
             }
             let start = it.next;
             let length = it.window.min(it.end - start);
-            let (open, from) = (it.open.clone(), it.from.clone());
+            let (open, from, watch) = (it.open.clone(), it.from.clone(), it.watch.clone());
             let (include_parent, whole_object) = (it.include_parent, it.whole_object);
             let batch =
-                blocking(move || open.with(|i| diff_batch(i, start, length, from.as_deref(), include_parent, whole_object)))
+                blocking(&watch, move || open.with(|i| diff_batch(i, start, length, from.as_deref(), include_parent, whole_object)))
                     .await?;
             let it = self.table.get_mut(&iter)?;
             it.next = start + length;

@@ -65,7 +65,7 @@ impl ImageHandle {
         let backend = scope.backend().clone();
         let (pool, name) = (cap.pool().to_owned(), cap.image().to_owned());
         let read_only = read_only || cap.operations().is_read_only();
-        let image = blocking(move || backend.open(&pool, &name, snapshot.as_deref(), read_only)).await?;
+        let image = blocking(scope.watch(), move || backend.open(&pool, &name, snapshot.as_deref(), read_only)).await?;
         let open = Arc::new(OpenImage { image: RwLock::new(Some(image)), selection: AtomicU64::new(0) });
         Ok(ImageHandle { scope: scope.clone(), cap, open, _slot: slot })
     }
@@ -93,7 +93,7 @@ impl ImageHandle {
             None => self.scope.meter().operation()?,
         }
         let open = self.open.clone();
-        let result = blocking(move || open.with(f)).await;
+        let result = blocking(self.scope.watch(), move || open.with(f)).await;
         if let Some(op) = op.filter(|op| op.mutates()) {
             self.audit(method, op, &outcome(&result)).await;
         }
@@ -135,7 +135,7 @@ impl ImageHandle {
         }
         let dest_pool = dest_cap.pool().to_owned();
         let open = self.open.clone();
-        let result = blocking(move || open.with(|i| i.copy(&dest_pool, &dest_name))).await;
+        let result = blocking(self.scope.watch(), move || open.with(|i| i.copy(&dest_pool, &dest_name))).await;
         if result.is_err() {
             meter.refund_read(size);
             meter.refund_write(size);
@@ -147,7 +147,7 @@ impl ImageHandle {
     /// Copy the parent's data into the image, charged as a write of the whole image.
     async fn flatten(&self) -> HostResult<()> {
         self.require("flatten", Operation::Write).await?;
-        let size = blocking({
+        let size = blocking(self.scope.watch(), {
             let open = self.open.clone();
             move || open.with(|i| i.size())
         })

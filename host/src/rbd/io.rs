@@ -114,7 +114,7 @@ impl ImageHandle {
         if let Some(r) = ranges.iter().find(|r| r.offset.checked_add(r.length).is_none()) {
             return Err(Error::InvalidArgument(format!("offset {} + length {} overflows", r.offset, r.length)).into());
         }
-        let size = blocking({
+        let size = blocking(self.scope.watch(), {
             let open = self.open.clone();
             move || open.with(|i| i.size())
         })
@@ -137,10 +137,10 @@ impl ImageHandle {
         let slots = self.scope.io_slots().clone();
         let mut tasks = Vec::with_capacity(ranges.len());
         for r in ranges {
-            let (open, slots, memory) = (self.open.clone(), slots.clone(), memory.clone());
+            let (open, slots, memory, watch) = (self.open.clone(), slots.clone(), memory.clone(), self.scope.watch().clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = slots.acquire_owned().await;
-                blocking(move || {
+                blocking(&watch, move || {
                     let _held = memory;
                     let data = open.with(|i| i.read(r.offset, r.length))?;
                     let chunk_sha256 =
@@ -167,7 +167,7 @@ impl ImageHandle {
         let len = data.len() as u64;
         let memory = self.start_write("write", len).await?;
         let open = self.open.clone();
-        let result = blocking(move || {
+        let result = blocking(self.scope.watch(), move || {
             let _held = memory;
             open.with(|i| i.write(offset, &data))
         })
@@ -202,10 +202,10 @@ impl ImageHandle {
         let slots = self.scope.io_slots().clone();
         let mut tasks = Vec::with_capacity(writes.len());
         for w in writes {
-            let (open, slots, memory) = (self.open.clone(), slots.clone(), memory.clone());
+            let (open, slots, memory, watch) = (self.open.clone(), slots.clone(), memory.clone(), self.scope.watch().clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = slots.acquire_owned().await;
-                blocking(move || {
+                blocking(&watch, move || {
                     let _held = memory;
                     open.with(|i| i.write(w.offset, &w.data))
                 })

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rbd_backend::{Backend, Error};
 
-use super::{blocking, HostError, HostResult, ImageHandle};
+use super::{blocking, BackendWatch, HostError, HostResult, ImageHandle};
 use crate::bindings::ceph::rbd::types;
 use crate::capability::Operation;
 
@@ -64,7 +64,7 @@ impl HeldLocks {
 
     /// Release every lock, within [`RELEASE_TIME`] in all. Each image is reopened for this:
     /// the job may have closed its handle, and a lock belongs to the client, not the handle.
-    pub async fn release_all(&self, backend: &Arc<dyn Backend>) {
+    pub async fn release_all(&self, backend: &Arc<dyn Backend>, watch: &Arc<BackendWatch>) {
         let locks = self.with(std::mem::take);
         if locks.is_empty() {
             return;
@@ -74,7 +74,7 @@ impl HeldLocks {
             let mut left = Vec::new();
             for lock in locks.iter() {
                 let (backend, l) = (backend.clone(), lock.clone());
-                match blocking(move || backend.open(&l.pool, &l.image, None, false)?.unlock(&l.cookie)).await {
+                match blocking(watch, move || backend.open(&l.pool, &l.image, None, false)?.unlock(&l.cookie)).await {
                     Ok(()) | Err(HostError::Rbd(Error::NotFound(_))) => {}
                     Err(e) => {
                         tracing::warn!(pool = %lock.pool, image = %lock.image, "releasing a lock the job left behind failed: {e:?}");

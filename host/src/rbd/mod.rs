@@ -56,14 +56,53 @@ impl From<ResourceTableError> for HostError {
 
 pub type HostResult<T> = Result<T, HostError>;
 
-/// Run a blocking backend call off the async executor. A panic in the backend becomes a
-/// trap of this job, never a crash of the host.
-pub(crate) async fn blocking<T, F>(f: F) -> HostResult<T>
+/// The backend calls of one job under way, and since when: a call that does not come back
+/// (a frozen OSD, a lost monitor) stays listed until it does, so the host can tell a job
+/// stopped while the cluster did not answer from one that was merely slow.
+#[derive(Default)]
+pub(crate) struct BackendWatch {
+    next: std::sync::atomic::AtomicU64,
+    calls: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+}
+
+/// One backend call under way; it leaves the watch when the call returns.
+pub(crate) struct InFlight {
+    watch: Arc<BackendWatch>,
+    id: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.watch.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+impl BackendWatch {
+    fn enter(self: &Arc<Self>) -> InFlight {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).insert(id, std::time::Instant::now());
+        InFlight { watch: self.clone(), id }
+    }
+
+    /// How long the oldest backend call under way has been waiting.
+    pub fn longest_wait(&self) -> Option<std::time::Duration> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).values().min().map(|t| t.elapsed())
+    }
+}
+
+/// Run a blocking backend call off the async executor, watched. A panic in the backend
+/// becomes a trap of this job, never a crash of the host.
+pub(crate) async fn blocking<T, F>(watch: &Arc<BackendWatch>, f: F) -> HostResult<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    let in_flight = watch.enter();
+    let call = move || {
+        let _in_flight = in_flight;
+        f()
+    };
+    match tokio::task::spawn_blocking(call).await {
         Ok(result) => result.map_err(HostError::Rbd),
         Err(join) => Err(HostError::Trap(wasmtime::Error::msg(format!("backend call failed: {join}")))),
     }
@@ -97,6 +136,11 @@ impl RbdCtx {
     /// [`JobScope::release_locks`].
     pub async fn release_locks(&self) {
         self.scope.release_locks().await;
+    }
+
+    /// How long the job's oldest backend call under way has been waiting, if one is.
+    pub fn backend_wait(&self) -> Option<std::time::Duration> {
+        self.scope.watch().longest_wait()
     }
 
     /// The job's meter (also charged by the job-host interface).

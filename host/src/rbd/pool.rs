@@ -35,7 +35,7 @@ impl PoolHandle {
         let slot = scope.meter().handle_slot()?;
         let backend = scope.backend().clone();
         let pool = name.to_owned();
-        blocking(move || backend.open_pool(&pool)).await?;
+        blocking(scope.watch(), move || backend.open_pool(&pool)).await?;
         Ok(PoolHandle { scope: scope.clone(), cap, _slot: slot })
     }
 
@@ -67,7 +67,7 @@ impl PoolHandle {
         F: FnOnce(&dyn rbd_backend::Backend) -> Result<(), Error> + Send + 'static,
     {
         let backend = self.scope.backend().clone();
-        let result = blocking(move || f(backend.as_ref())).await;
+        let result = blocking(self.scope.watch(), move || f(backend.as_ref())).await;
         self.audit_end(cap, method, op, &outcome(&result)).await;
         result
     }
@@ -107,7 +107,7 @@ impl PoolHandle {
         self.scope.meter().operation()?;
         let cap = self.cap.clone();
         let backend = self.scope.backend().clone();
-        blocking(move || {
+        blocking(self.scope.watch(), move || {
             let mut names = backend.list(cap.pool())?;
             names.retain(|n| cap.can_see(n));
             Ok(names)

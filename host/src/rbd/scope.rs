@@ -7,6 +7,7 @@ use rbd_backend::{Backend, Version};
 use tokio::sync::Semaphore;
 
 use super::locks::HeldLocks;
+use super::BackendWatch;
 use crate::audit::Audit;
 use crate::capability::Grants;
 use crate::meter::Meter;
@@ -19,6 +20,7 @@ pub(crate) struct JobScope {
     /// Bounds the backend reads and writes one job keeps in flight.
     io_slots: Arc<Semaphore>,
     locks: HeldLocks,
+    watch: Arc<BackendWatch>,
 }
 
 impl JobScope {
@@ -30,6 +32,7 @@ impl JobScope {
             audit,
             io_slots: Arc::new(Semaphore::new(reads_in_flight.max(1))),
             locks: HeldLocks::default(),
+            watch: Arc::default(),
         }
     }
 
@@ -57,6 +60,10 @@ impl JobScope {
         &self.io_slots
     }
 
+    pub(super) fn watch(&self) -> &Arc<BackendWatch> {
+        &self.watch
+    }
+
     pub(super) fn locks(&self) -> &HeldLocks {
         &self.locks
     }
@@ -71,6 +78,6 @@ impl JobScope {
     /// unlocks it (or someone breaks it), whatever became of the holder's handle, so the host
     /// does it for a job however the job ended, within [`super::locks::RELEASE_TIME`].
     pub async fn release_locks(&self) {
-        self.locks.release_all(&self.backend).await;
+        self.locks.release_all(&self.backend, &self.watch).await;
     }
 }

@@ -105,6 +105,16 @@ impl LibrbdBackend {
         })?;
         // SAFETY: valid handle; null means $CEPH_ARGS.
         check(unsafe { (api.rados_conf_parse_env)(handle, ptr::null()) }, || "CEPH_ARGS".into())?;
+        // Connecting and monitor commands give up after 30 s instead of librados' defaults
+        // (5 minutes to mount; monitor commands without end), so a job aimed at a dead
+        // cluster fails with a clear error. OSD ops get no timeout here: the host bounds a
+        // job by its deadline and abandons a call that does not come back (the call owns its
+        // buffers, so nothing is freed under it).
+        for (key, value) in [("client_mount_timeout", "30"), ("rados_mon_op_timeout", "30")] {
+            let (key, value) = (cstr(key, "option")?, cstr(value, "value")?);
+            // SAFETY: valid handle and C strings.
+            check(unsafe { (api.rados_conf_set)(handle, key.as_ptr(), value.as_ptr()) }, || "rados_conf_set".into())?;
+        }
         if let Some(keyring) = &options.keyring {
             let key = cstr("keyring", "option")?;
             let value = cstr(&keyring.to_string_lossy(), "keyring path")?;

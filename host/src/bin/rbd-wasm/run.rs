@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
 use clap::Args;
 use rbd_wasm::manifest::{limit, Manifest};
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
@@ -151,6 +154,8 @@ pub fn run_job(args: RunArgs) -> ExitCode {
     let mut job_id = args.job_id.clone().unwrap_or_else(|| "job".into());
     let mut component_path = args.job.clone().unwrap_or_default();
     let usage = Arc::new(std::sync::Mutex::new(Usage::default()));
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    let signalled = Arc::new(AtomicI32::new(0));
     let mut view = ProgressView::new(&job_id, mode);
     let result = (|| -> Result<(), JobError> {
         let plan = job_plan(&args)?;
@@ -194,18 +199,28 @@ pub fn run_job(args: RunArgs) -> ExitCode {
             stderr,
             progress: Some(view.sink()),
             audit,
-            cancel: None,
+            cancel: Some(cancel.clone()),
             usage: Some(usage.clone()),
         };
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(|e| JobError::Setup(format!("cannot start the async runtime: {e}")))?;
-        tokio.block_on(runtime.run(&component, job))
+        let result = tokio.block_on(async {
+            tokio::spawn(cancel_on_signals(cancel.clone(), signalled.clone(), job_id.clone()));
+            runtime.run(&component, job).await
+        });
+        // Backend calls that never came back (a frozen cluster) must not keep the process:
+        // their threads are left to the exit.
+        tokio.shutdown_timeout(SHUTDOWN_TIME);
+        result
     })();
     let progress = view.finish();
+    let signal = signalled.load(Ordering::SeqCst);
     let exit_code = match &result {
         Ok(()) => 0,
+        // Stopped by a signal: the shell's convention, 128 + its number.
+        Err(JobError::Cancelled) if signal != 0 => 128 + signal,
         Err(e) => {
             eprintln!("rbd-wasm: {e}");
             e.exit_code().clamp(1, 255)
@@ -238,4 +253,36 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
+}
+
+/// How long the process waits, once the job has ended, for host threads still in a backend
+/// call before it exits without them.
+const SHUTDOWN_TIME: Duration = Duration::from_secs(2);
+
+/// SIGINT and SIGTERM cancel the job through the host (its locks are released and its images
+/// closed, within the runtime's bounds); a second signal exits at once.
+async fn cancel_on_signals(cancel: Arc<tokio::sync::Notify>, signalled: Arc<AtomicI32>, job_id: String) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        eprintln!("rbd-wasm: cannot watch for signals; SIGINT and SIGTERM will end the process at once");
+        return;
+    };
+    loop {
+        let (name, number) = tokio::select! {
+            _ = int.recv() => ("SIGINT", libc_signal::SIGINT),
+            _ = term.recv() => ("SIGTERM", libc_signal::SIGTERM),
+        };
+        if signalled.swap(number, Ordering::SeqCst) != 0 {
+            eprintln!("rbd-wasm: {name} again: exiting at once");
+            std::process::exit(128 + number);
+        }
+        eprintln!("rbd-wasm: {name}: cancelling job `{job_id}` (releasing its locks); send it again to exit at once");
+        cancel.notify_one();
+    }
+}
+
+/// The two signal numbers, as Linux numbers them (for the exit status).
+mod libc_signal {
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
 }

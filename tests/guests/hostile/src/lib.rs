@@ -603,6 +603,23 @@ fn rename_a_locked_image_and_trap(c: &Ctx) -> R {
     std::process::abort()
 }
 
+// ---- For the fault suite (tests/tests/faults.rs): work that a frozen cluster interrupts.
+
+fn hold_a_lock_and_write_forever(c: &Ctx) -> R {
+    let name = c.job("lk");
+    // Layering only: with exclusive-lock, librbd's advisory lock and writes interfere.
+    let options = rbd_wasm_guest::CreateOptions { features: 1, ..Default::default() };
+    c.pool.create_with(&name, 64 << 20, &options).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&name).map_err(|e| e.to_string())?;
+    img.lock_exclusive("fault").map_err(|e| e.to_string())?;
+    println!("locked");
+    let block = vec![5u8; 1 << 20];
+    for i in 0u64.. {
+        img.write((i % 64) << 20, &block).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("open_outside_grant_with_dot_dot", open_outside_grant_with_dot_dot),
     ("open_outside_grant_with_slashes", open_outside_grant_with_slashes),
@@ -633,6 +650,7 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("reach_for_files", reach_for_files),
     ("reach_for_the_network", reach_for_the_network),
     ("read_the_environment", read_the_environment),
+    ("hold_a_lock_and_write_forever", hold_a_lock_and_write_forever),
     ("hash_in_tiny_chunks", hash_in_tiny_chunks),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
     ("start_reads_and_never_wait", start_reads_and_never_wait),

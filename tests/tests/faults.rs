@@ -1,0 +1,229 @@
+//! Faults of the real cluster while jobs run: the OSD frozen (SIGSTOP) in the middle of a
+//! backup and of a job that holds a lock. Each case checks that the job ends within its
+//! deadline plus a stated margin, that a bystander job on the same host still runs, that no
+//! complete-looking partial backup is left, that no lock is left once the cluster is back,
+//! and that the next run completes.
+//!
+//! The cases freeze the test cluster's only OSD, so they run one at a time, and a guard
+//! thaws it however a case ends.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rbd_wasm::backend::{Backend, CreateOptions};
+use rbd_wasm::{Grant, Grants, ImagePattern, JobError, JobLimits, Operations};
+use rbd_wasm_tests::{ceph_conf, embedded_store, librbd_backend, run, run_with, run_with_output, unique_prefix, JobRun};
+
+/// How late a job may end after its deadline when the cluster does not answer: lock
+/// release (10 s) and closing (10 s) are each bounded, plus scheduling.
+const MARGIN: Duration = Duration::from_secs(25);
+/// How long the cluster may take to answer again after it is thawed.
+const RECOVERY: Duration = Duration::from_secs(60);
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CLUSTER: Mutex<()> = Mutex::new(());
+    CLUSTER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pid of a daemon of the test cluster, from the pid list `scripts/ceph-cluster.sh`
+/// keeps beside the conf file.
+fn daemon_pid(name: &str) -> String {
+    let dir: PathBuf = ceph_conf().parent().expect("the conf file's directory").to_owned();
+    let pids = std::fs::read_to_string(dir.join("daemons.pids")).expect("daemons.pids");
+    pids.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(|p| p.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {name} in daemons.pids:\n{pids}"))
+}
+
+/// A daemon stopped with SIGSTOP until the guard is dropped.
+struct Frozen(String);
+
+impl Frozen {
+    fn daemon(name: &str) -> Frozen {
+        let pid = daemon_pid(name);
+        let status = Command::new("kill").args(["-STOP", &pid]).status().expect("kill");
+        assert!(status.success(), "cannot freeze {name} ({pid})");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// Wait until `check` holds, or panic after `within`.
+fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < until, "{what} did not happen within {within:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A job on another backend of the same host runs while the cluster is frozen.
+fn bystander_runs() {
+    let store = embedded_store();
+    let started = Instant::now();
+    run("hello", &["rbd", "bystander"], store.backend.clone()).assert_ok();
+    assert!(started.elapsed() < Duration::from_secs(10), "the bystander took {:?}", started.elapsed());
+}
+
+fn limits(deadline: Duration) -> JobLimits {
+    JobLimits { deadline, ..JobLimits::default() }
+}
+
+fn ended_at_the_deadline(job: &JobRun, took: Duration, deadline: Duration) {
+    assert!(
+        matches!(job.result, Err(JobError::BackendUnresponsive { .. })),
+        "expected backend-unresponsive, got {:?}\n{}{}",
+        job.result,
+        job.stdout,
+        job.stderr
+    );
+    assert!(took <= deadline + MARGIN, "the job took {took:?}, past its deadline of {deadline:?} plus {MARGIN:?}");
+}
+
+#[test]
+fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes() {
+    let _serial = one_at_a_time();
+    let backend = librbd_backend();
+    let name = format!("{}-img", unique_prefix("fault"));
+    backend.create("rbd", &name, 1 << 30, &CreateOptions::default()).unwrap();
+    let img = backend.open("rbd", &name, None, false).unwrap();
+    for i in 0..96u64 {
+        img.write(i * (9 << 20), &vec![(i % 251) as u8 + 1; 1 << 20]).unwrap();
+    }
+    drop(img);
+    let out = tempfile::tempdir().unwrap();
+    let deadline = Duration::from_secs(10);
+
+    let job = {
+        let (backend, out, name) = (backend.clone() as Arc<dyn Backend>, out.path().to_owned(), name.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let grants = Grants::new(vec![Grant::full("rbd")]);
+            let job = rbd_wasm_tests::run_with_output_and_limits("backup", &["rbd", &name], backend, grants, limits(deadline), &out);
+            (job, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (job, took) = {
+        let _frozen = Frozen::daemon("osd.0");
+        bystander_runs();
+        job.join().expect("the backup's thread")
+    };
+    ended_at_the_deadline(&job, took, deadline);
+
+    // Nothing looks complete that is not: no manifest, or one whose stream is whole (checked
+    // by the verify job once the cluster is back).
+    let repo = out.path().join("rbd").join(&name);
+    let manifests: Vec<_> = std::fs::read_dir(&repo).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).collect()).unwrap_or_default();
+    assert!(manifests.is_empty(), "a backup interrupted at 1.5 s looks complete: {manifests:?}");
+
+    // The cluster is back: no lock is left, and the next run completes.
+    let claims = backend.clone();
+    eventually(RECOVERY, "the runners' mutex to be free", || {
+        claims.open("rbd", "rbd-wasm-backup-claims", None, true).map(|i| i.list_lockers().map(|l| l.lockers.is_empty()).unwrap_or(false)).unwrap_or(true)
+    });
+    let started = Instant::now();
+    let next = run_with_output("backup", &["rbd", &name, "--claim-timeout", "0"], backend.clone(), out.path());
+    next.assert_ok();
+    assert!(next.stdout.contains("full backup of backup-2"), "{}", next.stdout);
+    assert!(started.elapsed() < RECOVERY, "the next run took {:?}", started.elapsed());
+    run_with_output("verify", &["rbd", &name], backend.clone(), out.path()).assert_ok();
+}
+
+#[test]
+fn a_lock_holder_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_its_lock_is_released() {
+    let _serial = one_at_a_time();
+    let backend = librbd_backend();
+    let prefix = unique_prefix("fault");
+    let grants = Grants::new(vec![Grant {
+        pool: "rbd".into(),
+        images: ImagePattern::new(format!("{prefix}-job-*")),
+        operations: Operations::all(),
+    }]);
+    let deadline = Duration::from_secs(8);
+    let job = {
+        let (backend, prefix, grants) = (backend.clone() as Arc<dyn Backend>, prefix.clone(), grants.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let job = run_with("hostile", &["hold_a_lock_and_write_forever", &prefix], backend, grants, limits(deadline));
+            (job, started.elapsed())
+        })
+    };
+    let image = format!("{prefix}-job-lk");
+    eventually(Duration::from_secs(20), "the job to take its lock", || {
+        backend.open("rbd", &image, None, true).is_ok_and(|i| i.list_lockers().is_ok_and(|l| !l.lockers.is_empty()))
+    });
+    let (job, took) = {
+        let _frozen = Frozen::daemon("osd.0");
+        bystander_runs();
+        job.join().expect("the job's thread")
+    };
+    ended_at_the_deadline(&job, took, deadline);
+    // The host's unlock, abandoned while the OSD was frozen, completes once it is back.
+    eventually(RECOVERY, "the job's lock to be released", || {
+        backend.open("rbd", &image, None, true).is_ok_and(|i| i.list_lockers().is_ok_and(|l| l.lockers.is_empty()))
+    });
+    // And the next holder can take it.
+    let img = backend.open("rbd", &image, None, false).unwrap();
+    img.lock_exclusive("next").unwrap();
+    img.unlock("next").unwrap();
+}
+
+/// SIGTERM (what systemd and `timeout` send) and SIGINT (Ctrl-C) cancel the job through the
+/// host: its lock is released before `rbd-wasm` exits, with 128 + the signal's number.
+fn a_signal_cancels_the_job_and_releases_its_lock(librbd: bool, signal: &str, code: i32) {
+    let backend: Arc<dyn Backend>;
+    let store;
+    let mut cmd = Command::new(rbd_wasm_tests::host_binary());
+    cmd.arg("run").env("RBD_WASM_CACHE", rbd_wasm_tests::test_cache_dir()).env_remove("CEPH_CONF");
+    if librbd {
+        backend = librbd_backend();
+        cmd.arg("-c").arg(ceph_conf());
+    } else {
+        store = embedded_store();
+        backend = store.backend.clone();
+        cmd.arg("--store").arg(store.dir.path());
+    }
+    let prefix = unique_prefix("sig");
+    let hostile = rbd_wasm_tests::guest("hostile");
+    let mut child = cmd
+        .arg(&hostile)
+        .args(["--", "hold_a_lock_and_write_forever", &prefix])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn rbd-wasm");
+    let image = format!("{prefix}-job-lk");
+    eventually(Duration::from_secs(30), "the job to take its lock", || {
+        backend.open("rbd", &image, None, true).is_ok_and(|i| i.list_lockers().is_ok_and(|l| !l.lockers.is_empty()))
+    });
+    let sent = Instant::now();
+    let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(exit.code(), Some(code), "{signal}: {stderr}");
+    assert!(sent.elapsed() < Duration::from_secs(15), "{signal} took {:?} to end the job", sent.elapsed());
+    assert!(stderr.contains(&format!("SIG{signal}: cancelling job")), "{stderr}");
+    let lockers = backend.open("rbd", &image, None, true).unwrap().list_lockers().unwrap();
+    assert!(lockers.lockers.is_empty(), "{signal}: the job's lock is left: {lockers:?}");
+}
+
+#[test]
+fn sigterm_cancels_a_job_on_the_embedded_store_and_releases_its_lock() {
+    a_signal_cancels_the_job_and_releases_its_lock(false, "TERM", 143);
+}
+
+#[test]
+fn sigint_cancels_a_job_on_librbd_and_releases_its_lock() {
+    let _serial = one_at_a_time();
+    a_signal_cancels_the_job_and_releases_its_lock(true, "INT", 130);
+}
