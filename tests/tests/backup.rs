@@ -225,6 +225,19 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     assert!(failed(&restore(&["rbd", &src, &unverified])).contains("digest"));
     assert!(!backend.list("rbd").unwrap().contains(&unverified), "an unverified restore was left behind");
+    assert!(!backend.list("rbd").unwrap().contains(&format!("{unverified}.restoring")), "its work image was left behind");
+    // A restore killed before it verified leaves only `TARGET.restoring`, which the next
+    // restore to TARGET removes before it starts.
+    std::fs::write(&stream, &good).unwrap();
+    manifest["stream_sha256"] = hex::encode(Sha256::digest(&good)).into();
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let killed = format!("{src}-killed");
+    backend.create("rbd", &format!("{killed}.restoring"), 1 << 20, &Default::default()).unwrap();
+    let again = restore(&["rbd", &src, &killed]);
+    again.assert_ok();
+    assert!(again.stdout.contains(&format!("removing rbd/{killed}.restoring")), "{}", again.stdout);
+    assert!(!backend.list("rbd").unwrap().contains(&format!("{killed}.restoring")));
+    assert!(contents(backend.as_ref(), "rbd", &killed, None) == contents(backend.as_ref(), "rbd", &src, Some("backup-2")));
 }
 
 /// The verify job: a deep scrub, a sample, and what it finds when the backup is wrong.

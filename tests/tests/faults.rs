@@ -22,6 +22,29 @@ const MARGIN: Duration = Duration::from_secs(25);
 /// How long the cluster may take to answer again after it is thawed.
 const RECOVERY: Duration = Duration::from_secs(60);
 
+/// Run a case on a thread of its own and fail it if it has not ended within `limit`: a
+/// backend call that never returns must fail this suite, not hang it.
+fn within(limit: Duration, case: impl FnOnce() + Send + 'static) {
+    let (done, ended) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        case();
+        let _ = done.send(());
+    });
+    match ended.recv_timeout(limit) {
+        Ok(()) => runner.join().expect("the case"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The case panicked: show its panic.
+            if let Err(panic) = runner.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the case did not end within {limit:?}"),
+    }
+}
+
+/// Longest a fault case may take in all.
+const CASE_LIMIT: Duration = Duration::from_secs(300);
+
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static CLUSTER: Mutex<()> = Mutex::new(());
     CLUSTER.lock().unwrap_or_else(|p| p.into_inner())
@@ -37,21 +60,43 @@ fn daemon_pid(name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in daemons.pids:\n{pids}"))
 }
 
-/// A daemon stopped with SIGSTOP until the guard is dropped.
-struct Frozen(String);
+/// The OSD stopped with SIGSTOP until the guard is dropped.
+///
+/// An OSD paused past its PGs' read lease finds them `laggy` when it resumes, and with no
+/// peer to renew the lease (one OSD, size-1 pools) client ops wait "for readable" until the
+/// next interval change, which may never come. So the thaw also marks the OSD down: it
+/// asserts itself up again at once, its PGs re-peer, and the cluster serves again within
+/// seconds (what a real cluster's peers would do).
+struct FrozenOsd(String);
 
-impl Frozen {
-    fn daemon(name: &str) -> Frozen {
-        let pid = daemon_pid(name);
+impl FrozenOsd {
+    fn freeze() -> FrozenOsd {
+        let pid = daemon_pid("osd.0");
         let status = Command::new("kill").args(["-STOP", &pid]).status().expect("kill");
-        assert!(status.success(), "cannot freeze {name} ({pid})");
-        Frozen(pid)
+        assert!(status.success(), "cannot freeze osd.0 ({pid})");
+        FrozenOsd(pid)
     }
 }
 
-impl Drop for Frozen {
+fn ceph(args: &[&str]) -> Option<String> {
+    let out = Command::new("timeout").arg("30").arg("ceph").arg("-c").arg(ceph_conf()).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Drop for FrozenOsd {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        let _ = ceph(&["osd", "down", "0"]);
+        let until = Instant::now() + RECOVERY;
+        while Instant::now() < until {
+            let serving = ceph(&["pg", "ls"]).is_some_and(|pgs| !pgs.contains("laggy") && !pgs.contains("peering"))
+                && ceph(&["osd", "stat"]).is_some_and(|s| s.contains("1 up"));
+            if serving {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!("faults: the OSD did not serve again within {RECOVERY:?} of its thaw");
     }
 }
 
@@ -89,6 +134,10 @@ fn ended_at_the_deadline(job: &JobRun, took: Duration, deadline: Duration) {
 
 #[test]
 fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes() {
+    within(CASE_LIMIT, a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes_case);
+}
+
+fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes_case() {
     let _serial = one_at_a_time();
     let backend = librbd_backend();
     let name = format!("{}-img", unique_prefix("fault"));
@@ -112,7 +161,7 @@ fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_co
     };
     std::thread::sleep(Duration::from_millis(1500));
     let (job, took) = {
-        let _frozen = Frozen::daemon("osd.0");
+        let _frozen = FrozenOsd::freeze();
         bystander_runs();
         job.join().expect("the backup's thread")
     };
@@ -138,7 +187,54 @@ fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_co
 }
 
 #[test]
+fn a_restore_interrupted_by_a_frozen_osd_ends_at_its_deadline_leaves_no_restored_image_and_the_next_completes() {
+    within(CASE_LIMIT, a_restore_interrupted_by_a_frozen_osd_ends_at_its_deadline_leaves_no_restored_image_and_the_next_completes_case);
+}
+
+fn a_restore_interrupted_by_a_frozen_osd_ends_at_its_deadline_leaves_no_restored_image_and_the_next_completes_case() {
+    let _serial = one_at_a_time();
+    let backend = librbd_backend();
+    let name = format!("{}-src", unique_prefix("fault"));
+    backend.create("rbd", &name, 1 << 30, &CreateOptions::default()).unwrap();
+    let img = backend.open("rbd", &name, None, false).unwrap();
+    for i in 0..96u64 {
+        img.write(i * (9 << 20), &vec![(i % 251) as u8 + 1; 1 << 20]).unwrap();
+    }
+    drop(img);
+    let out = tempfile::tempdir().unwrap();
+    run_with_output("backup", &["rbd", &name], backend.clone(), out.path()).assert_ok();
+    let target = format!("{name}-restored");
+    let deadline = Duration::from_secs(10);
+    let job = {
+        let (backend, out, name, target) = (backend.clone() as Arc<dyn Backend>, out.path().to_owned(), name.clone(), target.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let grants = Grants::new(vec![Grant::full("rbd")]);
+            let job = rbd_wasm_tests::run_with_output_and_limits("restore", &["rbd", &name, &target], backend, grants, limits(deadline), &out);
+            (job, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (job, took) = {
+        let _frozen = FrozenOsd::freeze();
+        bystander_runs();
+        job.join().expect("the restore's thread")
+    };
+    ended_at_the_deadline(&job, took, deadline);
+    eventually(RECOVERY, "the cluster to answer", || backend.list("rbd").is_ok());
+    assert!(!backend.list("rbd").unwrap().contains(&target), "an unfinished restore looks restored");
+    let started = Instant::now();
+    let next = run_with_output("restore", &["rbd", &name, &target], backend.clone(), out.path());
+    next.assert_ok();
+    assert!(started.elapsed() < RECOVERY, "the next restore took {:?}", started.elapsed());
+}
+
+#[test]
 fn a_lock_holder_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_its_lock_is_released() {
+    within(CASE_LIMIT, a_lock_holder_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_its_lock_is_released_case);
+}
+
+fn a_lock_holder_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_its_lock_is_released_case() {
     let _serial = one_at_a_time();
     let backend = librbd_backend();
     let prefix = unique_prefix("fault");
@@ -161,7 +257,7 @@ fn a_lock_holder_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_its_lock_i
         backend.open("rbd", &image, None, true).is_ok_and(|i| i.list_lockers().is_ok_and(|l| !l.lockers.is_empty()))
     });
     let (job, took) = {
-        let _frozen = Frozen::daemon("osd.0");
+        let _frozen = FrozenOsd::freeze();
         bystander_runs();
         job.join().expect("the job's thread")
     };
@@ -219,11 +315,19 @@ fn a_signal_cancels_the_job_and_releases_its_lock(librbd: bool, signal: &str, co
 
 #[test]
 fn sigterm_cancels_a_job_on_the_embedded_store_and_releases_its_lock() {
+    within(CASE_LIMIT, sigterm_cancels_a_job_on_the_embedded_store_and_releases_its_lock_case);
+}
+
+fn sigterm_cancels_a_job_on_the_embedded_store_and_releases_its_lock_case() {
     a_signal_cancels_the_job_and_releases_its_lock(false, "TERM", 143);
 }
 
 #[test]
 fn sigint_cancels_a_job_on_librbd_and_releases_its_lock() {
+    within(CASE_LIMIT, sigint_cancels_a_job_on_librbd_and_releases_its_lock_case);
+}
+
+fn sigint_cancels_a_job_on_librbd_and_releases_its_lock_case() {
     let _serial = one_at_a_time();
     a_signal_cancels_the_job_and_releases_its_lock(true, "INT", 130);
 }

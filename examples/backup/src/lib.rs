@@ -303,13 +303,13 @@ fn run(args: Vec<String>) -> Result<()> {
         // Not a success: if the claim is a killed run's, nothing is being backed up until it
         // times out, and cron or monitoring must be able to tell.
         eprintln!("backed up nothing: {claimed} image(s) held by another runner's claim (exit status {EXIT_CLAIMED})");
-        std::process::exit(EXIT_CLAIMED);
+        rbd_wasm_guest::exit(EXIT_CLAIMED);
     }
     Ok(())
 }
 
 /// The exit status of a run that backed up nothing because other runners' claims held its
 /// images (EX_TEMPFAIL: try again later).
-const EXIT_CLAIMED: i32 = 75;
+const EXIT_CLAIMED: u8 = 75;
 
 rbd_wasm_guest::job!(run);

@@ -4,12 +4,15 @@
 //! Arguments: `POOL IMAGE TARGET [--backup N] [--target-pool POOL]`. Reads the backups of
 //! `POOL/IMAGE` from the repository in the job's output directory (see `backup-repo`),
 //! follows the chain back from backup N (default: the newest) to a full backup, checks
-//! every stream against its manifest before writing anything, creates `TARGET` (it must not
-//! exist), and applies the streams in order the way `rbd import-diff` does: the size record
-//! resizes, `w` records write, `z` records zero, and the to-snapshot is created at each
-//! stream's end. Then the restored image is read back and its digest (see
-//! `backup_repo::digest`) compared with the manifest's. If anything fails the
-//! half-restored target is removed, so no image that looks restored is left unverified.
+//! every stream against its manifest before writing anything, and applies the streams in
+//! order the way `rbd import-diff` does (the size record resizes, `w` records write, `z`
+//! records zero, and the to-snapshot is created at each stream's end) to a new image named
+//! `TARGET.restoring`. Then the restored image is read back and its digest (see
+//! `backup_repo::digest`) compared with the manifest's, and only then is it renamed to
+//! `TARGET` (which must not exist). So an image named `TARGET` is always a verified restore:
+//! a restore that fails removes its `.restoring` image, and one that is killed leaves it for
+//! the next restore to `TARGET`, which removes it first. The job's grant needs `create`,
+//! `rename` and `remove` on `TARGET.restoring` as well as `create` on `TARGET`.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -169,15 +172,25 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
         check_stream(&repo, manifest)?;
     }
     let last = chain.last().ok_or("an empty chain")?;
-    target_pool.create(&args.target, chain[0].size)?;
+    match target_pool.open(&args.target) {
+        Ok(_) => return Err(format!("{}/{} exists; restore to a new name", target_pool.name(), args.target).into()),
+        Err(rbd_wasm_guest::Error::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let restoring = format!("{}{RESTORING}", args.target);
+    if target_pool.open(&restoring).is_ok() {
+        println!("removing {}/{restoring}, left by a restore that did not finish", target_pool.name());
+        remove_restored(target_pool, &restoring);
+    }
+    target_pool.create(&restoring, chain[0].size)?;
     let result = (|| -> Result<String> {
-        let image = target_pool.open(&args.target)?;
+        let image = target_pool.open(&restoring)?;
         let mut base: Option<&str> = None;
         for manifest in &chain {
             apply(&repo, manifest, &image, base)?;
             base = Some(&manifest.to_snapshot);
         }
-        let at = target_pool.open_at_snapshot(&args.target, &last.to_snapshot)?;
+        let at = target_pool.open_at_snapshot(&restoring, &last.to_snapshot)?;
         let digest = image_chunk_sums(&at)?.image_digest();
         if digest != last.image_digest {
             return Err(format!(
@@ -186,13 +199,19 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
             )
             .into());
         }
+        drop((at, image));
+        // Verified: only now does it get the name the operator asked for.
+        target_pool.rename(&restoring, &args.target)?;
         Ok(digest)
     })();
     if result.is_err() {
-        remove_restored(target_pool, &args.target);
+        remove_restored(target_pool, &restoring);
     }
     result
 }
+
+/// The suffix of the image a restore writes before it is verified.
+const RESTORING: &str = ".restoring";
 
 /// Remove a target this job created and could not finish.
 fn remove_restored(pool: &Pool, name: &str) {

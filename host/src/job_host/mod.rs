@@ -53,6 +53,11 @@ impl job_host::Host for RbdView<'_> {
         Ok(())
     }
 
+    async fn exit_with_code(&mut self, code: u8) -> wasmtime::Result<()> {
+        // The same trap as WASI's exit, so the runtime ends every exit one way.
+        Err(wasmtime::Error::new(wasmtime_wasi::I32Exit(i32::from(code))))
+    }
+
     async fn sha256_chunks(&mut self, data: Vec<u8>, chunk_size: u32) -> wasmtime::Result<Vec<u8>> {
         let meter = self.ctx.meter().clone();
         trap_on_quota(meter.operation())?;
