@@ -418,6 +418,8 @@ impl Runtime {
             }) => Some(outcome),
             () = cancel.notified() => None,
         };
+        // Long host work the job started (flatten, copy) stops at its next step.
+        store.data().rbd.end_host_work();
         // Whether the cluster stopped answering: a call still waiting when the job was stopped.
         let backend_wait = store.data().rbd.backend_wait().filter(|w| *w >= BACKEND_STALL);
         // However the job ended, it leaves no lock behind, and its images are closed (on the

@@ -331,3 +331,59 @@ fn sigint_cancels_a_job_on_librbd_and_releases_its_lock_case() {
     let _serial = one_at_a_time();
     a_signal_cancels_the_job_and_releases_its_lock(true, "INT", 130);
 }
+
+/// Long host work (flatten, copy) stops when asked, as it is when its job ends: the clone
+/// keeps its parent and the copy does not appear. librbd's copy asks and then ignores the
+/// answer (Pacific): it runs to its end (`copy_stops` false pins that).
+fn flatten_and_copy_stop_when_asked(backend: Arc<dyn Backend>, prefix: &str, copy_stops: bool) {
+    let parent = format!("{prefix}-parent");
+    backend.create("rbd", &parent, 64 << 20, &CreateOptions { features: 1, ..Default::default() }).unwrap();
+    let img = backend.open("rbd", &parent, None, false).unwrap();
+    for i in 0..16u64 {
+        img.write(i << 22, &[7u8; 4096]).unwrap();
+    }
+    img.create_snap("s").unwrap();
+    img.protect_snap("s").unwrap();
+    let child = format!("{prefix}-child");
+    backend.clone_image("rbd", &parent, "s", "rbd", &child, &Default::default()).unwrap();
+    let clone = backend.open("rbd", &child, None, false).unwrap();
+    let mut asked = 0;
+    let stopped = clone.flatten_with(&mut |_, _| {
+        asked += 1;
+        false
+    });
+    assert_eq!(stopped.as_ref().map_err(|e| e.kind()), Err("other"), "{stopped:?}");
+    assert!(stopped.unwrap_err().to_string().contains("cancelled"));
+    assert!(asked >= 1);
+    assert!(clone.parent_info().unwrap().is_some(), "a stopped flatten keeps the parent");
+    let copy = format!("{prefix}-copy");
+    let mut asked = 0;
+    let stopped = img.copy_with("rbd", &copy, &mut |_, _| {
+        asked += 1;
+        false
+    });
+    assert!(asked >= 1, "copy never asked");
+    if !copy_stops {
+        assert!(stopped.is_ok(), "librbd's copy stopped after all: {stopped:?}");
+        backend.remove("rbd", &copy).unwrap();
+    } else {
+        assert!(stopped.as_ref().is_err_and(|e| e.to_string().contains("cancelled")), "{stopped:?} after {asked} calls");
+        assert!(!backend.list("rbd").unwrap().contains(&copy), "a stopped copy left its image");
+    }
+    // Not stopped, both complete.
+    clone.flatten_with(&mut |_, _| true).unwrap();
+    assert!(clone.parent_info().unwrap().is_none());
+    img.copy_with("rbd", &copy, &mut |_, _| true).unwrap();
+    assert!(backend.list("rbd").unwrap().contains(&copy));
+}
+
+#[test]
+fn flatten_and_copy_stop_when_asked_on_the_embedded_store() {
+    let store = embedded_store();
+    flatten_and_copy_stop_when_asked(store.backend.clone(), "t", true);
+}
+
+#[test]
+fn flatten_and_copy_stop_when_asked_on_librbd() {
+    flatten_and_copy_stop_when_asked(librbd_backend(), &unique_prefix("stop"), false);
+}

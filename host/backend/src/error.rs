@@ -84,7 +84,15 @@ const ESHUTDOWN: i32 = 108;
 const ETIMEDOUT: i32 = 110;
 const EDQUOT: i32 = 122;
 
+/// ECANCELED, what librbd answers when a progress callback stops an operation.
+pub const ECANCELED: i32 = 125;
+
 impl Error {
+    /// An operation stopped because its caller asked it to (a progress callback said no).
+    pub fn cancelled(what: &str) -> Error {
+        Error::Other { errno: ECANCELED, message: format!("{what}: cancelled") }
+    }
+
     /// The error for a (positive or negative) errno, as python-rbd's `make_ex` maps it.
     pub fn from_errno(errno: i32, context: impl Into<String>) -> Self {
         let m = context.into();

@@ -239,9 +239,19 @@ pub trait Image: Send + Sync {
     /// The clones of the selected snapshot.
     fn list_children(&self) -> Result<Vec<Child>>;
     fn parent_info(&self) -> Result<Option<ParentInfo>>;
-    fn flatten(&self) -> Result<()>;
+    fn flatten(&self) -> Result<()> {
+        self.flatten_with(&mut |_, _| true)
+    }
+    /// `flatten`, asking `keep_going(done, total)` as it goes: `false` stops it with
+    /// [`Error::cancelled`] and the image keeps its parent (what it copied up stays).
+    fn flatten_with(&self, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()>;
     /// Copy the selected snapshot's (or the head's) data into a new image.
-    fn copy(&self, dest_pool: &str, dest_name: &str) -> Result<()>;
+    fn copy(&self, dest_pool: &str, dest_name: &str) -> Result<()> {
+        self.copy_with(dest_pool, dest_name, &mut |_, _| true)
+    }
+    /// `copy`, asking `keep_going(done, total)` as it goes: `false` stops it with
+    /// [`Error::cancelled`].
+    fn copy_with(&self, dest_pool: &str, dest_name: &str, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()>;
 
     fn list_lockers(&self) -> Result<LockInfo>;
     fn lock_exclusive(&self, cookie: &str) -> Result<()>;

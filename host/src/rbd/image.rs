@@ -123,7 +123,7 @@ impl ImageHandle {
     }
 
     /// Copy the image's data to a new image in `dest` (whose grant allows `create`), charged
-    /// as a read and a write of the whole image.
+    /// as a read and a write of the whole image; it stops when the job ends.
     async fn copy(&self, dest: &PoolHandle, dest_name: String) -> HostResult<()> {
         let dest_cap = dest.require("copy", &dest_name, Operation::Create).await?;
         let size = self.call("copy", Some(Operation::Read), |i| i.size()).await?;
@@ -135,7 +135,11 @@ impl ImageHandle {
         }
         let dest_pool = dest_cap.pool().to_owned();
         let open = self.open.clone();
-        let result = blocking(self.scope.watch(), move || open.with(|i| i.copy(&dest_pool, &dest_name))).await;
+        let ended = self.scope.ended().clone();
+        let result = blocking(self.scope.watch(), move || {
+            open.with(|i| i.copy_with(&dest_pool, &dest_name, &mut |_, _| !ended.load(Ordering::SeqCst)))
+        })
+        .await;
         if result.is_err() {
             meter.refund_read(size);
             meter.refund_write(size);
@@ -144,7 +148,8 @@ impl ImageHandle {
         result
     }
 
-    /// Copy the parent's data into the image, charged as a write of the whole image.
+    /// Copy the parent's data into the image, charged as a write of the whole image; it
+    /// stops when the job ends.
     async fn flatten(&self) -> HostResult<()> {
         self.require("flatten", Operation::Write).await?;
         let size = blocking(self.scope.watch(), {
@@ -153,7 +158,9 @@ impl ImageHandle {
         })
         .await?;
         self.scope.meter().start_write(size)?;
-        let result = self.call("flatten", Some(Operation::Write), |i| i.flatten()).await;
+        let ended = self.scope.ended().clone();
+        let result =
+            self.call("flatten", Some(Operation::Write), move |i| i.flatten_with(&mut |_, _| !ended.load(Ordering::SeqCst))).await;
         if result.is_err() {
             self.scope.meter().refund_write(size);
         }

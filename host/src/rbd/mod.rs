@@ -132,6 +132,11 @@ impl RbdCtx {
         }
     }
 
+    /// The job has ended: long host work it started (flatten, copy) stops at its next step.
+    pub fn end_host_work(&self) {
+        self.scope.end();
+    }
+
     /// Release every advisory lock the job still holds, within a bounded time; see
     /// [`JobScope::release_locks`].
     pub async fn release_locks(&self) {

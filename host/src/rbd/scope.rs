@@ -21,6 +21,9 @@ pub(crate) struct JobScope {
     io_slots: Arc<Semaphore>,
     locks: HeldLocks,
     watch: Arc<BackendWatch>,
+    /// Set when the job has ended (returned, trapped, timed out, cancelled): long host work
+    /// it started (flatten, copy) stops at its next step.
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JobScope {
@@ -33,6 +36,7 @@ impl JobScope {
             io_slots: Arc::new(Semaphore::new(reads_in_flight.max(1))),
             locks: HeldLocks::default(),
             watch: Arc::default(),
+            ended: Arc::default(),
         }
     }
 
@@ -62,6 +66,16 @@ impl JobScope {
 
     pub(super) fn watch(&self) -> &Arc<BackendWatch> {
         &self.watch
+    }
+
+    /// The flag long host work checks to stop when the job has ended.
+    pub(super) fn ended(&self) -> &Arc<std::sync::atomic::AtomicBool> {
+        &self.ended
+    }
+
+    /// The job has ended: stop the host work it left running.
+    pub fn end(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(super) fn locks(&self) -> &HeldLocks {

@@ -365,12 +365,12 @@ impl Image for EmbeddedImage {
         Ok(Some(ParentInfo { pool: link.pool, image, snap }))
     }
 
-    fn flatten(&self) -> Result<()> {
+    fn flatten_with(&self, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()> {
         self.check_not_read_only()?;
-        self.shared.modify(true, |txn| txn.flatten())
+        self.shared.modify(true, |txn| txn.flatten(keep_going))
     }
 
-    fn copy(&self, dest_pool: &str, dest_name: &str) -> Result<()> {
+    fn copy_with(&self, dest_pool: &str, dest_name: &str, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()> {
         validate::new_name("image", dest_name)?;
         let dir = pool::existing(&self.shared.store.root, dest_pool)?;
         let mut txn = PoolTxn::begin(dir)?;
@@ -387,7 +387,12 @@ impl Image for EmbeddedImage {
             wanted.extend((a / os)..=((b - 1) / os));
         }
         let mut buf = Vec::new();
-        for objno in wanted {
+        let total = wanted.len() as u64;
+        for (done, objno) in wanted.into_iter().enumerate() {
+            // Stopped: the new image was never committed, so it does not exist.
+            if !keep_going(done as u64, total) {
+                return Err(Error::cancelled(&format!("copy to {dest_pool}/{dest_name}")));
+            }
             let start = objno * os;
             let len = obj_end(objno, os).min(view.size) - start;
             buf.clear();

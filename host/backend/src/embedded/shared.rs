@@ -503,7 +503,7 @@ impl Txn<'_> {
     /// Copy everything the parent still serves into the head and every snapshot, then drop
     /// the parent links (deep flatten). Versions that read the same parent bytes share the
     /// copied object.
-    pub fn flatten(&mut self) -> Result<()> {
+    pub fn flatten(&mut self, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()> {
         // None: the head; Some(i): snapshot at index i.
         let mut versions: Vec<(Option<usize>, ParentLink)> = Vec::new();
         if let Some(link) = &self.header.parent {
@@ -537,7 +537,12 @@ impl Txn<'_> {
                 };
                 wanted.retain(|objno| !map.contains_key(objno));
             }
-            for objno in wanted {
+            let total = wanted.len() as u64;
+            for (done, objno) in wanted.into_iter().enumerate() {
+                // Stopped: the transaction is not committed, so the image keeps its parent.
+                if !keep_going(done as u64, total) {
+                    return Err(Error::cancelled("flatten"));
+                }
                 let start = objno * os;
                 let len = (link.overlap - start).min(os);
                 let key = (link.snap_id, objno, len);

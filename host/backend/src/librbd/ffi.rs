@@ -18,6 +18,8 @@ pub type rados_ioctx_t = *mut c_void;
 pub type rbd_image_t = *mut c_void;
 pub type rbd_image_options_t = *mut c_void;
 pub type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+/// `librbd_progress_fn_t`: a non-zero answer stops the operation (flatten and copy end with it).
+pub type ProgressCallback = extern "C" fn(u64, u64, *mut c_void) -> c_int;
 
 pub const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
 pub const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
@@ -159,8 +161,8 @@ api! {
     rbd_linked_image_spec_cleanup: fn(*mut rbd_linked_image_spec_t) -> ();
     rbd_snap_spec_cleanup: fn(*mut rbd_snap_spec_t) -> ();
     rbd_get_parent: fn(rbd_image_t, *mut rbd_linked_image_spec_t, *mut rbd_snap_spec_t) -> c_int;
-    rbd_flatten: fn(rbd_image_t) -> c_int;
-    rbd_copy: fn(rbd_image_t, rados_ioctx_t, *const c_char) -> c_int;
+    rbd_flatten_with_progress: fn(rbd_image_t, ProgressCallback, *mut c_void) -> c_int;
+    rbd_copy_with_progress: fn(rbd_image_t, rados_ioctx_t, *const c_char, ProgressCallback, *mut c_void) -> c_int;
 
     rbd_list_lockers: fn(rbd_image_t, *mut c_int, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize) -> isize;
     rbd_lock_exclusive: fn(rbd_image_t, *const c_char) -> c_int;

@@ -497,6 +497,36 @@ struct DiffSink<'a> {
     panicked: bool,
 }
 
+struct ProgressSink<'a> {
+    keep_going: &'a mut dyn FnMut(u64, u64) -> bool,
+    panicked: bool,
+}
+
+extern "C" fn progress_callback(done: u64, total: u64, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ProgressSink` passed by flatten or copy, alive for the call.
+    let sink = unsafe { &mut *(arg as *mut ProgressSink<'_>) };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (sink.keep_going)(done, total))) {
+        Ok(true) => 0,
+        Ok(false) => -crate::error::ECANCELED,
+        Err(_) => {
+            sink.panicked = true;
+            -crate::error::ECANCELED
+        }
+    }
+}
+
+/// The result of an operation with a progress callback: a stop it asked for is
+/// [`Error::cancelled`].
+fn progress_result(ret: c_int, sink: &ProgressSink<'_>, what: impl FnOnce() -> String) -> Result<()> {
+    if sink.panicked {
+        return Err(Error::Logic("the progress callback panicked".into()));
+    }
+    if ret == -crate::error::ECANCELED {
+        return Err(Error::cancelled(&what()));
+    }
+    check(ret, what)
+}
+
 extern "C" fn diff_callback(offset: u64, length: usize, exists: c_int, arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `DiffSink` passed by `diff_iterate`, alive for the whole call.
     let sink = unsafe { &mut *(arg as *mut DiffSink<'_>) };
@@ -762,20 +792,33 @@ impl Image for LibrbdImage {
         Ok(Some(info))
     }
 
-    fn flatten(&self) -> Result<()> {
+    fn flatten_with(&self, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()> {
         let _g = self.shared();
-        // SAFETY: open image.
-        check(unsafe { (self.api.rbd_flatten)(self.handle) }, || self.ctx("flatten"))
+        let mut sink = ProgressSink { keep_going, panicked: false };
+        // SAFETY: open image; the callback receives `sink`, which outlives the call.
+        let ret = unsafe {
+            (self.api.rbd_flatten_with_progress)(self.handle, progress_callback, (&mut sink as *mut ProgressSink<'_>).cast())
+        };
+        progress_result(ret, &sink, || self.ctx("flatten"))
     }
 
-    fn copy(&self, dest_pool: &str, dest_name: &str) -> Result<()> {
+    fn copy_with(&self, dest_pool: &str, dest_name: &str, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()> {
         let dest = self.pools.open(dest_pool)?;
         let c = cstr(dest_name, "image name")?;
         let _g = self.shared();
-        // SAFETY: open image, valid destination ioctx, C string.
-        check(unsafe { (self.api.rbd_copy)(self.handle, dest.handle, c.as_ptr()) }, || {
-            self.ctx(&format!("copy to {dest_pool}/{dest_name}"))
-        })
+        let mut sink = ProgressSink { keep_going, panicked: false };
+        // SAFETY: open image, valid destination ioctx, C string; the callback receives
+        // `sink`, which outlives the call.
+        let ret = unsafe {
+            (self.api.rbd_copy_with_progress)(
+                self.handle,
+                dest.handle,
+                c.as_ptr(),
+                progress_callback,
+                (&mut sink as *mut ProgressSink<'_>).cast(),
+            )
+        };
+        progress_result(ret, &sink, || self.ctx(&format!("copy to {dest_pool}/{dest_name}")))
     }
 
     fn list_lockers(&self) -> Result<LockInfo> {
