@@ -178,9 +178,17 @@ fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_co
     eventually(RECOVERY, "the runners' mutex to be free", || {
         claims.open("rbd", "rbd-wasm-backup-claims", None, true).map(|i| i.list_lockers().map(|l| l.lockers.is_empty()).unwrap_or(false)).unwrap_or(true)
     });
+    // The job's claim went with it (the host's abandoned unlock completes once the OSD is
+    // back), so the next run takes over at once, without waiting for --claim-timeout.
+    eventually(RECOVERY, "the interrupted backup's claim to be released", || {
+        claims.open("rbd", "rbd-wasm-backup-running", None, true).is_ok_and(|i| {
+            i.list_lockers().is_ok_and(|l| l.lockers.iter().all(|l| !l.cookie.contains(name.as_str())))
+        })
+    });
     let started = Instant::now();
-    let next = run_with_output("backup", &["rbd", &name, "--claim-timeout", "0"], backend.clone(), out.path());
+    let next = run_with_output("backup", &["rbd", &name], backend.clone(), out.path());
     next.assert_ok();
+    assert!(next.stdout.contains("the runner of backup-1 is gone"), "{}", next.stdout);
     assert!(next.stdout.contains("full backup of backup-2"), "{}", next.stdout);
     assert!(started.elapsed() < RECOVERY, "the next run took {:?}", started.elapsed());
     run_with_output("verify", &["rbd", &name], backend.clone(), out.path()).assert_ok();

@@ -80,38 +80,56 @@ fn two_runners_back_up_each_image_once_per_snapshot(backend: Arc<dyn Backend>, c
     }
 }
 
-/// A `backup-N` snapshot without a complete backup is another runner's claim while it is
-/// young, and a killed run's once it is older than `--claim-timeout`.
-/// `killed` is another client, standing for a runner killed inside the mutex.
-fn an_unfinished_claim_is_left_alone_until_it_times_out(backend: Arc<dyn Backend>, killed: Arc<dyn Backend>) {
+/// A `backup-N` snapshot without a complete backup is another runner's while that runner
+/// holds its claim (a shared lock of `rbd-wasm-backup-running`) and it is younger than
+/// `--claim-timeout`; without its claim, its runner is gone and the next run takes over at
+/// once. `killed` is another client, standing for a runner killed outright (its claim and
+/// the mutex left locked).
+fn an_unfinished_claim_is_left_alone_until_it_times_out(backend: Arc<dyn Backend>, killed: &dyn Fn() -> Arc<dyn Backend>) {
     let src = format!("{}-claim", unique_prefix("runners"));
     backend.create("rbd", &src, 4 << 20, &CreateOptions::default()).unwrap();
     let img = backend.open("rbd", &src, None, false).unwrap();
     img.write(0, b"claimed").unwrap();
-    img.create_snap("backup-1").unwrap(); // what a runner that is still working leaves
-    drop(img);
+    // A snapshot whose runner is gone (it left no claim): taken over at once.
+    img.create_snap("backup-1").unwrap();
     let out = tempfile::tempdir().unwrap();
+    let job = run_with_output("backup", &["rbd", &src], backend.clone(), out.path());
+    job.assert_ok();
+    assert!(job.stdout.contains("the runner of backup-1 is gone"), "{}", job.stdout);
+    assert!(job.stdout.contains("full backup of backup-2"), "{}", job.stdout);
+    // What a runner that is still working leaves: its snapshot and its claim.
+    img.create_snap("backup-3").unwrap();
+    drop(img);
+    // (A client whose lock is broken is blocklisted by librbd: each killed runner is a new one.)
+    let running = killed().open("rbd", "rbd-wasm-backup-running", None, false).expect("the claims image exists");
+    running.lock_shared(&format!("claim rbd/{src} backup-3"), "rbd-wasm-backup").unwrap();
+    drop(running);
     let job = run_with_output("backup", &["rbd", &src], backend.clone(), out.path());
     // Backing up nothing because of a claim is not a success: exit status 75.
     assert!(matches!(job.result, Err(rbd_wasm::JobError::Exit(75))), "{:?}\n{}", job.result, job.stderr);
-    assert!(job.stdout.contains("skipped: backup-1") && job.stdout.contains("another runner"), "{}", job.stdout);
+    assert!(job.stdout.contains("skipped: backup-3") && job.stdout.contains("another runner"), "{}", job.stdout);
     assert!(!out.path().join("rbd").join(&src).join("1.json").exists());
 
+    assert!(!out.path().join("rbd").join(&src).join("3.json").exists());
+    // Older than --claim-timeout: a runner killed outright; its claim is broken.
     let job = run_with_output("backup", &["rbd", &src, "--claim-timeout", "0"], backend.clone(), out.path());
     job.assert_ok();
-    assert!(job.stdout.contains("removed backup-1"), "{}", job.stdout);
-    assert!(job.stdout.contains("full backup of backup-2"), "{}", job.stdout);
+    assert!(job.stdout.contains("breaking the claim of backup-3"), "{}", job.stdout);
+    assert!(job.stdout.contains("removed backup-3"), "{}", job.stdout);
+    assert!(job.stdout.contains("incremental backup backup-2 -> backup-4"), "{}", job.stdout);
     let snaps: Vec<String> = backend.open("rbd", &src, None, true).unwrap().list_snaps().unwrap().into_iter().map(|s| s.name).collect();
-    assert_eq!(snaps, ["backup-2"]);
+    assert_eq!(snaps, ["backup-2", "backup-4"]);
+    let claims = backend.open("rbd", "rbd-wasm-backup-running", None, true).unwrap().list_lockers().unwrap();
+    assert!(claims.lockers.iter().all(|l| !l.cookie.contains(&src)), "a claim of {src} is left: {claims:?}");
 
     // A runner killed inside the mutex left it locked long ago: the next one breaks it.
-    let claims = killed.open("rbd", "rbd-wasm-backup-claims", None, false).expect("the mutex image exists");
+    let claims = killed().open("rbd", "rbd-wasm-backup-claims", None, false).expect("the mutex image exists");
     claims.lock_exclusive("backup-claims 1000").unwrap();
     drop(claims);
     let job = run_with_output("backup", &["rbd", &src], backend.clone(), out.path());
     job.assert_ok();
     assert!(job.stdout.contains("breaking the runners' mutex held since 1000"), "{}", job.stdout);
-    assert!(job.stdout.contains("incremental backup backup-2 -> backup-3"), "{}", job.stdout);
+    assert!(job.stdout.contains("incremental backup backup-4 -> backup-5"), "{}", job.stdout);
     let lockers = backend.open("rbd", "rbd-wasm-backup-claims", None, true).unwrap().list_lockers().unwrap();
     assert!(lockers.lockers.is_empty(), "the mutex is free after a run: {lockers:?}");
 
@@ -134,7 +152,7 @@ mod embedded {
     #[test]
     fn an_unfinished_claim_is_left_alone_until_it_times_out() {
         let store = embedded_store();
-        super::an_unfinished_claim_is_left_alone_until_it_times_out(store.backend.clone(), store.second_client());
+        super::an_unfinished_claim_is_left_alone_until_it_times_out(store.backend.clone(), &|| store.second_client());
     }
 }
 
@@ -150,6 +168,6 @@ mod librbd {
 
     #[test]
     fn an_unfinished_claim_is_left_alone_until_it_times_out() {
-        super::an_unfinished_claim_is_left_alone_until_it_times_out(librbd_backend(), librbd_backend());
+        super::an_unfinished_claim_is_left_alone_until_it_times_out(librbd_backend(), &|| librbd_backend());
     }
 }

@@ -18,11 +18,17 @@
 //! librbd clients creating one snapshot name at once are both told it worked.) The mutex
 //! is held for milliseconds; a holder killed inside it is broken after a minute.
 //!
-//! A `backup-N` snapshot that has no complete backup yet is another runner's backup in
-//! progress: it is left alone while younger than `--claim-timeout` (default 3600 s), and
-//! after that it is a killed run's, whose snapshot is removed before the next backup. With
-//! `--every SECS` an image whose newest backup snapshot is younger than SECS is up to date
-//! and skipped, so runners started together make one backup of each image.
+//! Under the mutex the runner also takes its claim: a shared advisory lock on the image
+//! `rbd-wasm-backup-running` with the cookie `claim POOL/IMAGE backup-N`, held until the
+//! backup is complete. The host releases a job's locks however it ends (an error, a trap,
+//! its deadline, a cancel, SIGTERM), so a claim lives as long as its runner: a `backup-N`
+//! snapshot without a complete backup and without its claim is a dead runner's, and the
+//! next runner removes it and backs up at once. One with its claim is another runner's
+//! backup in progress, left alone while younger than `--claim-timeout` (default 3600 s):
+//! only a runner killed outright (SIGKILL, a crash of the host) leaves its claim behind, and
+//! after that time the claim is broken and the snapshot removed. With `--every SECS` an image
+//! whose newest backup snapshot is younger than SECS is up to date and skipped, so runners
+//! started together make one backup of each image.
 
 use std::fs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,6 +88,61 @@ const STALE_MUTEX_SECS: u64 = 60;
 const MUTEX_WAIT: Duration = Duration::from_secs(600);
 /// librbd's layering feature bit: the claims image has no exclusive-lock feature.
 const LAYERING: u64 = 1;
+
+/// The image whose shared advisory locks are the runners' claims (layering only, empty).
+const RUNNING_IMAGE: &str = "rbd-wasm-backup-running";
+/// The tag of every claim (shared locks of one image share a tag).
+const CLAIM_TAG: &str = "rbd-wasm-backup";
+
+/// The claim of one backup in progress; released on drop (and by the host when the job
+/// ends, however it ends).
+struct Claim {
+    image: Image,
+    cookie: String,
+}
+
+impl Claim {
+    fn cookie(pool: &str, image: &str, snapshot: &str) -> String {
+        format!("claim {pool}/{image} {snapshot}")
+    }
+
+    fn running_image(pool: &Pool) -> Result<Image> {
+        match pool.create_with(RUNNING_IMAGE, 0, &CreateOptions { features: LAYERING, ..CreateOptions::default() }) {
+            Ok(()) | Err(Error::Exists(_)) => {}
+            Err(e) => return Err(format!("creating the runners' claims image {RUNNING_IMAGE}: {e}").into()),
+        }
+        Ok(pool.open(RUNNING_IMAGE)?)
+    }
+
+    /// Take the claim (under the mutex, right after the snapshot it claims is made).
+    fn take(pool: &Pool, cookie: String) -> Result<Claim> {
+        let image = Claim::running_image(pool)?;
+        image.lock_shared(&cookie, CLAIM_TAG).map_err(|e| format!("taking the claim `{cookie}`: {e}"))?;
+        Ok(Claim { image, cookie })
+    }
+
+    /// The client holding the claim `cookie`, if any runner does.
+    fn holder(pool: &Pool, cookie: &str) -> Result<Option<String>> {
+        let image = Claim::running_image(pool)?;
+        Ok(image.list_lockers()?.lockers.into_iter().find(|l| l.cookie == cookie).map(|l| l.client))
+    }
+
+    /// Break a killed runner's claim.
+    fn break_held(pool: &Pool, client: &str, cookie: &str) -> Result<()> {
+        match Claim::running_image(pool)?.break_lock(client, cookie) {
+            Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(format!("breaking the claim `{cookie}`: {e}").into()),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Err(e) = self.image.unlock(&self.cookie) {
+            eprintln!("releasing the claim `{}`: {e}", self.cookie);
+        }
+    }
+}
 
 /// The pool-wide mutex under which runners decide and claim backups; unlocked on drop.
 struct ClaimsMutex {
@@ -161,15 +222,24 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     let ours: Vec<_> = snaps.iter().filter_map(|s| Some((snapshot_number(&s.name)?, s))).collect();
     let now = now();
 
-    // Another runner's backup in progress, or a killed run's leftover.
+    // Another runner's backup in progress (its claim is held), or a dead run's leftover.
     for (_, snap) in ours.iter().filter(|(_, s)| !backed_up(&s.name)) {
         let age = now.saturating_sub(snap.timestamp);
-        if age < args.claim_timeout {
-            return Ok(Outcome::Claimed(format!(
-                "{} (taken {age} s ago) has no complete backup yet: another runner is backing it up \
-                 (if its run was killed, the next run after --claim-timeout {} s takes over)",
-                snap.name, args.claim_timeout
-            )));
+        let cookie = Claim::cookie(pool_name, image_name, &snap.name);
+        match Claim::holder(pool, &cookie)? {
+            Some(_) if age < args.claim_timeout => {
+                return Ok(Outcome::Claimed(format!(
+                    "{} (taken {age} s ago) has no complete backup yet: another runner holds its claim \
+                     and is backing it up (a runner killed outright leaves its claim; after \
+                     --claim-timeout {} s the next run takes over)",
+                    snap.name, args.claim_timeout
+                )));
+            }
+            Some(client) => {
+                println!("{pool_name}/{image_name}: breaking the claim of {} held by {client} for {age} s (killed?)", snap.name);
+                Claim::break_held(pool, &client, &cookie)?;
+            }
+            None => println!("{pool_name}/{image_name}: the runner of {} is gone (its claim was released)", snap.name),
         }
         match head.remove_snap(&snap.name) {
             Ok(()) | Err(Error::NotFound(_)) => {
@@ -197,6 +267,13 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         .ok_or("no backup number is left after the newest")?;
     let to = snapshot_name(n);
     head.create_snap(&to)?;
+    let _claim = match Claim::take(pool, Claim::cookie(pool_name, image_name, &to)) {
+        Ok(claim) => claim,
+        Err(e) => {
+            let _ = head.remove_snap(&to);
+            return Err(e);
+        }
+    };
     drop(mutex);
     // This runner holds the newest claim: temporary files here are killed runs' leftovers.
     repo.clear_temporary_files()?;
