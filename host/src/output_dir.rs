@@ -3,12 +3,13 @@
 //!
 //! wasmtime-wasi confines every path below the directory (cap-std); on top of that, this
 //! module's [`GuardedFs`] stands in for `wasi:filesystem/types` and:
-//! - charges every byte written (by `write`, through streams, or by growing a file) to the
-//!   job's byte quota, and every file or directory created to its file quota: past either
-//!   the guest gets `quota` (EDQUOT);
+//! - charges every byte written (by `write`, through streams, or by growing a file, which
+//!   includes a write past its end) to the job's byte quota, and every file or directory
+//!   created to its file quota: past either the guest gets `quota` (EDQUOT);
 //! - refuses to create symbolic and hard links (`not-permitted`): a link left in the
 //!   directory would lead the operator's own tools (`tar -h`, `rsync -L`, a restore) out of it;
-//! - counts every open file or directory as a handle of the job.
+//! - counts every open file or directory, and every stream and listing of one (each keeps
+//!   the file open, or the listing in memory), as a handle of the job.
 //!
 //! Everything else is wasmtime-wasi's own implementation, called as is.
 
@@ -23,7 +24,9 @@ use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     self, DirectoryEntryStream, ErrorCode, HostDescriptor, HostDirectoryEntryStream,
 };
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, FsError, FsResult, InputStream, OutputStream, Pollable, StreamError, StreamResult,
+};
 
 use crate::meter::{HandleSlot, Meter};
 
@@ -38,8 +41,9 @@ pub struct OutputQuota {
     bytes: AtomicU64,
     files: AtomicU64,
     meter: Arc<Meter>,
-    /// The handle slots of the descriptors the guest holds, by resource index.
+    /// The handle slots of the descriptors and listings the guest holds, by resource index.
     open: Mutex<HashMap<u32, HandleSlot>>,
+    listings: Mutex<HashMap<u32, HandleSlot>>,
 }
 
 impl OutputQuota {
@@ -51,6 +55,7 @@ impl OutputQuota {
             files: AtomicU64::new(0),
             meter,
             open: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -91,6 +96,20 @@ impl OutputQuota {
 
     fn closed(&self, fd: &Resource<Descriptor>) {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&fd.rep());
+    }
+
+    /// A handle slot for a stream or listing, or the guest's error when none is left.
+    fn slot(&self) -> Result<HandleSlot, FsError> {
+        self.meter.handle_slot().map_err(|e| {
+            tracing::info!("a job cannot open more files or streams: {e}");
+            FsError::from(ErrorCode::InsufficientMemory)
+        })
+    }
+
+    /// Bytes a write of `len` at `offset` costs in a file of `size` bytes: the bytes, and
+    /// the hole it leaves past the old end.
+    fn write_cost(offset: u64, len: u64, size: u64) -> u64 {
+        len.saturating_add(offset.saturating_sub(size))
     }
 }
 
@@ -191,14 +210,19 @@ impl HostDescriptor for GuardedFs<'_> {
 
     async fn write(&mut self, fd: Resource<Descriptor>, buf: Vec<u8>, offset: u64) -> FsResult<u64> {
         let len = buf.len() as u64;
-        self.quota.charge_bytes(len)?;
+        let size = self.fs.stat(again(&fd)).await?.size;
+        let cost = OutputQuota::write_cost(offset, len, size);
+        self.quota.charge_bytes(cost)?;
         let result = self.fs.write(fd, buf, offset).await;
         self.quota.refund_bytes(len.saturating_sub(*result.as_ref().unwrap_or(&0)));
         result
     }
 
     async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DirectoryEntryStream>> {
-        self.fs.read_directory(fd).await
+        let slot = self.quota.slot()?;
+        let listing = self.fs.read_directory(fd).await?;
+        self.quota.listings.lock().unwrap_or_else(|p| p.into_inner()).insert(listing.rep(), slot);
+        Ok(listing)
     }
 
     async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
@@ -289,17 +313,23 @@ impl HostDescriptor for GuardedFs<'_> {
     }
 
     fn read_via_stream(&mut self, fd: Resource<Descriptor>, offset: u64) -> FsResult<Resource<DynInputStream>> {
-        self.fs.read_via_stream(fd, offset)
+        let slot = self.quota.slot()?;
+        let stream = self.fs.read_via_stream(fd, offset)?;
+        let inner = self.fs.table.delete(stream)?;
+        let wrapped: DynInputStream = Box::new(SlottedInput { inner, _slot: slot });
+        Ok(self.fs.table.push(wrapped)?)
     }
 
     fn write_via_stream(&mut self, fd: Resource<Descriptor>, offset: u64) -> FsResult<Resource<DynOutputStream>> {
+        let file = self.file_of(&fd);
         let stream = self.fs.write_via_stream(fd, offset)?;
-        self.charged(stream)
+        self.charged(stream, file, Some(offset))
     }
 
     fn append_via_stream(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DynOutputStream>> {
+        let file = self.file_of(&fd);
         let stream = self.fs.append_via_stream(fd)?;
-        self.charged(stream)
+        self.charged(stream, file, None)
     }
 
     async fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool> {
@@ -316,10 +346,31 @@ impl HostDescriptor for GuardedFs<'_> {
 }
 
 impl GuardedFs<'_> {
-    /// Put a file's output stream behind the byte quota.
-    fn charged(&mut self, stream: Resource<DynOutputStream>) -> FsResult<Resource<DynOutputStream>> {
+    /// The open file behind a descriptor (for its size), if it is a file.
+    fn file_of(&self, fd: &Resource<Descriptor>) -> Option<Arc<std::fs::File>> {
+        match self.fs.table.get(fd) {
+            Ok(Descriptor::File(f)) => Some(f.file.clone()),
+            _ => None,
+        }
+    }
+
+    /// Put a file's output stream behind the byte quota and the handle count; `at` is
+    /// where it writes (`None`: at the end, appending).
+    fn charged(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        file: Option<Arc<std::fs::File>>,
+        at: Option<u64>,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let slot = match self.quota.slot() {
+            Ok(slot) => slot,
+            Err(e) => {
+                let _ = self.fs.table.delete(stream);
+                return Err(e);
+            }
+        };
         let inner = self.fs.table.delete(stream)?;
-        let wrapped: DynOutputStream = Box::new(ChargedStream { inner, quota: self.quota.clone() });
+        let wrapped: DynOutputStream = Box::new(ChargedStream { inner, quota: self.quota.clone(), file, at, _slot: slot });
         Ok(self.fs.table.push(wrapped)?)
     }
 }
@@ -330,6 +381,7 @@ impl HostDirectoryEntryStream for GuardedFs<'_> {
     }
 
     fn drop(&mut self, stream: Resource<DirectoryEntryStream>) -> wasmtime::Result<()> {
+        self.quota.listings.lock().unwrap_or_else(|p| p.into_inner()).remove(&stream.rep());
         HostDirectoryEntryStream::drop(&mut self.fs, stream)
     }
 }
@@ -338,6 +390,66 @@ impl HostDirectoryEntryStream for GuardedFs<'_> {
 struct ChargedStream {
     inner: DynOutputStream,
     quota: Arc<OutputQuota>,
+    /// The file, for its size when a write lands past its end.
+    file: Option<Arc<std::fs::File>>,
+    /// Where the next write lands; `None` when appending (at the end, whatever it is).
+    at: Option<u64>,
+    _slot: HandleSlot,
+}
+
+impl ChargedStream {
+    /// Charge a write of `len` bytes at the stream's position, and move past it.
+    fn charge(&mut self, len: usize) -> StreamResult<()> {
+        let len = len as u64;
+        let size = self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+        let cost = match self.at {
+            Some(at) => OutputQuota::write_cost(at, len, size),
+            None => len,
+        };
+        self.quota
+            .charge_bytes(cost)
+            .map_err(|_| StreamError::LastOperationFailed(wasmtime::Error::msg("the output directory's byte quota is used up")))?;
+        if let Some(at) = self.at.as_mut() {
+            *at = at.saturating_add(len);
+        }
+        Ok(())
+    }
+}
+
+/// A file's input stream, counted as an open handle (it keeps the file open).
+struct SlottedInput {
+    inner: DynInputStream,
+    _slot: HandleSlot,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for SlottedInput {
+    async fn ready(&mut self) {
+        self.inner.ready().await
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl InputStream for SlottedInput {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.inner.read(size)
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
+        self.inner.blocking_read(size).await
+    }
+
+    fn skip(&mut self, nelem: usize) -> StreamResult<usize> {
+        self.inner.skip(nelem)
+    }
+
+    async fn blocking_skip(&mut self, nelem: usize) -> StreamResult<usize> {
+        self.inner.blocking_skip(nelem).await
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await
+    }
 }
 
 #[wasmtime_wasi::async_trait]
@@ -350,10 +462,22 @@ impl Pollable for ChargedStream {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for ChargedStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.quota
-            .charge_bytes(bytes.len() as u64)
-            .map_err(|_| StreamError::LastOperationFailed(wasmtime::Error::msg("the output directory's byte quota is used up")))?;
+        self.charge(bytes.len())?;
         self.inner.write(bytes)
+    }
+
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.charge(bytes.len())?;
+        self.inner.blocking_write_and_flush(bytes).await
+    }
+
+    fn write_zeroes(&mut self, nelem: usize) -> StreamResult<()> {
+        self.charge(nelem)?;
+        self.inner.write_zeroes(nelem)
+    }
+
+    async fn write_ready(&mut self) -> StreamResult<usize> {
+        self.inner.write_ready().await
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -384,6 +508,14 @@ mod tests {
         assert!(overlaps(dir.path(), &store), "a directory above the store");
         assert!(overlaps(&store.join("not/yet"), &store), "a directory below, not made yet");
         assert!(!overlaps(&dir.path().join("out"), &store));
+    }
+
+    #[test]
+    fn a_write_past_the_end_costs_the_hole_too() {
+        assert_eq!(OutputQuota::write_cost(0, 10, 0), 10);
+        assert_eq!(OutputQuota::write_cost(5, 10, 100), 10, "inside the file");
+        assert_eq!(OutputQuota::write_cost(1 << 40, 1, 0), (1 << 40) + 1, "a 1 TiB hole");
+        assert_eq!(OutputQuota::write_cost(u64::MAX, u64::MAX, 0), u64::MAX, "saturates");
     }
 
     #[test]

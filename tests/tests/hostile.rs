@@ -458,6 +458,8 @@ measured_attacks! {
     },
     fill_the_output_directory => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
     grow_a_file_sparsely => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
+    grow_a_file_by_writing_past_its_end => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
+    read_after_the_image_grew_under_reads_in_flight => Setup { check: host_memory_within_budget, ..setup(Ending::Refused) },
     create_files_without_bound => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
     open_files_without_bound => Setup { output: OutputDir::ReadWrite, ..setup(Ending::Refused) },
     plant_symlinks => Setup { output: OutputDir::ReadWrite, ..setup(Ending::Refused) },

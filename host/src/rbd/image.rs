@@ -133,6 +133,8 @@ impl ImageHandle {
             meter.refund_read(size);
             return Err(e.into());
         }
+        // Under the bandwidth cap like any read and write (charged up front, as the quotas).
+        meter.throttle(size.saturating_mul(2)).await;
         let dest_pool = dest_cap.pool().to_owned();
         let open = self.open.clone();
         let ended = self.scope.ended().clone();
@@ -158,12 +160,16 @@ impl ImageHandle {
         })
         .await?;
         self.scope.meter().start_write(size)?;
+        self.scope.meter().throttle(size).await;
         let ended = self.scope.ended().clone();
+        let open = self.open.clone();
+        // Checked and charged by `require` above: one operation.
         let result =
-            self.call("flatten", Some(Operation::Write), move |i| i.flatten_with(&mut |_, _| !ended.load(Ordering::SeqCst))).await;
+            blocking(self.scope.watch(), move || open.with(|i| i.flatten_with(&mut |_, _| !ended.load(Ordering::SeqCst)))).await;
         if result.is_err() {
             self.scope.meter().refund_write(size);
         }
+        self.audit("flatten", Operation::Write, &outcome(&result)).await;
         result
     }
 }

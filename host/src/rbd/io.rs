@@ -66,7 +66,10 @@ impl PendingReads {
                 }
             }
         }
-        let delivered: u64 = if failed.is_some() { 0 } else { out.iter().map(|r| r.data.len() as u64).sum() };
+        // Refund what was charged and not read: the ranges that failed, and what a range
+        // came back short of (never more than was charged; a read never returns more than
+        // its clipped share, see `start_reads`).
+        let delivered: u64 = out.iter().map(|r| r.data.len() as u64).sum();
         self.meter.refund_read(self.charged.saturating_sub(delivered));
         match failed {
             Some(e) => Err(e),
@@ -81,6 +84,17 @@ impl Drop for PendingReads {
     /// cluster did (or does) the work.
     fn drop(&mut self) {
         for task in self.tasks.iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
+/// Tasks aborted when dropped (a dropped `JoinHandle` would let them run on).
+struct AbortOnDrop<T>(Vec<JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
             task.abort();
         }
     }
@@ -138,11 +152,19 @@ impl ImageHandle {
         let mut tasks = Vec::with_capacity(ranges.len());
         for r in ranges {
             let (open, slots, memory, watch) = (self.open.clone(), slots.clone(), memory.clone(), self.scope.watch().clone());
+            // The backend is asked for the share that was reserved and charged, never more:
+            // the image may have grown (set-snap, resize) since it was measured.
+            let (offset, requested) = (r.offset, r.length);
+            let length = clipped(offset, requested, size);
             tasks.push(tokio::spawn(async move {
                 let _permit = slots.acquire_owned().await;
                 blocking(&watch, move || {
                     let _held = memory;
-                    let data = open.with(|i| i.read(r.offset, r.length))?;
+                    // Past the end as measured, the backend answers as librbd does there (an
+                    // error, or nothing), asked for at most one byte.
+                    let ask = if offset >= size { requested.min(1) } else { length };
+                    let mut data = open.with(|i| i.read(offset, ask))?;
+                    data.truncate(length as usize);
                     let chunk_sha256 =
                         chunk.map(|c| crate::job_host::hashing::chunk_digests(&data, c)).unwrap_or_default();
                     Ok(types::ReadResult { data, chunk_sha256 })
@@ -200,10 +222,11 @@ impl ImageHandle {
             }
         }
         let slots = self.scope.io_slots().clone();
-        let mut tasks = Vec::with_capacity(writes.len());
+        // Writes not yet begun when the job ends (this future dropped) are abandoned.
+        let mut tasks = AbortOnDrop(Vec::with_capacity(writes.len()));
         for w in writes {
             let (open, slots, memory, watch) = (self.open.clone(), slots.clone(), memory.clone(), self.scope.watch().clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.0.push(tokio::spawn(async move {
                 let _permit = slots.acquire_owned().await;
                 blocking(&watch, move || {
                     let _held = memory;
@@ -213,7 +236,7 @@ impl ImageHandle {
             }));
         }
         let (mut written, mut first_error) = (0u64, None);
-        for task in tasks {
+        for task in tasks.0.iter_mut() {
             match task.await {
                 Ok(Ok(n)) => written += n,
                 Ok(Err(e)) => {

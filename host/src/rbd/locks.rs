@@ -18,6 +18,8 @@ use crate::capability::Operation;
 /// How long the host spends releasing a finished job's locks before it gives up on the rest
 /// (they are reported; `rbd lock rm` or a `break-lock` clears them).
 pub const RELEASE_TIME: Duration = Duration::from_secs(10);
+/// Of which the backend calls still under way when the job ended get this long to land.
+const SETTLE_TIME: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HeldLock {
@@ -26,10 +28,13 @@ struct HeldLock {
     cookie: String,
 }
 
-/// The advisory locks a job took and has not released.
+/// The advisory locks a job took (or is taking) and has not released.
 #[derive(Default)]
 pub(super) struct HeldLocks {
     held: Mutex<Vec<HeldLock>>,
+    /// The job's renames, `(pool, from, to)`: a handle opened before a rename still names
+    /// the image by its old name.
+    renames: Mutex<Vec<(String, String, String)>>,
 }
 
 impl HeldLocks {
@@ -37,7 +42,19 @@ impl HeldLocks {
         f(&mut self.held.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The image's name now, through the job's renames since `lock` named it.
+    fn current(&self, mut lock: HeldLock) -> HeldLock {
+        let renames = self.renames.lock().unwrap_or_else(|p| p.into_inner());
+        for (pool, from, to) in renames.iter() {
+            if *pool == lock.pool && *from == lock.image {
+                lock.image = to.clone();
+            }
+        }
+        lock
+    }
+
     fn add(&self, lock: HeldLock) {
+        let lock = self.current(lock);
         self.with(|held| {
             if !held.contains(&lock) {
                 held.push(lock)
@@ -46,11 +63,13 @@ impl HeldLocks {
     }
 
     fn holds(&self, lock: &HeldLock) -> bool {
-        self.with(|held| held.contains(lock))
+        let lock = self.current(lock.clone());
+        self.with(|held| held.contains(&lock))
     }
 
     fn remove(&self, lock: &HeldLock) {
-        self.with(|held| held.retain(|l| l != lock));
+        let lock = self.current(lock.clone());
+        self.with(|held| held.retain(|l| *l != lock));
     }
 
     /// The job renamed `src` to `dest` in `pool`: its locks moved with the image.
@@ -60,17 +79,28 @@ impl HeldLocks {
                 l.image = dest.to_owned();
             }
         });
+        self.renames.lock().unwrap_or_else(|p| p.into_inner()).push((pool.into(), src.into(), dest.into()));
     }
 
     /// Release every lock, within [`RELEASE_TIME`] in all. Each image is reopened for this:
     /// the job may have closed its handle, and a lock belongs to the client, not the handle.
     pub async fn release_all(&self, backend: &Arc<dyn Backend>, watch: &Arc<BackendWatch>) {
-        let locks = self.with(std::mem::take);
-        if locks.is_empty() {
+        if self.with(|held| held.is_empty()) {
             return;
         }
         let backend = backend.clone();
         let release = async {
+            // A lock call still under way (the job ended while it waited) may yet take its
+            // lock: give the job's backend calls a moment to land first. (Calls on a cluster
+            // that does not answer do not land: the unlocks then go out anyway, and complete,
+            // abandoned, once it answers again.)
+            let settled = async {
+                while watch.longest_wait().is_some() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let _ = tokio::time::timeout(SETTLE_TIME, settled).await;
+            let locks = self.with(std::mem::take);
             let mut left = Vec::new();
             for lock in locks.iter() {
                 let (backend, l) = (backend.clone(), lock.clone());
@@ -88,8 +118,8 @@ impl HeldLocks {
             Ok(left) if left.is_empty() => {}
             Ok(left) => tracing::warn!("{} lock(s) the job left behind could not be released", left.len()),
             Err(_) => tracing::warn!(
-                "releasing the locks the job left behind took more than {RELEASE_TIME:?}; some may remain ({} in all)",
-                locks.len()
+                "releasing the locks the job left behind took more than {RELEASE_TIME:?}; some may remain ({} not started)",
+                self.with(|held| held.len())
             ),
         }
     }
@@ -117,15 +147,20 @@ impl ImageHandle {
         })
     }
 
-    /// Take an exclusive lock, or a shared one with `tag`.
+    /// Take an exclusive lock, or a shared one with `tag`. It is recorded before the call,
+    /// so a job that ends while the call is under way still has it released.
     pub(super) async fn lock(&self, cookie: String, tag: Option<String>) -> HostResult<()> {
         let held = self.held(cookie.clone());
-        match tag {
-            None => self.call("lock-exclusive", Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await?,
-            Some(tag) => self.call("lock-shared", Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await?,
+        let already = self.scope.locks().holds(&held);
+        self.scope.locks().add(held.clone());
+        let result = match tag {
+            None => self.call("lock-exclusive", Some(Operation::Lock), move |i| i.lock_exclusive(&cookie)).await,
+            Some(tag) => self.call("lock-shared", Some(Operation::Lock), move |i| i.lock_shared(&cookie, &tag)).await,
+        };
+        if result.is_err() && !already {
+            self.scope.locks().remove(&held);
         }
-        self.scope.locks().add(held);
-        Ok(())
+        result
     }
 
     /// Release a lock this job took.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::Args;
 use rbd_wasm::manifest::{limit, Manifest};
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
+use rbd_wasm::audit::cut;
+use rbd_wasm::output::terminal_safe;
 use rbd_wasm::{AuditSink, Grant, Grants, OutputSink, Usage};
 
 use crate::progress::{ProgressEntry, ProgressMode, ProgressView};
@@ -222,7 +224,8 @@ pub fn run_job(args: RunArgs) -> ExitCode {
         // Stopped by a signal: the shell's convention, 128 + its number.
         Err(JobError::Cancelled) if signal != 0 => 128 + signal,
         Err(e) => {
-            eprintln!("rbd-wasm: {e}");
+            // A trap's backtrace and a load error quote names from the component: made safe.
+            eprintln!("rbd-wasm: {}", terminal_safe(&cut(&e.to_string(), 64 << 10)));
             e.exit_code().clamp(1, 255)
         }
     };

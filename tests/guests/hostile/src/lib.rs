@@ -354,6 +354,26 @@ fn read_ahead_then_return(c: &Ctx) -> R {
     Ok(())
 }
 
+fn read_after_the_image_grew_under_reads_in_flight(c: &Ctx) -> R {
+    // A 1 MiB snapshot of an image that then grew to 1 GiB: reads measured against the
+    // snapshot must not be served from the grown head when they run.
+    let name = c.job("gr");
+    c.pool.create(&name, 1 << 20).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&name).map_err(|e| e.to_string())?;
+    img.create_snap("small").map_err(|e| e.to_string())?;
+    img.resize(1 << 30).map_err(|e| e.to_string())?;
+    img.write(0, &vec![1u8; 8 << 20]).map_err(|e| e.to_string())?;
+    img.set_snap(Some("small")).map_err(|e| e.to_string())?;
+    let ranges: Vec<Range> = (0..60).map(|_| Range { offset: 0, length: 1 << 40 }).collect();
+    let reads = img.start_reads(&ranges, None).map_err(|e| e.to_string())?;
+    img.set_snap(None).map_err(|e| e.to_string())?;
+    let results = reads.wait().map_err(|e| e.to_string())?;
+    if let Some(r) = results.iter().find(|r| r.data.len() > 1 << 20) {
+        return Err(format!("a read measured at 1 MiB returned {} bytes", r.data.len()));
+    }
+    Ok(())
+}
+
 fn make_hashers_without_bound(_: &Ctx) -> R {
     let mut held = Vec::new();
     for _ in 0..1_000_000 {
@@ -539,6 +559,16 @@ fn write_to_a_read_only_output_directory(_: &Ctx) -> R {
     Ok(())
 }
 
+fn grow_a_file_by_writing_past_its_end(_: &Ctx) -> R {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::File::create("/out/holey").map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(1 << 40)).map_err(|e| e.to_string())?;
+    if f.write_all(b"x").and_then(|()| f.flush()).is_ok() && f.metadata().map(|m| m.len()).unwrap_or(0) > 1 << 30 {
+        return Err("grew a file to 1 TiB with one byte".into());
+    }
+    Ok(())
+}
+
 // ---- What reaches the operator.
 
 fn forge_another_jobs_line(_: &Ctx) -> R {
@@ -651,6 +681,8 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("reach_for_the_network", reach_for_the_network),
     ("read_the_environment", read_the_environment),
     ("hold_a_lock_and_write_forever", hold_a_lock_and_write_forever),
+    ("grow_a_file_by_writing_past_its_end", grow_a_file_by_writing_past_its_end),
+    ("read_after_the_image_grew_under_reads_in_flight", read_after_the_image_grew_under_reads_in_flight),
     ("hash_in_tiny_chunks", hash_in_tiny_chunks),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
     ("start_reads_and_never_wait", start_reads_and_never_wait),
