@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run_job(args),
@@ -121,3 +122,18 @@ fn default_store_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
+
+/// Raise the soft limit of open files to the hard one: a job may hold up to its handle
+/// quota of files (1024 by default), and librados and the host need their own beside them.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-file limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
