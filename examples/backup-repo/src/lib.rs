@@ -39,6 +39,9 @@ use sha2::{Digest, Sha256};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// How many times a listing that met a vanishing file is taken again before giving up.
+const LISTING_ATTEMPTS: usize = 20;
+
 /// Where the host maps the job's output directory.
 pub const ROOT: &str = "/out";
 
@@ -252,20 +255,38 @@ impl Repo {
     /// Every complete backup, oldest first: (N, manifest). Each manifest is checked to be
     /// of this image and to name only its own files.
     pub fn backups(&self) -> Result<Vec<(u64, Manifest)>> {
+        // Another runner may rename a temporary file while this lists the directory; under
+        // WASI the listing then reports the vanished name as an error, and may end there,
+        // without the names after it. A listing that met one is taken again.
+        for _ in 0..LISTING_ATTEMPTS {
+            if let Some(names) = self.list_once()? {
+                return self.read_manifests(names);
+            }
+        }
+        Err(format!("listing {}: files kept vanishing while it was listed", self.dir.display()).into())
+    }
+
+    /// The directory's entries, or None when one vanished while it was listed.
+    fn list_once(&self) -> Result<Option<Vec<PathBuf>>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Vec::new())),
             Err(e) => return Err(format!("{}: {e}", self.dir.display()).into()),
         };
-        let mut backups = Vec::new();
+        let mut names = Vec::new();
         for entry in entries {
-            // Another runner may rename a temporary file while this lists the directory;
-            // under WASI the listing then reports the vanished name as an error.
-            let path = match entry {
-                Ok(entry) => entry.path(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            match entry {
+                Ok(entry) => names.push(entry.path()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(format!("listing {}: {e}", self.dir.display()).into()),
-            };
+            }
+        }
+        Ok(Some(names))
+    }
+
+    fn read_manifests(&self, names: Vec<PathBuf>) -> Result<Vec<(u64, Manifest)>> {
+        let mut backups = Vec::new();
+        for path in names {
             let Some(n) = path
                 .file_name()
                 .and_then(|f| f.to_str())

@@ -121,10 +121,12 @@ impl Claim {
         Ok(Claim { image, cookie })
     }
 
-    /// The client holding the claim `cookie`, if any runner does.
-    fn holder(pool: &Pool, cookie: &str) -> Result<Option<String>> {
+    /// Every claim held now, as (cookie, client). Read before the repository is listed: a
+    /// runner writes its manifest before it lets go of its claim, so a claim missing here
+    /// is either a dead runner's or one whose manifest the listing will show.
+    fn held(pool: &Pool) -> Result<Vec<(String, String)>> {
         let image = Claim::running_image(pool)?;
-        Ok(image.list_lockers()?.lockers.into_iter().find(|l| l.cookie == cookie).map(|l| l.client))
+        Ok(image.list_lockers()?.lockers.into_iter().map(|l| (l.cookie, l.client)).collect())
     }
 
     /// Break a killed runner's claim.
@@ -215,6 +217,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     let head = pool.open(image_name)?;
     // An image too large to keep the digests of is refused before it is claimed.
     chunk_count(head.size()?)?;
+    let claims = Claim::held(pool)?;
     let backups = repo.backups()?;
     let newest_complete = backups.iter().map(|(n, _)| *n).max().unwrap_or(0);
     let backed_up = |name: &str| backups.iter().any(|(_, m)| m.to_snapshot == name);
@@ -226,7 +229,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     for (_, snap) in ours.iter().filter(|(_, s)| !backed_up(&s.name)) {
         let age = now.saturating_sub(snap.timestamp);
         let cookie = Claim::cookie(pool_name, image_name, &snap.name);
-        match Claim::holder(pool, &cookie)? {
+        match claims.iter().find(|(c, _)| *c == cookie).map(|(_, client)| client.clone()) {
             Some(_) if age < args.claim_timeout => {
                 return Ok(Outcome::Claimed(format!(
                     "{} (taken {age} s ago) has no complete backup yet: another runner holds its claim \
