@@ -104,6 +104,7 @@ fn job(id: String, args: Vec<String>, backend: Arc<dyn Backend>, pool: &str, out
         grants: Grants::new(vec![Grant::full(pool)]),
         limits: JobLimits::default(),
         output_dir,
+        output_read_only: false,
         stdout,
         stderr,
         progress: None,
