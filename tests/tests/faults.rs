@@ -132,30 +132,29 @@ fn ended_at_the_deadline(job: &JobRun, took: Duration, deadline: Duration) {
     assert!(took <= deadline + MARGIN, "the job took {took:?}, past its deadline of {deadline:?} plus {MARGIN:?}");
 }
 
-#[test]
-fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes() {
-    within(CASE_LIMIT, a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes_case);
-}
-
-fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes_case() {
-    let _serial = one_at_a_time();
-    let backend = librbd_backend();
-    let name = format!("{}-img", unique_prefix("fault"));
+/// A 1 GiB image holding 96 MiB of data in scattered pieces; its name.
+fn image_with_data(backend: &Arc<dyn Backend>, short: &str) -> String {
+    let name = format!("{}-{short}", unique_prefix("fault"));
     backend.create("rbd", &name, 1 << 30, &CreateOptions::default()).unwrap();
     let img = backend.open("rbd", &name, None, false).unwrap();
     for i in 0..96u64 {
         img.write(i * (9 << 20), &vec![(i % 251) as u8 + 1; 1 << 20]).unwrap();
     }
-    drop(img);
-    let out = tempfile::tempdir().unwrap();
-    let deadline = Duration::from_secs(10);
+    name
+}
 
+/// Run `guest` with a 10 s deadline, freeze the OSD 1.5 s into it, and check that it ends
+/// at its deadline (backend-unresponsive) while a bystander job runs; the OSD is thawed after.
+fn interrupted_by_a_frozen_osd(backend: &Arc<dyn Backend>, guest: &'static str, args: &[&str], out: &std::path::Path) {
+    let deadline = Duration::from_secs(10);
     let job = {
-        let (backend, out, name) = (backend.clone() as Arc<dyn Backend>, out.path().to_owned(), name.clone());
+        let (backend, out) = (backend.clone(), out.to_owned());
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         std::thread::spawn(move || {
             let started = Instant::now();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let grants = Grants::new(vec![Grant::full("rbd")]);
-            let job = rbd_wasm_tests::run_with_output_and_limits("backup", &["rbd", &name], backend, grants, limits(deadline), &out);
+            let job = rbd_wasm_tests::run_with_output_and_limits(guest, &args, backend, grants, limits(deadline), &out);
             (job, started.elapsed())
         })
     };
@@ -163,9 +162,22 @@ fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_co
     let (job, took) = {
         let _frozen = FrozenOsd::freeze();
         bystander_runs();
-        job.join().expect("the backup's thread")
+        job.join().expect("the job's thread")
     };
     ended_at_the_deadline(&job, took, deadline);
+}
+
+#[test]
+fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes() {
+    within(CASE_LIMIT, a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes_case);
+}
+
+fn a_backup_interrupted_by_a_frozen_osd_ends_at_its_deadline_and_the_next_run_completes_case() {
+    let _serial = one_at_a_time();
+    let backend: Arc<dyn Backend> = librbd_backend();
+    let name = image_with_data(&backend, "img");
+    let out = tempfile::tempdir().unwrap();
+    interrupted_by_a_frozen_osd(&backend, "backup", &["rbd", &name], out.path());
 
     // Nothing looks complete that is not: no manifest, or one whose stream is whole (checked
     // by the verify job once the cluster is back).
@@ -201,34 +213,12 @@ fn a_restore_interrupted_by_a_frozen_osd_ends_at_its_deadline_leaves_no_restored
 
 fn a_restore_interrupted_by_a_frozen_osd_ends_at_its_deadline_leaves_no_restored_image_and_the_next_completes_case() {
     let _serial = one_at_a_time();
-    let backend = librbd_backend();
-    let name = format!("{}-src", unique_prefix("fault"));
-    backend.create("rbd", &name, 1 << 30, &CreateOptions::default()).unwrap();
-    let img = backend.open("rbd", &name, None, false).unwrap();
-    for i in 0..96u64 {
-        img.write(i * (9 << 20), &vec![(i % 251) as u8 + 1; 1 << 20]).unwrap();
-    }
-    drop(img);
+    let backend: Arc<dyn Backend> = librbd_backend();
+    let name = image_with_data(&backend, "src");
     let out = tempfile::tempdir().unwrap();
     run_with_output("backup", &["rbd", &name], backend.clone(), out.path()).assert_ok();
     let target = format!("{name}-restored");
-    let deadline = Duration::from_secs(10);
-    let job = {
-        let (backend, out, name, target) = (backend.clone() as Arc<dyn Backend>, out.path().to_owned(), name.clone(), target.clone());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let grants = Grants::new(vec![Grant::full("rbd")]);
-            let job = rbd_wasm_tests::run_with_output_and_limits("restore", &["rbd", &name, &target], backend, grants, limits(deadline), &out);
-            (job, started.elapsed())
-        })
-    };
-    std::thread::sleep(Duration::from_millis(1500));
-    let (job, took) = {
-        let _frozen = FrozenOsd::freeze();
-        bystander_runs();
-        job.join().expect("the restore's thread")
-    };
-    ended_at_the_deadline(&job, took, deadline);
+    interrupted_by_a_frozen_osd(&backend, "restore", &["rbd", &name, &target], out.path());
     eventually(RECOVERY, "the cluster to answer", || backend.list("rbd").is_ok());
     assert!(!backend.list("rbd").unwrap().contains(&target), "an unfinished restore looks restored");
     let started = Instant::now();
