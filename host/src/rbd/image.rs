@@ -100,6 +100,19 @@ impl ImageHandle {
         result
     }
 
+    /// The image's size, asked of the backend without charging a call (the caller charged
+    /// the one it is part of).
+    pub(super) async fn backend_size(&self) -> HostResult<u64> {
+        let open = self.open.clone();
+        blocking(self.scope.watch(), move || open.with(|i| i.size())).await
+    }
+
+    /// The answer long host work (flatten, copy) asks for as it goes: yes until the job ends.
+    fn until_the_job_ends(&self) -> impl FnMut(u64, u64) -> bool + Send + 'static {
+        let ended = self.scope.ended().clone();
+        move |_, _| !ended.load(Ordering::SeqCst)
+    }
+
     /// Audit a call on this image and how it ended.
     pub(super) async fn audit(&self, method: &str, op: Operation, result: &Result<(), Error>) {
         let cap = &self.cap;
@@ -137,11 +150,8 @@ impl ImageHandle {
         meter.throttle(size.saturating_mul(2)).await;
         let dest_pool = dest_cap.pool().to_owned();
         let open = self.open.clone();
-        let ended = self.scope.ended().clone();
-        let result = blocking(self.scope.watch(), move || {
-            open.with(|i| i.copy_with(&dest_pool, &dest_name, &mut |_, _| !ended.load(Ordering::SeqCst)))
-        })
-        .await;
+        let mut keep_going = self.until_the_job_ends();
+        let result = blocking(self.scope.watch(), move || open.with(|i| i.copy_with(&dest_pool, &dest_name, &mut keep_going))).await;
         if result.is_err() {
             meter.refund_read(size);
             meter.refund_write(size);
@@ -154,18 +164,12 @@ impl ImageHandle {
     /// stops when the job ends.
     async fn flatten(&self) -> HostResult<()> {
         self.require("flatten", Operation::Write).await?;
-        let size = blocking(self.scope.watch(), {
-            let open = self.open.clone();
-            move || open.with(|i| i.size())
-        })
-        .await?;
+        let size = self.backend_size().await?;
         self.scope.meter().start_write(size)?;
         self.scope.meter().throttle(size).await;
-        let ended = self.scope.ended().clone();
-        let open = self.open.clone();
+        let (open, mut keep_going) = (self.open.clone(), self.until_the_job_ends());
         // Checked and charged by `require` above: one operation.
-        let result =
-            blocking(self.scope.watch(), move || open.with(|i| i.flatten_with(&mut |_, _| !ended.load(Ordering::SeqCst)))).await;
+        let result = blocking(self.scope.watch(), move || open.with(|i| i.flatten_with(&mut keep_going))).await;
         if result.is_err() {
             self.scope.meter().refund_write(size);
         }

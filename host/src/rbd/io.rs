@@ -128,11 +128,7 @@ impl ImageHandle {
         if let Some(r) = ranges.iter().find(|r| r.offset.checked_add(r.length).is_none()) {
             return Err(Error::InvalidArgument(format!("offset {} + length {} overflows", r.offset, r.length)).into());
         }
-        let size = blocking(self.scope.watch(), {
-            let open = self.open.clone();
-            move || open.with(|i| i.size())
-        })
-        .await?;
+        let size = self.backend_size().await?;
         let total = ranges.iter().fold(0u64, |acc, r| acc.saturating_add(clipped(r.offset, r.length, size)));
         if total > MAX_READ_BYTES {
             return Err(Error::InvalidArgument(format!(
