@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start and stop a throwaway single-node Ceph cluster for rbd-wasm's tests:
-# one monitor (a), one manager (x) and one memstore OSD (0) on 127.0.0.1,
+# one monitor (a), one manager (x) and one OSD (0) on 127.0.0.1,
 # with cephx on, pools `rbd` and `rbd2` (the second one for cross-pool
 # clone/copy tests). Everything the cluster writes lives under one directory,
 # so stopping it is "kill our pids, rm -rf DIR".
@@ -10,11 +10,17 @@
 #   scripts/ceph-cluster.sh stop   [DIR]   kill exactly the daemons started in DIR, remove DIR
 #   scripts/ceph-cluster.sh status [DIR]   daemon pids and `ceph -s`
 #   scripts/ceph-cluster.sh env    [DIR]   print `export CEPH_CONF=DIR/ceph.conf`
+#   scripts/ceph-cluster.sh revive NAME [DIR]  start daemon NAME (mon.a or osd.0) again
+#                                          after it was killed (the fault tests)
 #
 # DIR defaults to $RBD_WASM_CEPH_DIR or /tmp/rbd-wasm-ceph.
 # Environment:
 #   RBD_WASM_CEPH_PORT            monitor port (msgr v1), default 6789
+#   RBD_WASM_CEPH_OSD_STORE       memstore (default: RAM, lost when the OSD stops) or
+#                                 bluestore (a sparse file under DIR: survives an OSD
+#                                 killed and started again, for the fault tests)
 #   RBD_WASM_CEPH_MEMSTORE_BYTES  memstore capacity, default 8 GiB (RAM, used as written)
+#   RBD_WASM_CEPH_BLUESTORE_BYTES bluestore's file size, default 16 GiB (sparse)
 #   RBD_WASM_CEPH_TIMEOUT         seconds to wait for active+clean, default 60
 #
 # Needs the packages from scripts/install-ceph.sh.
@@ -35,7 +41,7 @@ log() {
 }
 
 usage() {
-    sed -n '8,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '8,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -129,7 +135,7 @@ record_pid() {
 }
 
 write_conf() {
-    local fsid=$1 port=$2 bytes=$3
+    local fsid=$1 port=$2 store=$3 bytes=$4
     cat >"$DIR/ceph.conf" <<EOF
 # Throwaway single-node cluster written by scripts/ceph-cluster.sh.
 [global]
@@ -156,9 +162,7 @@ osd pool default pgp num = 8
 # Fixed PG counts: the autoscaler would only add work on 2 cores.
 osd pool default pg autoscale mode = off
 mon allow pool delete = true
-# Data in RAM; lost when the OSD stops, which a throwaway cluster wants.
-osd objectstore = memstore
-memstore device bytes = $bytes
+$(store_conf "$store" "$bytes")
 # The temp filesystem may be fuller than a monitor likes; never stop for it.
 mon data avail warn = 1
 mon data avail crit = 0
@@ -213,14 +217,48 @@ client mount timeout = 30
 EOF
 }
 
+# The OSD's object store, for [global].
+store_conf() {
+    local store=$1 bytes=$2
+    case "$store" in
+        memstore)
+            cat <<EOF
+# Data in RAM; lost when the OSD stops, which a throwaway cluster wants.
+osd objectstore = memstore
+memstore device bytes = $bytes
+EOF
+            ;;
+        bluestore)
+            cat <<EOF
+# Data in a sparse file under DIR: it survives the OSD being killed and started
+# again (the fault tests). Small caches: the machine runs the test cluster too.
+osd objectstore = bluestore
+bluestore block create = true
+bluestore block size = $bytes
+bluestore block db create = false
+bluestore block wal create = false
+osd memory target = 939524096
+bluestore cache autotune = false
+bluestore cache size = 134217728
+EOF
+            ;;
+    esac
+}
+
 cmd_start() {
     local port=${RBD_WASM_CEPH_PORT:-6789}
-    local bytes=${RBD_WASM_CEPH_MEMSTORE_BYTES:-$((8 * 1024 * 1024 * 1024))}
+    local store=${RBD_WASM_CEPH_OSD_STORE:-memstore}
+    local bytes
+    case "$store" in
+        memstore) bytes=${RBD_WASM_CEPH_MEMSTORE_BYTES:-$((8 * 1024 * 1024 * 1024))} ;;
+        bluestore) bytes=${RBD_WASM_CEPH_BLUESTORE_BYTES:-$((16 * 1024 * 1024 * 1024))} ;;
+        *) die "RBD_WASM_CEPH_OSD_STORE must be memstore or bluestore, not '$store'" ;;
+    esac
     local wait_s=${RBD_WASM_CEPH_TIMEOUT:-60}
     local t0=$SECONDS fsid osd_uuid osd_id
 
     [[ "$port" =~ ^[0-9]+$ ]] || die "RBD_WASM_CEPH_PORT must be a number"
-    [[ "$bytes" =~ ^[0-9]+$ ]] || die "RBD_WASM_CEPH_MEMSTORE_BYTES must be a number"
+    [[ "$bytes" =~ ^[0-9]+$ ]] || die "the store size must be a number of bytes"
     for tool in ceph ceph-mon ceph-osd ceph-mgr ceph-authtool monmaptool rbd uuidgen; do
         command -v "$tool" >/dev/null 2>&1 ||
             die "$tool not found; run scripts/install-ceph.sh first"
@@ -249,7 +287,7 @@ cmd_start() {
     touch "$DIR/$MARKER"
 
     fsid=$(uuidgen)
-    write_conf "$fsid" "$port" "$bytes"
+    write_conf "$fsid" "$port" "$store" "$bytes"
 
     # Keys: mon. for the monitor itself, client.admin for every client. Both
     # go into the monitor's initial keyring; client.admin's alone into
@@ -342,9 +380,10 @@ cmd_stop() {
     fi
     [[ -e "$DIR/$MARKER" ]] || die "$DIR is not a cluster directory (no $MARKER); not touching it"
 
-    # The memstore OSD gets SIGKILL at once: on SIGTERM it would first save
+    # The OSD gets SIGKILL at once: on SIGTERM a memstore OSD would first save
     # its whole in-RAM store (up to the memstore size) to DIR, which we are
-    # about to delete. Monitor and manager get SIGTERM, SIGKILL after 10 s.
+    # about to delete (a bluestore one has nothing to keep either). Monitor
+    # and manager get SIGTERM, SIGKILL after 10 s.
     while read -r name pid; do
         is_our_daemon "$pid" || continue
         case "$name" in
@@ -375,6 +414,32 @@ cmd_stop() {
     log "stopped ${#killed[@]} daemon(s), removed $DIR"
 }
 
+# Start a daemon of this cluster again after it was killed (the fault tests
+# kill the OSD or the monitor with SIGKILL mid-job). Its stale pid file is
+# removed first, and its line in daemons.pids replaced by the new pid.
+cmd_revive() {
+    local name=$1 n pid
+    [[ -f "$DIR/ceph.conf" && -e "$DIR/$MARKER" ]] || die "no cluster in $DIR"
+    while read -r n pid; do
+        [[ "$n" == "$name" ]] || continue
+        if is_our_daemon "$pid"; then die "$name (pid $pid) is still running"; fi
+    done < <(recorded_pids)
+    rm -f "$DIR/run/$name.pid"
+    case "$name" in
+        mon.a) ceph-mon -c "$DIR/ceph.conf" -i a 2>>"$DIR/log/startup.log" ||
+            fail_start "ceph-mon failed to start again" ;;
+        osd.0) ceph-osd -c "$DIR/ceph.conf" -i 0 2>>"$DIR/log/startup.log" ||
+            fail_start "ceph-osd failed to start again" ;;
+        *) die "can revive mon.a or osd.0, not '$name'" ;;
+    esac
+    if [[ -f "$(pids_file)" ]]; then
+        grep -v "^$name " "$(pids_file)" >"$(pids_file).new" || true
+        mv "$(pids_file).new" "$(pids_file)"
+    fi
+    record_pid "$name"
+    log "$name started again (pid $(tr -d '[:space:]' <"$DIR/run/$name.pid"))"
+}
+
 cmd_status() {
     local name pid rc=0
     [[ -f "$DIR/ceph.conf" ]] || die "no cluster in $DIR"
@@ -392,8 +457,13 @@ cmd_status() {
 
 main() {
     (($# >= 1)) || usage
-    local cmd=$1
+    local cmd=$1 daemon=""
     shift
+    if [[ "$cmd" == revive ]]; then
+        (($# >= 1)) || usage
+        daemon=$1
+        shift
+    fi
     (($# <= 1)) || usage
     DIR=$(resolve_dir "${1:-}")
     readonly DIR
@@ -402,6 +472,7 @@ main() {
         stop) cmd_stop ;;
         status) cmd_status ;;
         env) echo "export CEPH_CONF=$DIR/ceph.conf" ;;
+        revive) cmd_revive "$daemon" ;;
         -h | --help | help) usage ;;
         *) usage ;;
     esac
