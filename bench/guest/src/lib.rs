@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use backup_repo::digest::image_chunk_sums;
+use backup_repo::digest::image_digest;
 use rbd_wasm_guest::{open_pool, Error};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -37,7 +37,7 @@ fn run(args: Vec<String>) -> Result<()> {
         ["digest", pool, image, snap] => {
             let pool = open_pool(pool)?;
             let image = pool.open_at_snapshot(image, snap)?;
-            println!("{}", image_chunk_sums(&image)?.image_digest());
+            println!("{}", image_digest(&image)?);
             Ok(())
         }
         _ => Err(USAGE.into()),

@@ -30,7 +30,7 @@ pub mod stream;
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rbd_wasm_guest::Range;
@@ -135,15 +135,23 @@ pub struct Manifest {
     pub stream: String,
     pub stream_bytes: u64,
     pub stream_sha256: String,
-    /// The image's digest at the to-snapshot: sha256 over the sha256 of each
-    /// `chunk_size`-byte chunk (see [`digest`]).
+    /// The image's digest at the to-snapshot, of its `chunk_size`-byte chunks (see
+    /// [`digest`]; the way it is computed is `digest_version`).
     pub image_digest: String,
+    /// [`DIGEST_VERSION`] for the digests this job writes; 0 (absent) for the whole-image
+    /// digests of older jobs, which the restore and verify jobs do not check.
+    #[serde(default)]
+    pub digest_version: u32,
     pub chunk_size: u64,
-    /// The file of the chunk digests (`N.sums`), from which the next incremental backup
-    /// knows its digest without reading unchanged chunks; and its sha256.
+    /// The file of the chunk digests that changed (`N.sums`, see [`digest`]), from which
+    /// the next incremental backup knows its digest without reading unchanged chunks; and
+    /// its sha256.
     pub sums: String,
     pub sums_sha256: String,
 }
+
+/// The image digest's version that [`digest`] computes and its sums files hold.
+pub const DIGEST_VERSION: u32 = 2;
 
 /// The stream file of backup `n`.
 pub fn stream_file(n: u64) -> String {
@@ -228,28 +236,43 @@ impl Repo {
         Ok(self.dir.join(sums_file(manifest.number()?)))
     }
 
-    /// The chunk digests of a backup's to-snapshot, if their file is whole.
-    pub fn chunk_sums(&self, manifest: &Manifest) -> Result<digest::ChunkSums> {
-        let path = self.sums_path(manifest)?;
-        // The manifest's size says how long the file is: nothing longer is read.
-        let want = digest::ChunkSums::encoded_len(manifest.size).map_err(|e| format!("{}: {e}", path.display()))?;
-        let bytes = read_at_most(&path, want)?;
-        if bytes.len() as u64 != want {
-            return Err(format!(
-                "{}: damaged (not the {want} bytes the chunk digests of a {}-byte image take)",
-                path.display(),
-                manifest.size
-            )
-            .into());
+    /// The sums files that the chunk digests of backup `n` are read from, newest first (its
+    /// own, then its base's, down to one with no base; see [`digest::Layers`]), each checked
+    /// whole against its manifest's sha256 before it is read. `backups` is [`Repo::backups`].
+    pub fn sums_layers(&self, n: u64, backups: &[(u64, Manifest)]) -> Result<Vec<digest::SumsReader<BufReader<fs::File>>>> {
+        let mut layers = Vec::new();
+        let mut at = Some(n);
+        while let Some(k) = at {
+            if layers.len() > digest::MAX_LAYERS {
+                return Err(format!("the chunk sums of backup {n} are a chain of more than {} files", digest::MAX_LAYERS).into());
+            }
+            let (_, manifest) = backups
+                .iter()
+                .find(|(m, _)| *m == k)
+                .ok_or_else(|| format!("the chunk sums of backup {n} need those of backup {k}, which is not complete"))?;
+            if manifest.digest_version != DIGEST_VERSION {
+                return Err(format!(
+                    "backup {k} has digests of version {} (an older job's); this job reads version {DIGEST_VERSION}",
+                    manifest.digest_version
+                )
+                .into());
+            }
+            let path = self.dir.join(sums_file(k));
+            if sha256_of_file(&path)? != manifest.sums_sha256 {
+                return Err(format!("{}: damaged (its sha256 is not the manifest's)", path.display()).into());
+            }
+            let file = fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let reader = digest::SumsReader::new(BufReader::with_capacity(1 << 16, file)).map_err(|e| format!("{}: {e}", path.display()))?;
+            if reader.size() != manifest.size {
+                return Err(format!("{}: the digests of {} bytes, the manifest says {}", path.display(), reader.size(), manifest.size).into());
+            }
+            at = reader.base();
+            if at.is_some_and(|base| base >= k) {
+                return Err(format!("{}: changes backup {at:?}, not an older one", path.display()).into());
+            }
+            layers.push(reader);
         }
-        if hex::encode(Sha256::digest(&bytes)) != manifest.sums_sha256 {
-            return Err(format!("{}: damaged (its sha256 is not the manifest's)", path.display()).into());
-        }
-        let sums = digest::ChunkSums::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        if sums.size() != manifest.size {
-            return Err(format!("{}: the digests of {} bytes, the manifest says {}", path.display(), sums.size(), manifest.size).into());
-        }
-        Ok(sums)
+        Ok(layers)
     }
 
     /// Every complete backup, oldest first: (N, manifest). Each manifest is checked to be
@@ -352,6 +375,19 @@ impl Repo {
             }
         }
         Ok(())
+    }
+}
+
+/// The sha256 of a file, read in pieces.
+fn sha256_of_file(path: &Path) -> Result<String> {
+    let mut file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match file.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))? {
+            0 => return Ok(hex::encode(hash.finalize())),
+            n => hash.update(&buf[..n]),
+        }
     }
 }
 
@@ -460,6 +496,7 @@ mod tests {
             stream_bytes: 0,
             stream_sha256: String::new(),
             image_digest: String::new(),
+            digest_version: DIGEST_VERSION,
             chunk_size: digest::CHUNK,
             sums: sums_file(n),
             sums_sha256: String::new(),
@@ -582,7 +619,6 @@ mod tests {
             let repo = repo_with(&root, &[("3.json", m.clone())]);
             let e = error(repo.backups());
             assert!(e.contains(&format!("sums `{}` is not `3.sums`", m.sums)), "{e}");
-            assert!(error(repo.chunk_sums(&m)).contains("not a backup manifest"));
         }
     }
 
@@ -669,24 +705,52 @@ mod tests {
         assert_eq!(repo.chain(Some(3)).unwrap().len(), 2);
     }
 
+    /// Write `N.sums` with these changes over `base`, and its manifest.
+    fn sums_backup(repo: &Repo, n: u64, size: u64, base: Option<u64>, changes: &[digest::Change]) -> (u64, Manifest) {
+        let mut w = digest::SumsWriter::new(Vec::new(), size, base).unwrap();
+        for &c in changes {
+            w.change(c).unwrap();
+        }
+        let (bytes, sha, _) = w.finish().unwrap();
+        fs::write(repo.dir().join(sums_file(n)), &bytes).unwrap();
+        let mut m = manifest(n, base);
+        m.size = size;
+        m.sums_sha256 = sha;
+        (n, m)
+    }
+
     #[test]
-    fn chunk_sums_are_read_only_at_the_length_the_manifest_implies() {
+    fn chunk_sums_layers_are_checked_and_merged() {
+        use digest::Change::{Data, Zero};
         let root = TempDir::new();
-        let sums = digest::ChunkSums::zeroed(1 << 20).unwrap();
-        let bytes = sums.encode();
-        let mut m = manifest(1, None);
-        m.sums_sha256 = hex::encode(Sha256::digest(&bytes));
-        let repo = repo_with(&root, &[("1.json", m.clone())]);
-        fs::write(repo.dir().join("1.sums"), &bytes).unwrap();
-        assert_eq!(repo.chunk_sums(&m).unwrap(), sums);
-        // Longer than a 1 MiB image's digests: refused without reading it all.
-        let mut long = bytes.clone();
-        long.resize(64 << 20, 0);
-        fs::write(repo.dir().join("1.sums"), &long).unwrap();
-        assert!(error(repo.chunk_sums(&m)).contains("damaged (not the 551 bytes"));
-        // A manifest claiming a 300 TiB image: its digests could not be held.
-        m.size = 300 * TIB;
-        assert!(error(repo.chunk_sums(&m)).contains("do not fit"));
+        let repo = repo_with(&root, &[]);
+        let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
+        let mib = 1 << 20;
+        let one = sums_backup(&repo, 1, mib, None, &[Data { index: 0, sum: a }, Data { index: 5, sum: a }, Data { index: 15, sum: a }]);
+        // 2: chunk 5 zeroed, 7 written, and shrunk to 10 chunks (15 goes).
+        let two = sums_backup(&repo, 2, 10 * digest::CHUNK, Some(1), &[Zero { first: 4, count: 2 }, Data { index: 7, sum: b }]);
+        // 3: grown back: 15 must not come back; 12 written.
+        let three = sums_backup(&repo, 3, mib, Some(2), &[Data { index: 0, sum: c }, Data { index: 12, sum: c }]);
+        let backups = vec![one, two, three];
+        let merged = |n| {
+            let mut layers = digest::Layers::new(repo.sums_layers(n, &backups).unwrap()).unwrap();
+            let mut got = Vec::new();
+            while let Some((i, s)) = layers.next_data().unwrap() {
+                got.push((i, s[0]));
+            }
+            got
+        };
+        assert_eq!(merged(1), [(0, 1), (5, 1), (15, 1)]);
+        assert_eq!(merged(2), [(0, 1), (7, 2)]);
+        assert_eq!(merged(3), [(0, 3), (7, 2), (12, 3)]);
+        // A damaged file is refused by its sha256; a missing base by name.
+        fs::write(repo.dir().join("2.sums"), b"rbd-wasm chunk sums v2\n").unwrap();
+        assert!(error(repo.sums_layers(3, &backups)).contains("2.sums: damaged"));
+        assert!(error(repo.sums_layers(3, &backups[2..])).contains("need those of backup 2"));
+        // Older jobs' digests are named as such.
+        let mut old = backups.clone();
+        old[0].1.digest_version = 0;
+        assert!(error(repo.sums_layers(1, &old)).contains("version 0"));
     }
 
     #[test]

@@ -31,15 +31,16 @@
 //! started together make one backup of each image.
 
 use std::fs;
+use std::io::{BufReader, BufWriter};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backup_repo::digest::{chunk_count, reread_chunk, walk_diff, ChunkSums, CHUNK};
+use backup_repo::digest::{self, walk_diff, Layers, SumsReader, SumsWriter, CHUNK, MAX_LAYERS};
 use backup_repo::stream::StreamWriter;
 use backup_repo::{
-    manifest_file, snapshot_name, snapshot_number, stream_file, sums_file, write_atomically, Manifest, Repo, Result, ROOT,
+    manifest_file, snapshot_name, snapshot_number, stream_file, sums_file, write_atomically, Manifest, Repo, Result,
+    DIGEST_VERSION, ROOT,
 };
 use rbd_wasm_guest::{open_pool, report_progress, CreateOptions, Error, Image, Pool};
-use sha2::{Digest, Sha256};
 
 const USAGE: &str = "usage: POOL IMAGE... [--every SECS] [--claim-timeout SECS]";
 
@@ -215,8 +216,6 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     // runner just took must be seen.
     let mutex = ClaimsMutex::lock(pool)?;
     let head = pool.open(image_name)?;
-    // An image too large to keep the digests of is refused before it is claimed.
-    chunk_count(head.size()?)?;
     let claims = Claim::held(pool)?;
     let backups = repo.backups()?;
     let newest_complete = backups.iter().map(|(n, _)| *n).max().unwrap_or(0);
@@ -283,35 +282,39 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
 
     // Incremental from the last backed-up snapshot if the image still has it, and the
     // digests of its chunks are whole; else full.
-    let mut base = backups.last().map(|(_, m)| m).filter(|m| snaps.iter().any(|s| s.name == m.to_snapshot));
-    let base_sums = match base.map(|m| repo.chunk_sums(m)) {
-        Some(Ok(sums)) => Some(sums),
+    let mut base = backups.last().filter(|(_, m)| snaps.iter().any(|s| s.name == m.to_snapshot));
+    let base_depth = match base.map(|(k, _)| repo.sums_layers(*k, &backups)) {
+        Some(Ok(layers)) => layers.len(),
         Some(Err(e)) => {
             println!("{pool_name}/{image_name}: a full backup: the base's chunk digests are unusable: {e}");
             base = None;
-            None
+            0
         }
-        None => None,
+        None => 0,
     };
-    let from = base.map(|m| m.to_snapshot.clone());
+    let from = base.map(|(_, m)| m.to_snapshot.clone());
 
     let image = pool.open_at_snapshot(image_name, &to)?;
     let size = image.size()?;
-    let mut sums = match base_sums {
-        Some(sums) => sums,
-        None => ChunkSums::zeroed(size)?,
-    };
-    let resized_chunk = sums.resize(size)?;
+    // The chunk holding the smaller of the old and new ends changed length if the image
+    // was resized: it is read again.
+    let resized = base.map(|(_, m)| m.size).filter(|&old| old != size).map(|old| old.min(size)).filter(|end| end % CHUNK != 0);
 
     let stream_name = stream_file(n);
     let tmp = repo.dir().join(format!("{stream_name}.tmp"));
     let file = fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
     let mut out = StreamWriter::new(file, from.as_deref(), &to, size)?;
+    let sums_name = sums_file(n);
+    let sums_tmp = repo.dir().join(format!("{sums_name}.tmp"));
+    let sums_out = fs::File::create(&sums_tmp).map_err(|e| format!("creating {}: {e}", sums_tmp.display()))?;
+    let mut sums = SumsWriter::new(BufWriter::with_capacity(1 << 16, sums_out), size, base.map(|(k, _)| *k))?;
     let label = format!("backup {image_name}");
     walk_diff(
         &image,
         from.as_deref(),
-        &mut sums,
+        size,
+        resized.map(|end| end / CHUNK),
+        |change| sums.change(change),
         |extent, chunks| {
             if extent.exists {
                 for (offset, data) in chunks.slices(extent.offset, extent.length) {
@@ -324,17 +327,39 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         },
         |done| report_progress(&label, done, Some(size)),
     )?;
-    if let Some(index) = resized_chunk {
-        reread_chunk(&image, &mut sums, index)?;
-    }
     let (file, stream_sha256, stream_bytes) = out.finish()?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, repo.dir().join(&stream_name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
 
-    let sums_name = sums_file(n);
-    let sums_bytes = sums.encode();
-    write_atomically(&repo.dir().join(&sums_name), &sums_bytes)?;
+    // The digest: this backup's chunk sums over its base's. A chain grown to MAX_LAYERS
+    // files is written whole instead, so that the next digest reads few files.
+    let (sums_out, mut sums_sha256, _) = sums.finish()?;
+    sums_out.into_inner().map_err(|e| format!("writing {}: {}", sums_tmp.display(), e.error()))?.sync_all()?;
+    let open_sums = || -> Result<SumsReader<BufReader<fs::File>>> {
+        SumsReader::new(BufReader::with_capacity(1 << 16, fs::File::open(&sums_tmp)?))
+    };
+    let layers = || -> Result<Layers<BufReader<fs::File>>> {
+        let mut readers = vec![open_sums()?];
+        if let Some((k, _)) = base {
+            readers.extend(repo.sums_layers(*k, &backups)?);
+        }
+        Layers::new(readers)
+    };
+    let image_digest = layers()?.digest(size)?;
+    if base_depth >= MAX_LAYERS {
+        let whole_tmp = repo.dir().join(format!("{sums_name}.whole.tmp"));
+        let mut whole = SumsWriter::new(BufWriter::with_capacity(1 << 16, fs::File::create(&whole_tmp)?), size, None)?;
+        let mut merged = layers()?;
+        while let Some((index, sum)) = merged.next_data()? {
+            whole.change(digest::Change::Data { index, sum })?;
+        }
+        let (whole_out, sha, _) = whole.finish()?;
+        whole_out.into_inner().map_err(|e| format!("writing {}: {}", whole_tmp.display(), e.error()))?.sync_all()?;
+        fs::rename(&whole_tmp, &sums_tmp)?;
+        sums_sha256 = sha;
+    }
+    fs::rename(&sums_tmp, repo.dir().join(&sums_name)).map_err(|e| format!("renaming {}: {e}", sums_tmp.display()))?;
     let manifest = Manifest {
         pool: pool_name.clone(),
         image: image_name.into(),
@@ -344,10 +369,11 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         stream: stream_name,
         stream_bytes,
         stream_sha256,
-        image_digest: sums.image_digest(),
+        image_digest,
+        digest_version: DIGEST_VERSION,
         chunk_size: CHUNK,
         sums: sums_name,
-        sums_sha256: hex::encode(Sha256::digest(&sums_bytes)),
+        sums_sha256,
     };
     write_atomically(&repo.dir().join(manifest_file(n)), &serde_json::to_vec_pretty(&manifest)?)?;
     match &from {

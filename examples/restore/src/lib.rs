@@ -18,8 +18,8 @@ use std::fs::File;
 use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
-use backup_repo::digest::image_chunk_sums;
-use backup_repo::{check_stream, to_usize, Manifest, Repo, Result, ROOT};
+use backup_repo::digest::image_digest;
+use backup_repo::{check_stream, to_usize, Manifest, Repo, Result, DIGEST_VERSION, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Pool};
 
 /// librbd drops discards finer than this (`rbd_discard_granularity_bytes`); zeroes inside
@@ -172,6 +172,14 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
         check_stream(&repo, manifest)?;
     }
     let last = chain.last().ok_or("an empty chain")?;
+    if last.digest_version != DIGEST_VERSION {
+        return Err(format!(
+            "backup of {} has an image digest of version {} (an older backup job's), which this job cannot check; \
+             a new full backup has one it can",
+            last.to_snapshot, last.digest_version
+        )
+        .into());
+    }
     match target_pool.open(&args.target) {
         Ok(_) => return Err(format!("{}/{} exists; restore to a new name", target_pool.name(), args.target).into()),
         Err(rbd_wasm_guest::Error::NotFound(_)) => {}
@@ -191,7 +199,7 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
             base = Some(&manifest.to_snapshot);
         }
         let at = target_pool.open_at_snapshot(&restoring, &last.to_snapshot)?;
-        let digest = image_chunk_sums(&at)?.image_digest();
+        let digest = image_digest(&at)?;
         if digest != last.image_digest {
             return Err(format!(
                 "the restored image's digest is {digest}, the manifest of {} says {}",

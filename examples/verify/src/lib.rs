@@ -15,8 +15,8 @@ use std::fs::File;
 use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
-use backup_repo::digest::image_chunk_sums;
-use backup_repo::{check_stream, pieces, to_usize, Repo, Result, PIECES_PER_CALL, READ_PIECE, ROOT};
+use backup_repo::digest::{image_data_chunks, image_digest, Layers};
+use backup_repo::{check_stream, pieces, to_usize, Manifest, Repo, Result, DIGEST_VERSION, PIECES_PER_CALL, READ_PIECE, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Range};
 use sha2::{Digest, Sha256};
 
@@ -175,20 +175,17 @@ fn run(args: Vec<String>) -> Result<()> {
         }
     }
     let scope = match args.sample {
+        None if manifest.digest_version != DIGEST_VERSION => format!(
+            "deep scrub; the image digest not checked: it is of version {} (an older backup job's)",
+            manifest.digest_version
+        ),
         None => {
-            let sums = image_chunk_sums(&image)?;
-            let digest = sums.image_digest();
+            let digest = image_digest(&image)?;
             if digest != manifest.image_digest {
                 report.differ(format!("the snapshot's digest is {digest}, the manifest says {}", manifest.image_digest));
                 // Which chunks, if the backup's chunk digests are there to say.
-                match repo.chunk_sums(&manifest) {
-                    Ok(kept) if kept.size() == sums.size() => {
-                        for offset in sums.differing_chunks(&kept) {
-                            report.differ(format!("chunk {offset}+{}: its digest is not the backup's", manifest.chunk_size));
-                        }
-                    }
-                    Ok(_) => report.differ("the backup's chunk digests are of another size".into()),
-                    Err(e) => report.differ(format!("no chunk digests to compare: {e}")),
+                if let Err(e) = differing_chunks(&repo, &manifest, &image, &mut report) {
+                    report.differ(format!("no chunk digests to compare: {e}"));
                 }
             }
             "deep scrub".to_string()
@@ -210,6 +207,36 @@ fn run(args: Vec<String>) -> Result<()> {
         println!("{target}: and {} more differences", report.more);
     }
     Err(format!("{target}: {} difference(s) ({scope})", report.differences.len() as u64 + report.more).into())
+}
+
+/// Name the chunks whose digests differ between the snapshot and the backup's chunk sums,
+/// both read in chunk order (nothing held but one chunk of each).
+fn differing_chunks(repo: &Repo, manifest: &Manifest, image: &Image, report: &mut Report) -> Result<()> {
+    let backups = repo.backups()?;
+    let mut kept = Layers::new(repo.sums_layers(manifest.number()?, &backups)?)?;
+    let mut next = kept.next_data()?;
+    let chunk = manifest.chunk_size;
+    image_data_chunks(image, |index, sum| {
+        while let Some((k, _)) = next.filter(|(k, _)| *k < index) {
+            report.differ(format!("chunk {}+{chunk}: zeroes in the snapshot, data in the backup", k * chunk));
+            next = kept.next_data()?;
+        }
+        match next {
+            Some((k, kept_sum)) if k == index => {
+                if kept_sum != *sum {
+                    report.differ(format!("chunk {}+{chunk}: its digest is not the backup's", index * chunk));
+                }
+                next = kept.next_data()?;
+            }
+            _ => report.differ(format!("chunk {}+{chunk}: data in the snapshot, zeroes in the backup", index * chunk)),
+        }
+        Ok(())
+    })?;
+    while let Some((k, _)) = next {
+        report.differ(format!("chunk {}+{chunk}: zeroes in the snapshot, data in the backup", k * chunk));
+        next = kept.next_data()?;
+    }
+    Ok(())
 }
 
 rbd_wasm_guest::job!(run);
