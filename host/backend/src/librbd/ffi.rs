@@ -134,6 +134,7 @@ api! {
     rbd_get_size: fn(rbd_image_t, *mut u64) -> c_int;
     rbd_stat: fn(rbd_image_t, *mut rbd_image_info_t, usize) -> c_int;
     rbd_get_features: fn(rbd_image_t, *mut u64) -> c_int;
+    rbd_get_flags: fn(rbd_image_t, *mut u64) -> c_int;
     rbd_get_old_format: fn(rbd_image_t, *mut u8) -> c_int;
     rbd_get_stripe_unit: fn(rbd_image_t, *mut u64) -> c_int;
     rbd_get_stripe_count: fn(rbd_image_t, *mut u64) -> c_int;
