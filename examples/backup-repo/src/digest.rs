@@ -344,6 +344,23 @@ pub struct ReadChunks {
 }
 
 impl ReadChunks {
+    /// `[offset, offset + length)` as slices of the buffers, in order; an error if the reads
+    /// do not hold all of it (so a data record is never written short).
+    pub fn covering(&self, offset: u64, length: u64) -> Result<Vec<(u64, &[u8])>> {
+        let slices: Vec<_> = self.slices(offset, length).collect();
+        let mut at = offset;
+        for (o, data) in &slices {
+            if *o != at {
+                break;
+            }
+            at += data.len() as u64;
+        }
+        if at != offset.saturating_add(length) {
+            return Err(format!("the chunks read for the extent {offset}+{length} hold only up to {at}").into());
+        }
+        Ok(slices)
+    }
+
     /// `[offset, offset + length)` as slices of the buffers, in order.
     pub fn slices(&self, offset: u64, length: u64) -> impl Iterator<Item = (u64, &[u8])> {
         let end = offset.saturating_add(length);
@@ -398,15 +415,15 @@ pub fn walk_diff(
 ) -> Result<()> {
     let mut group = Group::default();
     let mut in_flight: Option<Started> = None;
-    // The last chunk marked for reading, across groups: an extent may end in the chunk the
-    // next one starts in.
-    let mut last_dirty: Option<u64> = None;
-    let mut mark = |group: &mut Group, index: u64| {
-        if last_dirty.is_none_or(|last| index > last) {
+    // A chunk shared by two extents is read once per group: when the extents fall in two
+    // groups, both read it (each group's extents are emitted from its own reads), and its
+    // change is passed on once (`Changes`).
+    let mark = |group: &mut Group, index: u64| {
+        if group.dirty.last().is_none_or(|&last| index > last) {
             group.dirty.push(index);
-            last_dirty = Some(index);
         }
     };
+    let mut changes = Changes { each: &mut changes, next: 0 };
     let mut iter = image.diff_iterate(0, size, from)?;
     while let Some(batch) = iter.next_batch()? {
         let mut done = 0;
@@ -470,6 +487,24 @@ pub fn walk_diff(
     Ok(())
 }
 
+/// Passes each chunk's change on once, in order: a chunk read by two groups is passed on
+/// by the first.
+struct Changes<'a, F: FnMut(Change) -> Result<()>> {
+    each: &'a mut F,
+    /// The first chunk not yet passed on.
+    next: u64,
+}
+
+impl<F: FnMut(Change) -> Result<()>> Changes<'_, F> {
+    fn pass(&mut self, change: Change) -> Result<()> {
+        if change.first() < self.next {
+            return Ok(());
+        }
+        self.next = change.end();
+        (self.each)(change)
+    }
+}
+
 /// Start reading a group's dirty chunks, in contiguous runs cut into pieces.
 fn start(image: &Image, group: Group, size: u64) -> Result<Started> {
     let mut ranges: Vec<Range> = Vec::new();
@@ -487,9 +522,9 @@ fn start(image: &Image, group: Group, size: u64) -> Result<Started> {
 /// Take a group's reads: pass on what became of its chunks (the digests the host computed,
 /// a chunk of zeroes as a zero run) merged in chunk order with its zero runs, then emit its
 /// extents.
-fn finish(
+fn finish<F: FnMut(Change) -> Result<()>>(
     started: Started,
-    changes: &mut impl FnMut(Change) -> Result<()>,
+    changes: &mut Changes<'_, F>,
     emit: &mut impl FnMut(&Extent, &ReadChunks) -> Result<()>,
 ) -> Result<()> {
     let results = started.reads.wait()?;
@@ -514,12 +549,12 @@ fn finish(
     let mut zero = started.zero.iter().map(|&(first, count)| Change::Zero { first, count }).peekable();
     for change in sums {
         while let Some(z) = zero.next_if(|z| z.first() < change.first()) {
-            changes(z)?;
+            changes.pass(z)?;
         }
-        changes(change)?;
+        changes.pass(change)?;
     }
     for z in zero {
-        changes(z)?;
+        changes.pass(z)?;
     }
     let chunks = ReadChunks { buffers };
     for extent in &started.extents {

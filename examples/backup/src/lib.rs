@@ -317,7 +317,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         |change| sums.change(change),
         |extent, chunks| {
             if extent.exists {
-                for (offset, data) in chunks.slices(extent.offset, extent.length) {
+                for (offset, data) in chunks.covering(extent.offset, extent.length)? {
                     out.data(offset, data)?;
                 }
             } else {
