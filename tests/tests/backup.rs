@@ -371,6 +371,35 @@ mod librbd {
         super::verify_checks_a_backup_against_its_snapshot(librbd_backend());
     }
 
+    /// Extents closer together than a 64 KiB chunk share chunks, and with more than a read
+    /// group of them (32 MiB of chunks) one such chunk falls on a group's edge: both groups
+    /// must read it, or the next group's extent is written short (a bug once: the restore
+    /// job's digest check refused the result).
+    #[test]
+    fn dense_small_changes_across_read_groups_restore_byte_identical() {
+        let backend = librbd_backend();
+        let src = format!("{}-dense", unique_prefix("bk"));
+        backend.create("rbd", &src, 128 << 20, &CreateOptions::default()).unwrap();
+        let img = backend.open("rbd", &src, None, false).unwrap();
+        img.write(0, &pattern(128 << 20, 3)).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        run_with_output("backup", &["rbd", &src], backend.clone(), out.path()).assert_ok();
+        // 4 KiB every 40 KiB over 96 MiB: 2457 extents, about 1.6 to a chunk.
+        for i in 0..(96u64 << 20) / 40960 {
+            img.write(i * 40960, &pattern(4096, i as u8)).unwrap();
+        }
+        drop(img);
+        run_with_output("backup", &["rbd", &src], backend.clone(), out.path()).assert_ok();
+        let restored = format!("{src}-restored");
+        let job = run_with_output("restore", &["rbd", &src, &restored], backend.clone(), out.path());
+        job.assert_ok();
+        assert_eq!(
+            contents(backend.as_ref(), "rbd", &restored, None),
+            contents(backend.as_ref(), "rbd", &src, Some("backup-2")),
+            "the restored image"
+        );
+    }
+
     /// Kill `rbd-wasm run backup` at 20 different moments: no killed run leaves a backup
     /// that looks complete (a manifest) without being complete (its stream whole, its
     /// checksums right), and the next run completes the chain, which then restores
