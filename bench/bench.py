@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -160,11 +161,16 @@ class Bench:
         does one measured run and returns its seconds."""
         names = list(peers)
         samples = {name: [] for name in names}
+        # The CPU (user + sys) of each run's processes, from the kernel's accounting of
+        # waited-for children: what the sandbox costs apart from the cluster's time.
+        self.last_cpu = {name: [] for name in names}
         for i in range(runs):
             self.check_cluster(f"before round {i + 1} of {', '.join(names)}")
             order = names[i % len(names):] + names[:i % len(names)]
             for name in order:
+                before = children_cpu()
                 samples[name].append(peers[name](i))
+                self.last_cpu[name].append(children_cpu() - before)
             log(f"  round {i + 1}/{runs}: " + ", ".join(f"{n} {samples[n][-1]:.3f}s" for n in names))
         return samples
 
@@ -252,7 +258,9 @@ class Bench:
         base_repo = os.path.join(self.work, "base-repo")
         shutil.rmtree(base_repo, ignore_errors=True)
         shutil.move(full_repo["last"], base_repo)
+        cpu = self.last_cpu
         self.results["full"] = {
+            "cpu_samples": cpu,
             "title": f"Full backup ({size} MiB image)",
             "ours": "rbd-wasm backup",
             "samples": full,
@@ -288,7 +296,9 @@ class Bench:
         chain_repo = os.path.join(self.work, "chain-repo")
         shutil.rmtree(chain_repo, ignore_errors=True)
         shutil.move(chain["repo"], chain_repo)
+        cpu = self.last_cpu
         self.results["incremental"] = {
+            "cpu_samples": cpu,
             "title": f"Incremental backup ({self.args.fraction:.0%} of {size} MiB changed)",
             "ours": "rbd-wasm backup",
             "samples": inc,
@@ -331,7 +341,9 @@ class Bench:
 
         restore = self.run_rotating({"rbd-wasm restore": ours_restore, "rbd import-diff": rbd_import},
                                     self.args.runs)
+        cpu = self.last_cpu
         self.results["restore"] = {
+            "cpu_samples": cpu,
             "title": "Restore (full + incremental onto a new image)",
             "ours": "rbd-wasm restore",
             "samples": restore,
@@ -432,6 +444,12 @@ class Bench:
                     f"{result['backup']['peak_rss_mib']:.0f} MiB, idle job {result['idle']['per_idle_job_kib']:.0f} KiB")
             else:
                 log(f"  {name}: {result.get('error')}")
+
+
+def children_cpu():
+    """User + system CPU seconds of this process's waited-for children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def sha256_file(path):
@@ -593,6 +611,23 @@ def markdown(results, meta):
                      f"{'met' if peak < 512 else '**not met**'} |")
         lines.append(f"| memory per idle job ({name}; RSS with {sc['jobs']} parked jobs minus before, / {sc['jobs']}) | "
                      f"{i['per_idle_job_kib']:.0f} KiB | |")
+    cpu_lines = []
+    for key, peer in (("full", "rbd export-diff"), ("incremental", "rbd export-diff"), ("restore", "rbd import-diff")):
+        sc = results.get(key)
+        if not sc or "cpu_samples" not in sc or peer not in sc["cpu_samples"]:
+            continue
+        gib = meta["size_mib"] / 1024 * (meta["fraction_changed"] if key == "incremental" else 1.0)
+        ours, theirs = median(sc["cpu_samples"][sc["ours"]]), median(sc["cpu_samples"][peer])
+        cpu_lines.append(f"| {sc['title']} | {ours:.2f} s ({ours / gib:.2f} s/GiB) | {peer} | "
+                         f"{theirs:.2f} s ({theirs / gib:.2f} s/GiB) | {ours / theirs:.2f} |")
+    if cpu_lines:
+        lines.append("")
+        lines.append("CPU (user + sys) of the processes each run started, median; per GiB of the image's data "
+                     "(the changed part for the incremental):")
+        lines.append("")
+        lines.append("| scenario | rbd-wasm CPU | peer | peer CPU | ratio |")
+        lines.append("| --- | ---: | --- | ---: | ---: |")
+        lines.extend(cpu_lines)
     for warning in results.get("cluster_warnings", []):
         lines.append("")
         lines.append(f"**Cluster warning** ({warning}): samples taken then may measure the OSD, not the jobs.")
