@@ -306,6 +306,39 @@ fn verify_checks_a_backup_against_its_snapshot(backend: Arc<dyn Backend>) {
     assert!(failed(&verify(&["rbd", &src, "--backup", "1"])).contains("the snapshot is needed"));
 }
 
+/// The image digest of version 1, as the backup jobs before digest version 2 recorded it:
+/// sha256 over the sha256 of every 64 KiB chunk, zeroes included.
+fn chunk_digest_v1(image: &[u8]) -> String {
+    let mut h = Sha256::new();
+    for chunk in image.chunks(64 << 10) {
+        h.update(Sha256::digest(chunk));
+    }
+    hex::encode(h.finalize())
+}
+
+/// A backup an older job made (its manifest has no `digest_version`, its `image_digest` is
+/// of version 1) still restores verified and verifies; a wrong digest of that version is
+/// still caught.
+fn an_older_jobs_backup_restores_verified(backend: Arc<dyn Backend>) {
+    let (src, out, dir) = two_backups(&backend);
+    let m = dir.join("2.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    manifest.as_object_mut().unwrap().remove("digest_version");
+    let image = contents(backend.as_ref(), "rbd", &src, Some("backup-2"));
+    manifest["image_digest"] = chunk_digest_v1(&image).into();
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let restored = format!("{src}-v1");
+    run_with_output("restore", &["rbd", &src, &restored], backend.clone(), out.path()).assert_ok();
+    assert_eq!(contents(backend.as_ref(), "rbd", &restored, None), image);
+    let verify = run_with_output("verify", &["rbd", &src], backend.clone(), out.path());
+    verify.assert_ok();
+    assert!(verify.stdout.contains("an older job's image digest"), "{}", verify.stdout);
+    manifest["image_digest"] = "0".repeat(64).into();
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let wrong = run_with_output("restore", &["rbd", &src, &format!("{src}-v1b")], backend.clone(), out.path());
+    assert!(failed(&wrong).contains("digest"), "{}", failed(&wrong));
+}
+
 mod embedded {
     use super::*;
     use rbd_wasm_tests::embedded_store;
@@ -335,6 +368,11 @@ mod embedded {
     #[test]
     fn verify_checks_a_backup_against_its_snapshot() {
         super::verify_checks_a_backup_against_its_snapshot(embedded_store().backend.clone());
+    }
+
+    #[test]
+    fn an_older_jobs_backup_restores_verified() {
+        super::an_older_jobs_backup_restores_verified(embedded_store().backend.clone());
     }
 }
 
@@ -369,6 +407,11 @@ mod librbd {
     #[test]
     fn verify_checks_a_backup_against_its_snapshot() {
         super::verify_checks_a_backup_against_its_snapshot(librbd_backend());
+    }
+
+    #[test]
+    fn an_older_jobs_backup_restores_verified() {
+        super::an_older_jobs_backup_restores_verified(librbd_backend());
     }
 
     /// Extents closer together than a 64 KiB chunk share chunks, and with more than a read

@@ -581,6 +581,31 @@ pub fn image_data_chunks(image: &Image, mut each: impl FnMut(u64, &Sum) -> Resul
     )
 }
 
+/// The image digest of version 1, which older backup jobs recorded (`digest_version` 0):
+/// the sha256 over the sha256 of every chunk, chunks of zeroes included. Kept so that their
+/// backups still restore verified; it costs a hash of 32 bytes per chunk of the image.
+pub fn image_digest_v1(image: &Image) -> Result<String> {
+    let size = image.size()?;
+    let count = chunk_count(size);
+    let mut hash = Sha256::new();
+    let mut next = 0u64;
+    let zeroes_until = |hash: &mut Sha256, next: &mut u64, end: u64| {
+        while *next < end {
+            let (lo, hi) = chunk_bounds(*next, size);
+            hash.update(zero_sum(hi - lo));
+            *next += 1;
+        }
+    };
+    image_data_chunks(image, |index, sum| {
+        zeroes_until(&mut hash, &mut next, index);
+        hash.update(sum);
+        next = index + 1;
+        Ok(())
+    })?;
+    zeroes_until(&mut hash, &mut next, count);
+    Ok(hex::encode(hash.finalize()))
+}
+
 /// The image digest of an image as it is now.
 pub fn image_digest(image: &Image) -> Result<String> {
     let mut digest = ImageDigest::default();

@@ -139,7 +139,8 @@ pub struct Manifest {
     /// [`digest`]; the way it is computed is `digest_version`).
     pub image_digest: String,
     /// [`DIGEST_VERSION`] for the digests this job writes; 0 (absent) for the whole-image
-    /// digests of older jobs, which the restore and verify jobs do not check.
+    /// digests of older jobs (`digest::image_digest_v1`), which the restore and verify jobs
+    /// still check. Their sums files are not read: a backup over one is a full backup.
     #[serde(default)]
     pub digest_version: u32,
     pub chunk_size: u64,

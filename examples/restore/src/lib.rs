@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
-use backup_repo::digest::image_digest;
+use backup_repo::digest::{image_digest, image_digest_v1};
 use backup_repo::{check_stream, to_usize, Manifest, Repo, Result, DIGEST_VERSION, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Pool};
 
@@ -172,10 +172,9 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
         check_stream(&repo, manifest)?;
     }
     let last = chain.last().ok_or("an empty chain")?;
-    if last.digest_version != DIGEST_VERSION {
+    if last.digest_version != DIGEST_VERSION && last.digest_version != 0 {
         return Err(format!(
-            "backup of {} has an image digest of version {} (an older backup job's), which this job cannot check; \
-             a new full backup has one it can",
+            "backup of {} has an image digest of version {}, which this job does not know",
             last.to_snapshot, last.digest_version
         )
         .into());
@@ -199,7 +198,8 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
             base = Some(&manifest.to_snapshot);
         }
         let at = target_pool.open_at_snapshot(&restoring, &last.to_snapshot)?;
-        let digest = image_digest(&at)?;
+        // Version 0 is an older job's whole-image digest (see `image_digest_v1`).
+        let digest = if last.digest_version == 0 { image_digest_v1(&at)? } else { image_digest(&at)? };
         if digest != last.image_digest {
             return Err(format!(
                 "the restored image's digest is {digest}, the manifest of {} says {}",

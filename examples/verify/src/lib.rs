@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
-use backup_repo::digest::{image_data_chunks, image_digest, Layers};
+use backup_repo::digest::{image_data_chunks, image_digest, image_digest_v1, Layers};
 use backup_repo::{check_stream, pieces, to_usize, Manifest, Repo, Result, DIGEST_VERSION, PIECES_PER_CALL, READ_PIECE, ROOT};
 use rbd_wasm_guest::{open_pool, report_progress, Image, Range};
 use sha2::{Digest, Sha256};
@@ -175,10 +175,17 @@ fn run(args: Vec<String>) -> Result<()> {
         }
     }
     let scope = match args.sample {
-        None if manifest.digest_version != DIGEST_VERSION => format!(
-            "deep scrub; the image digest not checked: it is of version {} (an older backup job's)",
-            manifest.digest_version
-        ),
+        None if manifest.digest_version == 0 => {
+            // An older job's whole-image digest: checked, but it names no chunks.
+            let digest = image_digest_v1(&image)?;
+            if digest != manifest.image_digest {
+                report.differ(format!("the snapshot's digest (version 1) is {digest}, the manifest says {}", manifest.image_digest));
+            }
+            "deep scrub (an older job's image digest)".to_string()
+        }
+        None if manifest.digest_version != DIGEST_VERSION => {
+            return Err(format!("backup {}'s image digest is of version {}, which this job does not know", manifest.to_snapshot, manifest.digest_version).into());
+        }
         None => {
             let digest = image_digest(&image)?;
             if digest != manifest.image_digest {
