@@ -339,6 +339,37 @@ fn an_older_jobs_backup_restores_verified(backend: Arc<dyn Backend>) {
     assert!(failed(&wrong).contains("digest"), "{}", failed(&wrong));
 }
 
+/// A chain of 34 backups: the sums of backup 33 are written whole (a chain of 32 files is
+/// as long as a digest reads), those of 34 change them; every backup restores verified.
+fn a_long_chain_writes_its_sums_whole_and_restores_verified(backend: Arc<dyn Backend>) {
+    let src = format!("{}-long", unique_prefix("bk"));
+    backend.create("rbd", &src, 4 << 20, &CreateOptions::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for n in 0..34u64 {
+        let img = backend.open("rbd", &src, None, false).unwrap();
+        img.write(n * 100_003 % (4 << 20), &pattern(70_000, n as u8)).unwrap();
+        drop(img);
+        run_with_output("backup", &["rbd", &src], backend.clone(), out.path()).assert_ok();
+    }
+    let dir = out.path().join("rbd").join(&src);
+    // The base's number, after the 23-byte magic, the chunk size and the image size.
+    let base = |n: u32| {
+        let sums = std::fs::read(dir.join(format!("{n}.sums"))).unwrap();
+        u64::from_le_bytes(sums[39..47].try_into().unwrap())
+    };
+    assert_eq!(base(32), 31);
+    assert_eq!(base(33), 0, "backup 33's sums are not written whole");
+    assert_eq!(base(34), 33);
+    for n in [32u32, 33, 34] {
+        let restored = format!("{src}-r{n}");
+        run_with_output("restore", &["rbd", &src, &restored, "--backup", &n.to_string()], backend.clone(), out.path())
+            .assert_ok();
+        let want = contents(backend.as_ref(), "rbd", &src, Some(&format!("backup-{n}")));
+        assert_eq!(contents(backend.as_ref(), "rbd", &restored, None), want, "backup {n}");
+        assert_eq!(manifest(&dir, n)["image_digest"], chunk_digest(&want), "backup {n}'s digest");
+    }
+}
+
 mod embedded {
     use super::*;
     use rbd_wasm_tests::embedded_store;
@@ -373,6 +404,11 @@ mod embedded {
     #[test]
     fn an_older_jobs_backup_restores_verified() {
         super::an_older_jobs_backup_restores_verified(embedded_store().backend.clone());
+    }
+
+    #[test]
+    fn a_long_chain_writes_its_sums_whole_and_restores_verified() {
+        super::a_long_chain_writes_its_sums_whole_and_restores_verified(embedded_store().backend.clone());
     }
 }
 

@@ -34,7 +34,7 @@ use std::fs;
 use std::io::{BufReader, BufWriter};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backup_repo::digest::{self, walk_diff, Layers, SumsReader, SumsWriter, CHUNK, MAX_LAYERS};
+use backup_repo::digest::{walk_diff, Change, ImageDigest, Layers, SumsReader, SumsWriter, CHUNK, MAX_LAYERS};
 use backup_repo::stream::StreamWriter;
 use backup_repo::{
     manifest_file, snapshot_name, snapshot_number, stream_file, sums_file, write_atomically, Manifest, Repo, Result,
@@ -283,14 +283,15 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     // Incremental from the last backed-up snapshot if the image still has it, and the
     // digests of its chunks are whole; else full.
     let mut base = backups.last().filter(|(_, m)| snaps.iter().any(|s| s.name == m.to_snapshot));
-    let base_depth = match base.map(|(k, _)| repo.sums_layers(*k, &backups)) {
-        Some(Ok(layers)) => layers.len(),
+    // Its sums files, checked now and read once the stream is written.
+    let mut base_layers = match base.map(|(k, _)| repo.sums_layers(*k, &backups)) {
+        Some(Ok(layers)) => layers,
         Some(Err(e)) => {
             println!("{pool_name}/{image_name}: a full backup: the base's chunk digests are unusable: {e}");
             base = None;
-            0
+            Vec::new()
         }
-        None => 0,
+        None => Vec::new(),
     };
     let from = base.map(|(_, m)| m.to_snapshot.clone());
 
@@ -336,27 +337,29 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     // files is written whole instead, so that the next digest reads few files.
     let (sums_out, mut sums_sha256, _) = sums.finish()?;
     sums_out.into_inner().map_err(|e| format!("writing {}: {}", sums_tmp.display(), e.error()))?.sync_all()?;
-    let open_sums = || -> Result<SumsReader<BufReader<fs::File>>> {
-        SumsReader::new(BufReader::with_capacity(1 << 16, fs::File::open(&sums_tmp)?))
+    let mut whole = if base_layers.len() >= MAX_LAYERS {
+        let path = repo.dir().join(format!("{sums_name}.whole.tmp"));
+        let file = fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Some((SumsWriter::new(BufWriter::with_capacity(1 << 16, file), size, None)?, path))
+    } else {
+        None
     };
-    let layers = || -> Result<Layers<BufReader<fs::File>>> {
-        let mut readers = vec![open_sums()?];
-        if let Some((k, _)) = base {
-            readers.extend(repo.sums_layers(*k, &backups)?);
+    let mut readers = vec![SumsReader::new(BufReader::with_capacity(1 << 16, fs::File::open(&sums_tmp)?))?];
+    readers.append(&mut base_layers);
+    let mut merged = Layers::new(readers)?;
+    let mut digest = ImageDigest::default();
+    while let Some((index, sum)) = merged.next_data()? {
+        digest.add(index, &sum);
+        if let Some((writer, _)) = &mut whole {
+            writer.change(Change::Data { index, sum })?;
         }
-        Layers::new(readers)
-    };
-    let image_digest = layers()?.digest(size)?;
-    if base_depth >= MAX_LAYERS {
-        let whole_tmp = repo.dir().join(format!("{sums_name}.whole.tmp"));
-        let mut whole = SumsWriter::new(BufWriter::with_capacity(1 << 16, fs::File::create(&whole_tmp)?), size, None)?;
-        let mut merged = layers()?;
-        while let Some((index, sum)) = merged.next_data()? {
-            whole.change(digest::Change::Data { index, sum })?;
-        }
-        let (whole_out, sha, _) = whole.finish()?;
-        whole_out.into_inner().map_err(|e| format!("writing {}: {}", whole_tmp.display(), e.error()))?.sync_all()?;
-        fs::rename(&whole_tmp, &sums_tmp)?;
+    }
+    let image_digest = digest.finish(size);
+    drop(merged);
+    if let Some((writer, path)) = whole {
+        let (out, sha, _) = writer.finish()?;
+        out.into_inner().map_err(|e| format!("writing {}: {}", path.display(), e.error()))?.sync_all()?;
+        fs::rename(&path, &sums_tmp)?;
         sums_sha256 = sha;
     }
     fs::rename(&sums_tmp, repo.dir().join(&sums_name)).map_err(|e| format!("renaming {}: {e}", sums_tmp.display()))?;
