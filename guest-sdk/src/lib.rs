@@ -35,10 +35,23 @@ pub mod bindings {
         pub_export_macro: true,
         additional_derives: [PartialEq, Eq],
         default_bindings_module: "rbd_wasm_guest::bindings",
+        // WASI's streams are the `wasip2` crate's, so that a file opened through it can be
+        // handed to the host (`PendingReads::write_to`).
+        with: {
+            "wasi:io/streams@0.2.12": wasip2::io::streams,
+            "wasi:io/error@0.2.12": wasip2::io::error,
+            "wasi:io/poll@0.2.12": wasip2::io::poll,
+        },
     });
 }
 
 use bindings::ceph::rbd::{job_host, rbd as wit, types};
+
+mod output_file;
+pub use output_file::OutputFile;
+/// A piece of what [`PendingReads::write_to`] writes: bytes the job gives, or a range of
+/// the image that the reads hold.
+pub type Piece = wit::Piece;
 
 pub use types::{Child, ImageStat, Locker, SnapInfo};
 
@@ -234,6 +247,19 @@ impl PendingReads {
     /// The results, in the order the ranges were asked.
     pub fn wait(self) -> Result<Vec<ReadResult>> {
         lift(self.inner.wait())
+    }
+
+    /// Only the chunk digests of each range, in the order asked; the bytes stay in the host.
+    pub fn wait_sums(self) -> Result<Vec<Vec<u8>>> {
+        lift(self.inner.wait_sums())
+    }
+
+    /// Have the host write `pieces` to `out` in order (a [`Piece::Read`] is a range of what
+    /// these reads read: its bytes never enter the job), adding every byte to `hash`;
+    /// returns each range's chunk digests. Write the job's own bytes to `out` only between
+    /// calls. See `pending-reads.write-to` in the WIT for the limits.
+    pub fn write_to(self, out: &OutputFile, pieces: &[Piece], hash: Option<&Sha256>) -> Result<Vec<Vec<u8>>> {
+        lift(self.inner.write_to(out.stream(), pieces, hash.map(|h| &h.inner)))
     }
 }
 

@@ -10,6 +10,8 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     exports: { default: async },
     with: {
+        // The job's streams are WASI's own (an output-directory file's, say).
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
         "ceph:rbd/rbd.pool": crate::rbd::PoolHandle,
         "ceph:rbd/rbd.image": crate::rbd::ImageHandle,
         "ceph:rbd/rbd.diff-iterator": crate::rbd::DiffIterator,

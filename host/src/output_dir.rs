@@ -386,6 +386,20 @@ impl HostDirectoryEntryStream for GuardedFs<'_> {
     }
 }
 
+/// A write refused because the output directory's byte quota is used up: the error inside
+/// the stream error, so that the host's own writes (`pending-reads.write-to`) can answer
+/// `quota-exceeded` rather than `io`.
+#[derive(Debug)]
+pub struct OutputQuotaExceeded;
+
+impl std::fmt::Display for OutputQuotaExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the output directory's byte quota is used up")
+    }
+}
+
+impl std::error::Error for OutputQuotaExceeded {}
+
 /// A file's output stream whose bytes are charged to the output quota.
 struct ChargedStream {
     inner: DynOutputStream,
@@ -408,7 +422,7 @@ impl ChargedStream {
         };
         self.quota
             .charge_bytes(cost)
-            .map_err(|_| StreamError::LastOperationFailed(wasmtime::Error::msg("the output directory's byte quota is used up")))?;
+            .map_err(|_| StreamError::LastOperationFailed(wasmtime::Error::new(OutputQuotaExceeded)))?;
         if let Some(at) = self.at.as_mut() {
             *at = at.saturating_add(len);
         }

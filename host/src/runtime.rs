@@ -14,7 +14,7 @@ use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::audit::{Audit, AuditSink};
-use crate::bindings::{JobWorld, JobWorldPre};
+use crate::bindings::JobWorldPre;
 use crate::cache::ComponentCache;
 use crate::capability::Grants;
 use crate::meter::{Meter, Quotas, Usage, DEFAULT_HOST_MEMORY_BYTES};
@@ -304,11 +304,14 @@ impl Runtime {
         })
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         linker.allow_shadowing(false);
-        JobWorld::add_to_linker::<JobState, HasRbd>(&mut linker, |s: &mut JobState| RbdView {
-            ctx: &mut s.rbd,
-            table: &mut s.table,
-        })
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        // The world's own interfaces; its `wasi:io` is wasmtime-wasi's, linked above.
+        fn rbd_view(s: &mut JobState) -> RbdView<'_> {
+            RbdView { ctx: &mut s.rbd, table: &mut s.table }
+        }
+        use crate::bindings::ceph::rbd::{job_host, rbd, types};
+        types::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        rbd::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        job_host::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
         // Epochs drive both cooperative yielding (a busy guest cannot starve other jobs on
         // the executor) and deadlines. A plain thread: it must tick even if tokio is busy.

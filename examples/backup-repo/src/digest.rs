@@ -338,38 +338,49 @@ impl<R: Read> Layers<R> {
     }
 }
 
-/// The bytes of a group of chunk-aligned reads.
-pub struct ReadChunks {
-    buffers: Vec<(u64, Vec<u8>)>,
+/// What becomes of each group of extents and the chunks read for it: written out by the
+/// host (a backup's stream, [`crate::stream::PlannedStream`]), or only hashed
+/// ([`SumsOnly`]). The bytes read never need to enter the job.
+pub trait GroupSink {
+    /// An extent of the group, in order, before the group's reads are taken. `ranges` are
+    /// the group's reads, in order (a data extent's bytes are in them).
+    fn extent(&mut self, extent: &Extent, ranges: &[Range]) -> Result<()>;
+    /// Take the group's reads, after its extents: each range's chunk digests, in order.
+    fn take(&mut self, reads: PendingReads) -> Result<Vec<Vec<u8>>>;
 }
 
-impl ReadChunks {
-    /// `[offset, offset + length)` as slices of the buffers, in order; an error if the reads
-    /// do not hold all of it (so a data record is never written short).
-    pub fn covering(&self, offset: u64, length: u64) -> Result<Vec<(u64, &[u8])>> {
-        let slices: Vec<_> = self.slices(offset, length).collect();
-        let mut at = offset;
-        for (o, data) in &slices {
-            if *o != at {
-                break;
-            }
-            at += data.len() as u64;
-        }
-        if at != offset.saturating_add(length) {
-            return Err(format!("the chunks read for the extent {offset}+{length} hold only up to {at}").into());
-        }
-        Ok(slices)
-    }
+/// A sink that keeps only the chunk digests (the bytes stay in the host).
+pub struct SumsOnly;
 
-    /// `[offset, offset + length)` as slices of the buffers, in order.
-    pub fn slices(&self, offset: u64, length: u64) -> impl Iterator<Item = (u64, &[u8])> {
-        let end = offset.saturating_add(length);
-        self.buffers.iter().filter_map(move |(at, data)| {
-            let (lo, hi) = (offset.max(*at), end.min(at.saturating_add(data.len() as u64)));
-            // Both within `data`, whose length is a usize.
-            (lo < hi).then(|| (lo, &data[(lo - at) as usize..(hi - at) as usize]))
-        })
+impl GroupSink for SumsOnly {
+    fn extent(&mut self, _: &Extent, _: &[Range]) -> Result<()> {
+        Ok(())
     }
+    fn take(&mut self, reads: PendingReads) -> Result<Vec<Vec<u8>>> {
+        Ok(reads.wait_sums()?)
+    }
+}
+
+/// `[offset, offset + length)` cut where the group's reads (in order) are cut: the pieces
+/// of it that each range holds, in order; an error if the reads do not hold all of it, so
+/// that a data record is never written short.
+pub fn covering(ranges: &[Range], offset: u64, length: u64) -> Result<Vec<Range>> {
+    let end = offset.saturating_add(length);
+    let mut at = offset;
+    let mut pieces = Vec::new();
+    let first = ranges.partition_point(|r| r.offset.saturating_add(r.length) <= offset);
+    for r in &ranges[first..] {
+        if at >= end || r.offset > at {
+            break;
+        }
+        let hi = end.min(r.offset.saturating_add(r.length));
+        pieces.push(Range { offset: at, length: hi - at });
+        at = hi;
+    }
+    if at != end {
+        return Err(format!("the chunks read for the extent {offset}+{length} hold only up to {at}").into());
+    }
+    Ok(pieces)
 }
 
 /// Most chunk bytes read for one group of extents. Two groups are in memory at most: the
@@ -377,8 +388,9 @@ impl ReadChunks {
 const GROUP_BYTES: u64 = 32 << 20;
 
 /// Most extents in one group: a diff of many small discards reads nothing, but its extents
-/// are held until the group is emitted.
-const GROUP_EXTENTS: usize = 1 << 16;
+/// are held until the group is emitted; and the host writes a group's stream with one
+/// call of at most 65536 pieces (a header and a few ranges for each data extent).
+const GROUP_EXTENTS: usize = 1 << 14;
 
 /// Extents gathered, the chunks they touch that must be read, and the chunks they zero
 /// whole (runs), each in order.
@@ -400,17 +412,17 @@ struct Started {
 
 /// Walks the diff of `image` (of `size` bytes) from snapshot `from`, reading every chunk it
 /// touches, plus chunk `also` if given (one whose length changed on resize). `changes`
-/// sees what became of each chunk the diff names, in chunk order; `emit` sees each extent
-/// in order with the chunks read for its group (a data extent's bytes are in them). The
-/// next group's reads are started before a group is emitted, so the cluster reads while
-/// the job writes; the host hashes the chunks as it reads them. Memory: two groups.
+/// sees what became of each chunk the diff names, in chunk order; `sink` sees each extent
+/// in order, then takes the reads of its group. The next group's reads are started before
+/// a group is taken, so the cluster reads while the host writes; the host hashes the
+/// chunks as it reads them. Memory: two groups, in the host.
 pub fn walk_diff(
     image: &Image,
     from: Option<&str>,
     size: u64,
     mut also: Option<u64>,
     mut changes: impl FnMut(Change) -> Result<()>,
-    mut emit: impl FnMut(&Extent, &ReadChunks) -> Result<()>,
+    sink: &mut impl GroupSink,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
     let mut group = Group::default();
@@ -467,7 +479,7 @@ pub fn walk_diff(
             if group.dirty.len() as u64 * CHUNK >= GROUP_BYTES || group.extents.len() >= GROUP_EXTENTS {
                 let next = start(image, std::mem::take(&mut group), size)?;
                 if let Some(previous) = in_flight.replace(next) {
-                    finish(previous, &mut changes, &mut emit)?;
+                    finish(previous, &mut changes, sink)?;
                 }
             }
         }
@@ -478,10 +490,10 @@ pub fn walk_diff(
     }
     let last = start(image, group, size)?;
     if let Some(previous) = in_flight.replace(last) {
-        finish(previous, &mut changes, &mut emit)?;
+        finish(previous, &mut changes, sink)?;
     }
     if let Some(last) = in_flight {
-        finish(last, &mut changes, &mut emit)?;
+        finish(last, &mut changes, sink)?;
     }
     progress(size);
     Ok(())
@@ -519,29 +531,33 @@ fn start(image: &Image, group: Group, size: u64) -> Result<Started> {
     Ok(Started { extents: group.extents, dirty: group.dirty, zero: group.zero, ranges, reads })
 }
 
-/// Take a group's reads: pass on what became of its chunks (the digests the host computed,
-/// a chunk of zeroes as a zero run) merged in chunk order with its zero runs, then emit its
-/// extents.
+/// Take a group's reads: hand its extents and reads to the sink, then pass on what became
+/// of its chunks (the digests the host computed, a chunk of zeroes as a zero run) merged in
+/// chunk order with its zero runs.
 fn finish<F: FnMut(Change) -> Result<()>>(
     started: Started,
     changes: &mut Changes<'_, F>,
-    emit: &mut impl FnMut(&Extent, &ReadChunks) -> Result<()>,
+    sink: &mut impl GroupSink,
 ) -> Result<()> {
-    let results = started.reads.wait()?;
-    let mut buffers = Vec::with_capacity(results.len());
+    for extent in &started.extents {
+        sink.extent(extent, &started.ranges)?;
+    }
+    let digests = sink.take(started.reads)?;
+    if digests.len() != started.ranges.len() {
+        return Err(format!("the host answered {} reads of {}", digests.len(), started.ranges.len()).into());
+    }
     let mut sums = Vec::with_capacity(started.dirty.len());
-    for (range, result) in started.ranges.iter().zip(results) {
-        if result.data.len() as u64 != range.length {
-            return Err(format!("a short read at {}: {} of {} bytes", range.offset, result.data.len(), range.length).into());
-        }
+    for (range, digests) in started.ranges.iter().zip(digests) {
         let end = range.offset + range.length;
-        for (i, digest) in result.chunk_sha256.chunks_exact(32).enumerate() {
+        if digests.len() as u64 != range.length.div_ceil(CHUNK) * 32 {
+            return Err(format!("a short read at {}: {} chunk digests for {} bytes", range.offset, digests.len() / 32, range.length).into());
+        }
+        for (i, digest) in digests.chunks_exact(32).enumerate() {
             let index = range.offset / CHUNK + i as u64;
             let sum: Sum = digest.try_into()?;
             let (lo, hi) = chunk_bounds(index, end);
             sums.push(if sum == zero_sum(hi - lo) { Change::Zero { first: index, count: 1 } } else { Change::Data { index, sum } });
         }
-        buffers.push((range.offset, result.data));
     }
     if sums.len() != started.dirty.len() {
         return Err(format!("the host hashed {} chunks of {} read", sums.len(), started.dirty.len()).into());
@@ -555,10 +571,6 @@ fn finish<F: FnMut(Change) -> Result<()>>(
     }
     for z in zero {
         changes.pass(z)?;
-    }
-    let chunks = ReadChunks { buffers };
-    for extent in &started.extents {
-        emit(extent, &chunks)?;
     }
     Ok(())
 }
@@ -576,7 +588,7 @@ pub fn image_data_chunks(image: &Image, mut each: impl FnMut(u64, &Sum) -> Resul
             Change::Data { index, sum } => each(index, &sum),
             Change::Zero { .. } => Ok(()),
         },
-        |_, _| Ok(()),
+        &mut SumsOnly,
         |_| {},
     )
 }
@@ -761,10 +773,19 @@ mod tests {
         assert_eq!(chunk_bounds(last + 1, size), (size, size));
         assert_eq!(chunk_bounds(u64::MAX, size), (size, size));
         assert_eq!(chunk_count(u64::MAX), u64::MAX / CHUNK + 1);
-        let data: Vec<u8> = (0..=255).collect();
-        let chunks = ReadChunks { buffers: vec![(300 * TIB, data.clone())] };
-        let got: Vec<_> = chunks.slices(300 * TIB + 10, 20).collect();
-        assert_eq!(got, [(300 * TIB + 10, &data[10..30])]);
-        assert_eq!(chunks.slices(u64::MAX - 1, 10).count(), 0);
+        let ranges = [Range { offset: 300 * TIB, length: 256 }];
+        assert_eq!(covering(&ranges, 300 * TIB + 10, 20).unwrap(), [Range { offset: 300 * TIB + 10, length: 20 }]);
+        assert!(covering(&ranges, u64::MAX - 1, 10).is_err());
+    }
+
+    #[test]
+    fn an_extent_is_cut_where_the_reads_are_and_never_written_short() {
+        let r = |offset, length| Range { offset, length };
+        let ranges = [r(0, 100), r(100, 50), r(200, 10)];
+        assert_eq!(covering(&ranges, 90, 40).unwrap(), [r(90, 10), r(100, 30)]);
+        assert_eq!(covering(&ranges, 200, 10).unwrap(), [r(200, 10)]);
+        assert!(covering(&ranges, 140, 70).is_err(), "a gap between the reads");
+        assert!(covering(&ranges, 205, 10).is_err(), "past the last read");
+        assert!(covering(&[], 0, 1).is_err());
     }
 }

@@ -12,6 +12,8 @@
 
 use std::io::{self, BufWriter, Read, Write};
 
+use rbd_wasm_guest::{OutputFile, PendingReads, Piece, Range};
+
 use crate::hash::Hasher;
 
 pub const BANNER: &[u8] = b"rbd diff v1\n";
@@ -45,18 +47,44 @@ impl<W: Write> Write for Hashed<W> {
     }
 }
 
+/// The banner and the header records of a stream.
+fn header(from: Option<&str>, to: &str, size: u64) -> io::Result<Vec<u8>> {
+    let mut out = BANNER.to_vec();
+    if let Some(from) = from {
+        name(&mut out, b'f', from)?;
+    }
+    name(&mut out, b't', to)?;
+    out.push(b's');
+    out.extend_from_slice(&size.to_le_bytes());
+    Ok(out)
+}
+
+fn name(out: &mut Vec<u8>, tag: u8, name: &str) -> io::Result<()> {
+    // Never write what the reader would refuse.
+    let len = u32::try_from(name.len()).ok().filter(|&len| len <= MAX_NAME).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("a snapshot name of {} bytes (at most {MAX_NAME})", name.len()))
+    })?;
+    out.push(tag);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
+}
+
+/// A `w` or `z` record's header.
+fn extent(tag: u8, offset: u64, length: u64) -> [u8; 17] {
+    let mut record = [0u8; 17];
+    record[0] = tag;
+    record[1..9].copy_from_slice(&offset.to_le_bytes());
+    record[9..].copy_from_slice(&length.to_le_bytes());
+    record
+}
+
 impl<W: Write> StreamWriter<W> {
     /// The banner and the header records.
     pub fn new(out: W, from: Option<&str>, to: &str, size: u64) -> io::Result<Self> {
         let hashed = Hashed { inner: out, hasher: Hasher::new(), bytes: 0 };
         let mut w = StreamWriter { out: BufWriter::with_capacity(1 << 20, hashed) };
-        w.put(BANNER)?;
-        if let Some(from) = from {
-            w.name(b'f', from)?;
-        }
-        w.name(b't', to)?;
-        w.put(b"s")?;
-        w.put(&size.to_le_bytes())?;
+        w.put(&header(from, to, size)?)?;
         Ok(w)
     }
 
@@ -64,33 +92,15 @@ impl<W: Write> StreamWriter<W> {
         self.out.write_all(bytes)
     }
 
-    fn name(&mut self, tag: u8, name: &str) -> io::Result<()> {
-        // Never write what the reader would refuse.
-        let len = u32::try_from(name.len()).ok().filter(|&len| len <= MAX_NAME).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("a snapshot name of {} bytes (at most {MAX_NAME})", name.len()))
-        })?;
-        self.put(&[tag])?;
-        self.put(&len.to_le_bytes())?;
-        self.put(name.as_bytes())
-    }
-
-    fn extent(&mut self, tag: u8, offset: u64, length: u64) -> io::Result<()> {
-        let mut record = [0u8; 17];
-        record[0] = tag;
-        record[1..9].copy_from_slice(&offset.to_le_bytes());
-        record[9..].copy_from_slice(&length.to_le_bytes());
-        self.put(&record)
-    }
-
     /// A `w` record: `data` is the image's content at `offset`.
     pub fn data(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.extent(b'w', offset, data.len() as u64)?;
+        self.put(&extent(b'w', offset, data.len() as u64))?;
         self.put(data)
     }
 
     /// A `z` record: `[offset, offset + length)` reads as zeroes.
     pub fn zero(&mut self, offset: u64, length: u64) -> io::Result<()> {
-        self.extent(b'z', offset, length)
+        self.put(&extent(b'z', offset, length))
     }
 
     /// The `e` record; gives back the output (flushed), the stream's sha256 (hex) and its
@@ -100,6 +110,81 @@ impl<W: Write> StreamWriter<W> {
         let mut hashed = self.out.into_inner().map_err(|e| e.into_error())?;
         let sha = hex::encode(hashed.hasher.finish());
         Ok((hashed.inner, sha, hashed.bytes))
+    }
+}
+
+/// Writes a stream through the host's data plane: the job lays out the records, the host
+/// writes them with the image's bytes from its reads (which never enter the job) and
+/// hashes the stream on the way (`pending-reads.write-to`). Records are gathered per group
+/// of reads ([`crate::digest::walk_diff`]) and written when the group's reads are taken.
+pub struct PlannedStream {
+    out: OutputFile,
+    hash: rbd_wasm_guest::Sha256,
+    pieces: Vec<Piece>,
+    /// The job's bytes since the last piece (headers of consecutive records merge).
+    given: Vec<u8>,
+    bytes: u64,
+}
+
+/// Most pieces of one group (the host takes at most 65536 in one call).
+const MAX_PIECES: usize = 1 << 16;
+
+impl PlannedStream {
+    /// The banner and the header records (written with the first group).
+    pub fn new(out: OutputFile, from: Option<&str>, to: &str, size: u64) -> io::Result<Self> {
+        let given = header(from, to, size)?;
+        Ok(PlannedStream { out, hash: rbd_wasm_guest::Sha256::new(), pieces: Vec::new(), given, bytes: 0 })
+    }
+
+    fn give(&mut self, bytes: &[u8]) {
+        self.given.extend_from_slice(bytes);
+    }
+
+    fn close_given(&mut self) {
+        if !self.given.is_empty() {
+            self.bytes += self.given.len() as u64;
+            self.pieces.push(Piece::Bytes(std::mem::take(&mut self.given)));
+        }
+    }
+
+    /// A `w` record of the image's bytes `[offset, offset + length)`, which the group's
+    /// reads (`ranges`, in order) must hold.
+    pub fn data(&mut self, offset: u64, length: u64, ranges: &[Range]) -> crate::Result<()> {
+        let cut = crate::digest::covering(ranges, offset, length)?;
+        if self.pieces.len() + cut.len() + 2 > MAX_PIECES {
+            return Err(format!("a group of more than {MAX_PIECES} pieces").into());
+        }
+        self.give(&extent(b'w', offset, length));
+        self.close_given();
+        self.bytes += length;
+        self.pieces.extend(cut.into_iter().map(Piece::Read));
+        Ok(())
+    }
+
+    /// A `z` record: `[offset, offset + length)` reads as zeroes.
+    pub fn zero(&mut self, offset: u64, length: u64) {
+        self.give(&extent(b'z', offset, length));
+    }
+
+    /// Have the host write the records gathered, with the bytes `reads` read; gives back
+    /// each read's chunk digests.
+    pub fn write(&mut self, reads: PendingReads) -> crate::Result<Vec<Vec<u8>>> {
+        self.close_given();
+        let pieces = std::mem::take(&mut self.pieces);
+        Ok(reads.write_to(&self.out, &pieces, Some(&self.hash))?)
+    }
+
+    /// The `e` record; gives back the file, the stream's sha256 (hex) and its length.
+    pub fn finish(mut self) -> crate::Result<(OutputFile, String, u64)> {
+        if !self.pieces.is_empty() {
+            return Err("records gathered for reads that were never written".into());
+        }
+        self.give(b"e");
+        self.out.write_all(&self.given)?;
+        self.hash.update(&self.given);
+        self.out.flush()?;
+        let bytes = self.bytes + self.given.len() as u64;
+        Ok((self.out, hex::encode(self.hash.finish()), bytes))
     }
 }
 

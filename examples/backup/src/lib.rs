@@ -34,13 +34,13 @@ use std::fs;
 use std::io::{BufReader, BufWriter};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backup_repo::digest::{walk_diff, Change, ImageDigest, Layers, SumsReader, SumsWriter, CHUNK, MAX_LAYERS};
-use backup_repo::stream::StreamWriter;
+use backup_repo::digest::{walk_diff, Change, GroupSink, ImageDigest, Layers, SumsReader, SumsWriter, CHUNK, MAX_LAYERS};
+use backup_repo::stream::PlannedStream;
 use backup_repo::{
     manifest_file, snapshot_name, snapshot_number, stream_file, sums_file, write_atomically, Manifest, Repo, Result,
     DIGEST_VERSION, ROOT,
 };
-use rbd_wasm_guest::{open_pool, report_progress, CreateOptions, Error, Image, Pool};
+use rbd_wasm_guest::{open_pool, report_progress, CreateOptions, Error, Extent, Image, OutputFile, PendingReads, Pool, Range};
 
 const USAGE: &str = "usage: POOL IMAGE... [--every SECS] [--claim-timeout SECS]";
 
@@ -207,6 +207,24 @@ enum Outcome {
     Claimed(String),
 }
 
+/// The stream's records, one for each extent of the diff: the host writes them with the
+/// bytes it read, which never enter the job.
+struct Records(PlannedStream);
+
+impl GroupSink for Records {
+    fn extent(&mut self, extent: &Extent, ranges: &[Range]) -> Result<()> {
+        if extent.exists {
+            self.0.data(extent.offset, extent.length, ranges)
+        } else {
+            self.0.zero(extent.offset, extent.length);
+            Ok(())
+        }
+    }
+    fn take(&mut self, reads: PendingReads) -> Result<Vec<Vec<u8>>> {
+        self.0.write(reads)
+    }
+}
+
 fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     let pool_name = &args.pool;
     let repo = Repo::new(ROOT.as_ref(), pool_name, image_name)?;
@@ -303,8 +321,8 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
 
     let stream_name = stream_file(n);
     let tmp = repo.dir().join(format!("{stream_name}.tmp"));
-    let file = fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-    let mut out = StreamWriter::new(file, from.as_deref(), &to, size)?;
+    let file = OutputFile::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let mut out = Records(PlannedStream::new(file, from.as_deref(), &to, size)?);
     let sums_name = sums_file(n);
     let sums_tmp = repo.dir().join(format!("{sums_name}.tmp"));
     let sums_out = fs::File::create(&sums_tmp).map_err(|e| format!("creating {}: {e}", sums_tmp.display()))?;
@@ -316,19 +334,10 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         size,
         resized.map(|end| end / CHUNK),
         |change| sums.change(change),
-        |extent, chunks| {
-            if extent.exists {
-                for (offset, data) in chunks.covering(extent.offset, extent.length)? {
-                    out.data(offset, data)?;
-                }
-            } else {
-                out.zero(extent.offset, extent.length)?;
-            }
-            Ok(())
-        },
+        &mut out,
         |done| report_progress(&label, done, Some(size)),
     )?;
-    let (file, stream_sha256, stream_bytes) = out.finish()?;
+    let (file, stream_sha256, stream_bytes) = out.0.finish()?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, repo.dir().join(&stream_name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;

@@ -25,20 +25,40 @@ pub struct Sha256Job {
     state: Option<Sha256>,
     pending: Option<JoinHandle<Sha256>>,
     meter: Arc<Meter>,
+    /// Set when a `write-to` that fed this hasher failed: its state may hold bytes that were
+    /// not written, so its digest would be of nothing real.
+    spoiled: bool,
     _slot: HandleSlot,
 }
 
 impl Sha256Job {
     pub fn new(meter: Arc<Meter>, slot: HandleSlot) -> Self {
-        Sha256Job { state: Some(Sha256::new()), pending: None, meter, _slot: slot }
+        Sha256Job { state: Some(Sha256::new()), pending: None, meter, spoiled: false, _slot: slot }
     }
 
     /// The hash state, once the update in flight (if any) is done.
     async fn settle(&mut self) -> wasmtime::Result<Sha256> {
+        if self.spoiled {
+            return Err(wasmtime::Error::msg(
+                "this hasher fed a write-to that failed: what it hashed is not what was written",
+            ));
+        }
         if let Some(pending) = self.pending.take() {
             return pending.await.map_err(|e| wasmtime::Error::msg(format!("hashing failed: {e}")));
         }
         Ok(self.state.take().unwrap_or_default())
+    }
+
+    /// Lend the state to the host's data plane (`write-to`), which hashes what it writes
+    /// and gives it back with [`Sha256Job::give_back`].
+    pub async fn lend(&mut self) -> wasmtime::Result<Sha256> {
+        self.settle().await
+    }
+
+    /// The state lent, after the bytes it hashed were all written (`written`), or not.
+    pub fn give_back(&mut self, state: Sha256, written: bool) {
+        self.state = Some(state);
+        self.spoiled |= !written;
     }
 
     pub async fn update(&mut self, data: Vec<u8>) -> wasmtime::Result<()> {

@@ -28,6 +28,8 @@ pub const MIN_HASH_CHUNK: u32 = 4096;
 
 /// Reads started by `start-reads` (and by `read` and `read-ranges`, which wait at once).
 pub struct PendingReads {
+    /// Where each range starts (what `write-to` places the bytes by), in the order asked.
+    pub(super) offsets: Vec<u64>,
     /// None once waited for.
     tasks: Option<Vec<JoinHandle<HostResult<types::ReadResult>>>>,
     meter: Arc<Meter>,
@@ -51,7 +53,7 @@ impl PendingReads {
         self.take().await
     }
 
-    async fn take(&mut self) -> HostResult<Vec<types::ReadResult>> {
+    pub(super) async fn take(&mut self) -> HostResult<Vec<types::ReadResult>> {
         let tasks = self.tasks.take().ok_or_else(|| Error::Logic("these reads were already waited for".into()))?;
         let mut out = Vec::with_capacity(tasks.len());
         let mut failed = None;
@@ -146,6 +148,7 @@ impl ImageHandle {
         meter.throttle(total).await;
         let slots = self.scope.io_slots().clone();
         let mut tasks = Vec::with_capacity(ranges.len());
+        let offsets = ranges.iter().map(|r| r.offset).collect();
         for r in ranges {
             let (open, slots, memory, watch) = (self.open.clone(), slots.clone(), memory.clone(), self.scope.watch().clone());
             // The backend is asked for the share that was reserved and charged, never more:
@@ -168,7 +171,7 @@ impl ImageHandle {
                 .await
             }));
         }
-        Ok(PendingReads { tasks: Some(tasks), meter, charged: total, _memory: memory, _slot: None })
+        Ok(PendingReads { offsets, tasks: Some(tasks), meter, charged: total, _memory: memory, _slot: None })
     }
 
     /// Charge a write of `bytes` (quota, memory, bandwidth) before it starts.
@@ -260,6 +263,23 @@ impl rbd::HostPendingReads for RbdView<'_> {
     async fn wait(&mut self, reads: Resource<PendingReads>) -> HostResult<Vec<types::ReadResult>> {
         self.ctx.meter().operation()?;
         self.table.get_mut(&reads)?.take().await
+    }
+
+    async fn wait_sums(&mut self, reads: Resource<PendingReads>) -> HostResult<Vec<Vec<u8>>> {
+        self.ctx.meter().operation()?;
+        let results = self.table.get_mut(&reads)?.take().await?;
+        Ok(results.into_iter().map(|r| r.chunk_sha256).collect())
+    }
+
+    async fn write_to(
+        &mut self,
+        reads: Resource<PendingReads>,
+        out: Resource<wasmtime_wasi::p2::DynOutputStream>,
+        pieces: Vec<rbd::Piece>,
+        hash: Option<Resource<crate::job_host::hashing::Sha256Job>>,
+    ) -> HostResult<Vec<Vec<u8>>> {
+        self.ctx.meter().operation()?;
+        super::write_out::write_to(self, reads, out, pieces, hash).await
     }
 
     async fn drop(&mut self, reads: Resource<PendingReads>) -> wasmtime::Result<()> {

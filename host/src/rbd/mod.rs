@@ -16,6 +16,7 @@ mod io;
 mod locks;
 mod pool;
 mod scope;
+mod write_out;
 
 use std::sync::Arc;
 

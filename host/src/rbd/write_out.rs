@@ -1,0 +1,189 @@
+//! The data plane of a backup (`pending-reads.write-to`): the bytes of started reads go
+//! from the host's buffers to a stream the guest holds (an output-directory file), between
+//! the bytes the guest gives (record headers), hashed on the way, without crossing into the
+//! guest and back. The profile of the guest-side path (bench/profiles) spent a third of the
+//! host's time lifting, lowering and hashing the same bytes again.
+//!
+//! Nothing here checks or charges a read: the reads were checked against the grant and
+//! charged to the read quota and the bandwidth cap when they started (`start-reads`). The
+//! writes are charged by the stream itself, as a guest's own writes to it are (an output
+//! directory's stream charges its byte quota, `output_dir`).
+
+use bytes::{Bytes, BytesMut};
+use rbd_backend::Error;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::{DynOutputStream, StreamError};
+
+use super::{HostError, HostResult, PendingReads, RbdView};
+use crate::bindings::ceph::rbd::{rbd, types};
+use crate::job_host::hashing::Sha256Job;
+use crate::output_dir::OutputQuotaExceeded;
+
+/// Most pieces in one call.
+pub const MAX_PIECES: usize = 1 << 16;
+/// Most bytes the guest may give in one call, all `bytes` pieces together.
+pub const MAX_GIVEN_BYTES: u64 = 16 << 20;
+/// Pieces under this are copied, with their neighbours, into one buffer and written with
+/// one call (record headers and small extents); larger ones are written from the bytes
+/// read, uncopied.
+const COALESCE_BELOW: usize = 64 << 10;
+/// Most bytes copied together before they are written.
+const BATCH_BYTES: usize = 4 << 20;
+/// Under this, hashing on the executor costs less than a trip to the blocking pool.
+const HASH_INLINE: usize = 64 << 10;
+
+/// `pending-reads.write-to`: place every piece first (a bad piece writes nothing), then write
+/// them in order, hashing each write on another thread while it is written.
+pub(super) async fn write_to(
+    view: &mut RbdView<'_>,
+    reads: Resource<PendingReads>,
+    out: Resource<DynOutputStream>,
+    pieces: Vec<rbd::Piece>,
+    hash: Option<Resource<Sha256Job>>,
+) -> HostResult<Vec<Vec<u8>>> {
+    if pieces.len() > MAX_PIECES {
+        return Err(Error::InvalidArgument(format!("{} pieces in one call; at most {MAX_PIECES}", pieces.len())).into());
+    }
+    let given = pieces.iter().fold(0u64, |n, p| match p {
+        rbd::Piece::Bytes(b) => n.saturating_add(b.len() as u64),
+        rbd::Piece::Read(_) => n,
+    });
+    if given > MAX_GIVEN_BYTES {
+        return Err(Error::InvalidArgument(format!("{given} bytes given in one call; at most {MAX_GIVEN_BYTES}")).into());
+    }
+    let _given_memory = view.ctx.meter().reserve(given)?;
+    let pending = view.table.get_mut(&reads)?;
+    let offsets = std::mem::take(&mut pending.offsets);
+    let results = pending.take().await?;
+    let mut sums = Vec::with_capacity(results.len());
+    let mut read = Vec::with_capacity(results.len());
+    for (offset, result) in offsets.into_iter().zip(results) {
+        read.push((offset, Bytes::from(result.data)));
+        sums.push(result.chunk_sha256);
+    }
+    let plan = place(&mut read, pieces)?;
+
+    let mut state = match &hash {
+        Some(h) => Some(view.table.get_mut(h)?.lend().await.map_err(HostError::Trap)?),
+        None => None,
+    };
+    let result = match view.table.get_mut(&out) {
+        Ok(stream) => write_all(stream, plan, &mut state).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Some(h) = hash {
+        let written = result.is_ok() && state.is_some();
+        view.table.get_mut(&h)?.give_back(state.unwrap_or_default(), written);
+    }
+    result.map(|()| sums)
+}
+
+/// The bytes of every piece, in order: given bytes as they are, a read piece as a slice of
+/// the one range read that holds it.
+fn place(read: &mut [(u64, Bytes)], pieces: Vec<rbd::Piece>) -> HostResult<Vec<Bytes>> {
+    read.sort_by_key(|(offset, _)| *offset);
+    pieces
+        .into_iter()
+        .map(|piece| match piece {
+            rbd::Piece::Bytes(b) => Ok(Bytes::from(b)),
+            rbd::Piece::Read(r) => slice_of(read, r),
+        })
+        .collect()
+}
+
+/// `r` as a slice of a range read (sorted by offset); ranges may overlap, so every range
+/// that starts at or before `r` is tried, latest first.
+fn slice_of(read: &[(u64, Bytes)], r: types::Range) -> HostResult<Bytes> {
+    let refuse = || Error::InvalidArgument(format!("the piece {}+{} is not inside one range read", r.offset, r.length));
+    let end = r.offset.checked_add(r.length).ok_or_else(refuse)?;
+    let upto = read.partition_point(|(offset, _)| *offset <= r.offset);
+    for (offset, data) in read[..upto].iter().rev() {
+        if end <= offset.saturating_add(data.len() as u64) {
+            // Both inside `data`, whose length is a usize.
+            let from = (r.offset - offset) as usize;
+            return Ok(data.slice(from..from + r.length as usize));
+        }
+    }
+    Err(refuse().into())
+}
+
+async fn write_all(stream: &mut DynOutputStream, plan: Vec<Bytes>, state: &mut Option<Sha256>) -> HostResult<()> {
+    let mut batch = BytesMut::new();
+    for piece in plan {
+        if piece.len() < COALESCE_BELOW {
+            batch.extend_from_slice(&piece);
+            if batch.len() >= BATCH_BYTES {
+                write_one(stream, batch.split().freeze(), state).await?;
+            }
+        } else {
+            if !batch.is_empty() {
+                write_one(stream, batch.split().freeze(), state).await?;
+            }
+            write_one(stream, piece, state).await?;
+        }
+    }
+    if !batch.is_empty() {
+        write_one(stream, batch.freeze(), state).await?;
+    }
+    Ok(())
+}
+
+/// Write `bytes` and add them to the hash, the two at once on two threads.
+async fn write_one(stream: &mut DynOutputStream, bytes: Bytes, state: &mut Option<Sha256>) -> HostResult<()> {
+    let hashing = match state.take() {
+        None => None,
+        Some(mut s) if bytes.len() < HASH_INLINE => {
+            s.update(&bytes);
+            *state = Some(s);
+            None
+        }
+        Some(mut s) => {
+            let b = bytes.clone();
+            Some(tokio::task::spawn_blocking(move || {
+                s.update(&b);
+                s
+            }))
+        }
+    };
+    let written = stream.blocking_write_and_flush(bytes).await;
+    if let Some(task) = hashing {
+        // A failed task leaves `state` empty: the hasher is spoiled when it is given back.
+        *state = task.await.ok();
+    }
+    written.map_err(stream_error)
+}
+
+fn stream_error(e: StreamError) -> HostError {
+    match e {
+        StreamError::Closed => Error::Io("the output stream is closed".into()).into(),
+        StreamError::LastOperationFailed(e) if e.downcast_ref::<OutputQuotaExceeded>().is_some() => {
+            Error::QuotaExceeded(e.to_string()).into()
+        }
+        StreamError::LastOperationFailed(e) => Error::Io(format!("writing the output stream: {e}")).into(),
+        StreamError::Trap(e) => HostError::Trap(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read() -> Vec<(u64, Bytes)> {
+        let mut read = vec![(100, Bytes::from(vec![1u8; 50])), (0, Bytes::from(vec![0u8; 120]))];
+        read.sort_by_key(|(o, _)| *o);
+        read
+    }
+
+    #[test]
+    fn pieces_are_found_in_the_range_that_holds_them() {
+        let read = read();
+        let s = slice_of(&read, types::Range { offset: 110, length: 40 }).unwrap();
+        assert_eq!(&s[..], &[1u8; 40][..], "in the later range");
+        let s = slice_of(&read, types::Range { offset: 90, length: 30 }).unwrap();
+        assert_eq!(&s[..], &[0u8; 30][..], "in the earlier range, which overlaps the later");
+        assert!(slice_of(&read, types::Range { offset: 110, length: 41 }).is_err(), "past the end of both");
+        assert!(slice_of(&read, types::Range { offset: u64::MAX, length: 2 }).is_err(), "overflows");
+        assert_eq!(slice_of(&read, types::Range { offset: 150, length: 0 }).unwrap().len(), 0);
+    }
+}
