@@ -48,7 +48,10 @@ pub mod bindings {
 use bindings::ceph::rbd::{job_host, rbd as wit, types};
 
 mod output_file;
-pub use output_file::OutputFile;
+pub use output_file::{InputFile, OutputFile};
+/// One write of [`Image::write_from`]: skip `skip` bytes of the stream, then write its
+/// next `length` bytes at `offset`.
+pub type StreamWrite = wit::StreamWrite;
 /// A piece of what [`PendingReads::write_to`] writes: bytes the job gives, or a range of
 /// the image that the reads hold.
 pub type Piece = wit::Piece;
@@ -277,6 +280,12 @@ impl Sha256 {
 
     pub fn update(&self, data: &[u8]) {
         self.inner.update(data);
+    }
+
+    /// Add the rest of `file`, read by the host (the bytes never enter the job); returns how
+    /// many bytes were added.
+    pub fn update_from(&self, file: &InputFile) -> io::Result<u64> {
+        self.inner.update_from(file.stream()).map_err(io::Error::other)
     }
 
     /// The digest of everything added so far; the hasher starts over.
@@ -511,6 +520,12 @@ impl Image {
     pub fn write_ranges(&self, writes: Vec<(u64, Vec<u8>)>) -> Result<u64> {
         let ops: Vec<types::WriteOp> = writes.into_iter().map(|(offset, data)| types::WriteOp { offset, data }).collect();
         lift(self.inner.write_ranges(&ops))
+    }
+
+    /// [`Image::write_ranges`] with the bytes read from `file` by the host, in order (they
+    /// never enter the job): a restore's data plane. Returns the bytes written.
+    pub fn write_from(&self, file: &InputFile, writes: &[StreamWrite]) -> Result<u64> {
+        lift(self.inner.write_from(file.stream(), writes))
     }
 
     /// `Image.write(data, offset)`: returns the bytes written. Past the end of the image the

@@ -1,14 +1,16 @@
-//! A file of the job's output directory, opened through WASI itself rather than through
-//! Rust's `std::fs`, so that its stream can be handed to the host: the host then writes an
-//! image's bytes into it ([`PendingReads::write_to`](crate::PendingReads::write_to)) without
-//! the bytes passing through the job. The job's own bytes can be written too (`io::Write`).
+//! Files of the job's output directory, opened through WASI itself rather than through
+//! Rust's `std::fs`, so that their streams can be handed to the host: the host then writes
+//! an image's bytes into one ([`PendingReads::write_to`](crate::PendingReads::write_to)),
+//! or writes an image from one ([`Image::write_from`](crate::Image::write_from)) and hashes
+//! one ([`Sha256::update_from`](crate::Sha256::update_from)), without the bytes passing
+//! through the job. The job's own bytes can be written too (`io::Write`).
 
 use std::io;
 use std::path::{Component, Path};
 
 use wasip2::filesystem::preopens;
 use wasip2::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
-use wasip2::io::streams::{OutputStream, StreamError};
+use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
 /// The most the host takes in one `blocking-write-and-flush` (WASI's own limit).
 const WRITE_PIECE: usize = 4096;
@@ -53,6 +55,31 @@ impl io::Write for OutputFile {
 
     fn flush(&mut self) -> io::Result<()> {
         self.stream.blocking_flush().map_err(stream_error)
+    }
+}
+
+/// A file opened for reading, and a stream reading it from its start.
+pub struct InputFile {
+    // Dropped in this order: the stream before the file it reads.
+    stream: InputStream,
+    _file: Descriptor,
+}
+
+impl InputFile {
+    /// Open `path` (an absolute path inside a directory the host mapped) for reading.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<InputFile> {
+        let path = path.as_ref();
+        let (dir, rest) = preopened(path)?;
+        let file = dir
+            .open_at(PathFlags::SYMLINK_FOLLOW, &rest, OpenFlags::empty(), DescriptorFlags::READ)
+            .map_err(|e| io::Error::other(format!("opening {}: {e}", path.display())))?;
+        let stream = file.read_via_stream(0).map_err(|e| io::Error::other(format!("reading {}: {e}", path.display())))?;
+        Ok(InputFile { stream, _file: file })
+    }
+
+    /// The stream, for the host to read from.
+    pub(crate) fn stream(&self) -> &InputStream {
+        &self.stream
     }
 }
 

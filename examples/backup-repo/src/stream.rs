@@ -207,6 +207,8 @@ pub struct StreamReader<R: Read> {
     /// The image size of the last `s` record.
     size: Option<u64>,
     ended: bool,
+    /// Bytes of the stream consumed so far.
+    position: u64,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -224,12 +226,23 @@ impl<R: Read> StreamReader<R> {
         if banner != BANNER {
             return Err(invalid("not an rbd diff stream (no `rbd diff v1` banner)".into()));
         }
-        Ok(StreamReader { input, data_left: 0, size: None, ended: false })
+        Ok(StreamReader { input, data_left: 0, size: None, ended: false, position: BANNER.len() as u64 })
+    }
+
+    fn take_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.input.read_exact(buf)?;
+        self.position += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Where the reader is: the bytes of the stream consumed (read or skipped) so far.
+    pub fn position(&self) -> u64 {
+        self.position
     }
 
     fn le64(&mut self) -> io::Result<u64> {
         let mut b = [0u8; 8];
-        self.input.read_exact(&mut b)?;
+        self.take_exact(&mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
@@ -251,23 +264,24 @@ impl<R: Read> StreamReader<R> {
         if self.data_left > 0 {
             let left = self.data_left;
             let skipped = io::copy(&mut (&mut self.input).take(left), &mut io::sink())?;
+            self.position += skipped;
             if skipped != left {
                 return Err(invalid("the stream ends inside a data record".into()));
             }
             self.data_left = 0;
         }
         let mut tag = [0u8; 1];
-        self.input.read_exact(&mut tag).map_err(|e| invalid(format!("the stream ends without its `e` record: {e}")))?;
+        self.take_exact(&mut tag).map_err(|e| invalid(format!("the stream ends without its `e` record: {e}")))?;
         let record = match tag[0] {
             b'f' | b't' => {
                 let mut len = [0u8; 4];
-                self.input.read_exact(&mut len)?;
+                self.take_exact(&mut len)?;
                 let len = u32::from_le_bytes(len);
                 if len > MAX_NAME {
                     return Err(invalid(format!("a snapshot name of {len} bytes")));
                 }
                 let mut name = vec![0u8; len as usize];
-                self.input.read_exact(&mut name)?;
+                self.take_exact(&mut name)?;
                 let name = String::from_utf8(name).map_err(|_| invalid("a snapshot name that is not UTF-8".into()))?;
                 if tag[0] == b'f' {
                     Record::From(name)
@@ -304,8 +318,24 @@ impl<R: Read> StreamReader<R> {
         if buf.len() as u64 > self.data_left {
             return Err(invalid("read past the end of a data record".into()));
         }
-        self.input.read_exact(buf).map_err(|e| invalid(format!("the stream ends inside a data record: {e}")))?;
+        self.take_exact(buf).map_err(|e| invalid(format!("the stream ends inside a data record: {e}")))?;
         self.data_left -= buf.len() as u64;
+        Ok(())
+    }
+}
+
+impl<R: Read + io::Seek> StreamReader<io::BufReader<R>> {
+    /// Pass over the next `n` bytes of the current `w` record's data without reading them
+    /// (someone else reads them: the host, for `image.write-from`). A stream cut short is
+    /// not noticed here, but by whoever reads the bytes.
+    pub fn skip_data(&mut self, n: u64) -> io::Result<()> {
+        if n > self.data_left {
+            return Err(invalid("a skip past the end of a data record".into()));
+        }
+        let by = i64::try_from(n).map_err(|_| invalid(format!("a skip of {n} bytes")))?;
+        self.input.seek_relative(by)?;
+        self.data_left -= n;
+        self.position += n;
         Ok(())
     }
 }
@@ -313,6 +343,31 @@ impl<R: Read> StreamReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reader_that_skips_data_knows_where_each_records_bytes_are() {
+        let mut w = StreamWriter::new(Vec::new(), None, "b", 1 << 20).unwrap();
+        w.data(10, b"hello").unwrap();
+        w.data(100, b"world!").unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        let mut r = StreamReader::new(io::BufReader::with_capacity(8, io::Cursor::new(&bytes))).unwrap();
+        let mut found = Vec::new();
+        loop {
+            match r.next_record().unwrap() {
+                Record::Data { length, .. } => {
+                    let at = r.position() as usize;
+                    found.push(bytes[at..at + length as usize].to_vec());
+                    r.skip_data(2).unwrap();
+                    r.skip_data(length - 2).unwrap();
+                    assert!(r.skip_data(1).is_err(), "past the record");
+                }
+                Record::End => break,
+                _ => {}
+            }
+        }
+        assert_eq!(found, [b"hello".to_vec(), b"world!".to_vec()]);
+        assert_eq!(r.position(), bytes.len() as u64);
+    }
 
     #[test]
     fn what_is_written_reads_back() {

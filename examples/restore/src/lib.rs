@@ -20,29 +20,35 @@ use std::io::BufReader;
 use backup_repo::stream::{Record, StreamReader};
 use backup_repo::digest::{image_digest, image_digest_v1};
 use backup_repo::{check_stream, to_usize, Manifest, Repo, Result, DIGEST_VERSION, ROOT};
-use rbd_wasm_guest::{open_pool, report_progress, Image, Pool};
+use rbd_wasm_guest::{open_pool, report_progress, Image, InputFile, Pool, StreamWrite};
 
 /// librbd drops discards finer than this (`rbd_discard_granularity_bytes`); zeroes inside
 /// it are written instead.
 const DISCARD_GRANULARITY: u64 = 64 << 10;
 /// Largest piece of a `w` record in one write.
 const WRITE_PIECE: u64 = 4 << 20;
-/// Most bytes and writes handed to the host in one `write-ranges` call (it keeps several
-/// in flight).
+/// Most bytes and writes handed to the host in one `write-from` call (it keeps several in
+/// flight, as `rbd import-diff` does).
 const BATCH_BYTES: u64 = 32 << 20;
 const BATCH_WRITES: usize = 64;
 
-/// Writes gathered for one `write-ranges` call.
-#[derive(Default)]
-struct Batch {
-    writes: Vec<(u64, Vec<u8>)>,
+/// Writes gathered for one `write-from` call: the host reads their bytes from the stream
+/// file itself, so they never enter the job.
+struct Batch<'a> {
+    data: &'a InputFile,
+    writes: Vec<StreamWrite>,
     bytes: u64,
+    /// Where the host's reader of the stream will be once the gathered writes are read.
+    at: u64,
 }
 
-impl Batch {
-    fn push(&mut self, image: &Image, offset: u64, data: Vec<u8>) -> Result<()> {
-        self.bytes += data.len() as u64;
-        self.writes.push((offset, data));
+impl Batch<'_> {
+    /// A write of `length` bytes at `offset`, whose bytes start at `from` in the stream.
+    fn push(&mut self, image: &Image, from: u64, offset: u64, length: u64) -> Result<()> {
+        let skip = from.checked_sub(self.at).ok_or("the stream's records go backwards")?;
+        self.writes.push(StreamWrite { skip, offset, length });
+        self.at = from + length;
+        self.bytes += length;
         if self.bytes >= BATCH_BYTES || self.writes.len() >= BATCH_WRITES {
             self.flush(image)?;
         }
@@ -51,7 +57,7 @@ impl Batch {
 
     fn flush(&mut self, image: &Image) -> Result<()> {
         if !self.writes.is_empty() {
-            image.write_ranges(std::mem::take(&mut self.writes))?;
+            image.write_from(self.data, &std::mem::take(&mut self.writes))?;
             self.bytes = 0;
         }
         Ok(())
@@ -116,8 +122,11 @@ fn write_zeroes(image: &Image, offset: u64, length: u64) -> Result<()> {
 fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) -> Result<()> {
     let path = repo.stream_path(manifest)?;
     let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut stream = StreamReader::new(BufReader::with_capacity(1 << 20, file))?;
-    let mut batch = Batch::default();
+    // The job reads the records and passes over their data; the host reads the data from
+    // its own reader of the same file (`write-from`).
+    let mut stream = StreamReader::new(BufReader::with_capacity(16 << 10, file))?;
+    let data = InputFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut batch = Batch { data: &data, writes: Vec::new(), bytes: 0, at: 0 };
     let mut to = None;
     loop {
         match stream.next_record()? {
@@ -138,9 +147,8 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
                 // In pieces: the record's length is the stream's word, not an allocation.
                 while done < length {
                     let piece = WRITE_PIECE.min(length - done);
-                    let mut buf = vec![0u8; to_usize(piece, "a write")?];
-                    stream.read_data(&mut buf)?;
-                    batch.push(image, offset + done, buf)?;
+                    batch.push(image, stream.position(), offset + done, piece)?;
+                    stream.skip_data(piece)?;
                     done += piece;
                 }
                 report_progress(&format!("restore {}", manifest.to_snapshot), offset + length, Some(manifest.size));

@@ -8,8 +8,10 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
+use wasmtime_wasi::p2::{DynInputStream, StreamError};
 
 use crate::meter::{HandleSlot, Meter, Reservation};
 
@@ -83,6 +85,49 @@ impl Sha256Job {
         self.state = Some(Sha256::new());
         Ok(state.finalize().to_vec())
     }
+}
+
+/// Bytes read from a stream before they are hashed together, off the executor.
+const STREAM_BATCH: usize = 1 << 20;
+
+/// Add the rest of `stream` to `state` (`sha256.update-from`): read in batches, each hashed
+/// on the blocking pool while the next is read. Gives back the state (none if a hashing
+/// task failed) and the bytes added, or the stream's error (what was read before it is
+/// added).
+pub async fn hash_stream(stream: &mut DynInputStream, state: Sha256) -> (Option<Sha256>, Result<u64, StreamError>) {
+    let mut pending: Option<JoinHandle<Sha256>> = None;
+    let mut state = Some(state);
+    let mut added = 0u64;
+    let mut batch = BytesMut::new();
+    let result = loop {
+        let end = match stream.blocking_read(STREAM_BATCH - batch.len()).await {
+            Ok(bytes) => {
+                batch.extend_from_slice(&bytes);
+                None
+            }
+            Err(StreamError::Closed) => Some(Ok(())),
+            Err(e) => Some(Err(e)),
+        };
+        if batch.len() >= STREAM_BATCH || (end.is_some() && !batch.is_empty()) {
+            if let Some(task) = pending.take() {
+                state = task.await.ok();
+            }
+            let Some(mut s) = state.take() else { break Ok(()) };
+            let data = batch.split().freeze();
+            added += data.len() as u64;
+            pending = Some(tokio::task::spawn_blocking(move || {
+                s.update(&data);
+                s
+            }));
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    if let Some(task) = pending {
+        state = task.await.ok();
+    }
+    (state, result.map(|()| added))
 }
 
 /// The SHA-256 of each `chunk`-byte piece of `data`, concatenated (0: one piece).

@@ -86,6 +86,27 @@ impl job_host::HostSha256 for RbdView<'_> {
         self.table.get_mut(&hasher)?.update(data).await
     }
 
+    async fn update_from(
+        &mut self,
+        hasher: Resource<Sha256Job>,
+        input: Resource<wasmtime_wasi::p2::DynInputStream>,
+    ) -> wasmtime::Result<Result<u64, String>> {
+        trap_on_quota(self.ctx.meter().operation())?;
+        let state = self.table.get_mut(&hasher)?.lend().await?;
+        let (state, result) = match self.table.get_mut(&input) {
+            Ok(stream) => hashing::hash_stream(stream, state).await,
+            Err(e) => (Some(state), Err(wasmtime_wasi::p2::StreamError::Trap(e.into()))),
+        };
+        let spoiled = state.is_none();
+        self.table.get_mut(&hasher)?.give_back(state.unwrap_or_default(), !spoiled);
+        match result {
+            Ok(n) => Ok(Ok(n)),
+            Err(wasmtime_wasi::p2::StreamError::Closed) => Ok(Ok(0)),
+            Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(e)) => Ok(Err(format!("reading the stream: {e}"))),
+            Err(wasmtime_wasi::p2::StreamError::Trap(e)) => Err(e),
+        }
+    }
+
     async fn finish(&mut self, hasher: Resource<Sha256Job>) -> wasmtime::Result<Vec<u8>> {
         trap_on_quota(self.ctx.meter().operation())?;
         self.table.get_mut(&hasher)?.finish().await

@@ -255,6 +255,15 @@ impl rbd::HostImage for RbdView<'_> {
         self.image(&image)?.write_ranges(writes).await
     }
 
+    async fn write_from(
+        &mut self,
+        image: Resource<ImageHandle>,
+        input: Resource<wasmtime_wasi::p2::DynInputStream>,
+        writes: Vec<rbd::StreamWrite>,
+    ) -> HostResult<u64> {
+        super::data_plane::write_from(self, image, input, writes).await
+    }
+
     async fn discard(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<()> {
         self.image(&image)?.call("discard", Some(Operation::Write), move |i| i.discard(offset, length)).await
     }

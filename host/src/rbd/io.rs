@@ -206,36 +206,77 @@ impl ImageHandle {
     /// Several writes in flight at once (the job's I/O slots). They land in any order, so
     /// they must not overlap.
     pub(super) async fn write_ranges(&self, writes: Vec<types::WriteOp>) -> HostResult<u64> {
-        if writes.len() > MAX_RANGES_PER_CALL {
-            self.require("write-ranges", Operation::Write).await?;
-            return Err(Error::InvalidArgument(format!("{} writes in one call; at most {MAX_RANGES_PER_CALL}", writes.len())).into());
+        let spans: Vec<(u64, u64)> = writes.iter().map(|w| (w.offset, w.data.len() as u64)).collect();
+        let mut batch = self.start_writes("write-ranges", spans).await?;
+        for w in writes {
+            batch.spawn(w.offset, bytes::Bytes::from(w.data));
         }
-        let mut spans: Vec<(u64, u64)> = writes.iter().map(|w| (w.offset, w.data.len() as u64)).collect();
+        let result = batch.gather().await;
+        self.audit("write-ranges", Operation::Write, &outcome(&result)).await;
+        result
+    }
+
+    /// Check and charge a batch of writes (`spans`: offset and length of each) before any
+    /// starts: at most [`MAX_RANGES_PER_CALL`], none overlapping (they land in any order).
+    pub(super) async fn start_writes(&self, method: &str, mut spans: Vec<(u64, u64)>) -> HostResult<WriteBatch> {
+        if spans.len() > MAX_RANGES_PER_CALL {
+            self.require(method, Operation::Write).await?;
+            return Err(Error::InvalidArgument(format!("{} writes in one call; at most {MAX_RANGES_PER_CALL}", spans.len())).into());
+        }
         spans.sort_unstable();
-        let total: u64 = spans.iter().map(|(_, len)| len).sum();
-        let memory = Arc::new(self.start_write("write-ranges", total).await?);
+        let total = spans.iter().fold(0u64, |n, (_, len)| n.saturating_add(*len));
+        let memory = Arc::new(self.start_write(method, total).await?);
         for pair in spans.windows(2) {
             if pair[0].0.saturating_add(pair[0].1) > pair[1].0 {
                 self.scope.meter().refund_write(total);
                 return Err(Error::InvalidArgument(format!("writes at {} and {} overlap", pair[0].0, pair[1].0)).into());
             }
         }
-        let slots = self.scope.io_slots().clone();
-        // Writes not yet begun when the job ends (this future dropped) are abandoned.
-        let mut tasks = AbortOnDrop(Vec::with_capacity(writes.len()));
-        for w in writes {
-            let (open, slots, memory, watch) = (self.open.clone(), slots.clone(), memory.clone(), self.scope.watch().clone());
-            tasks.0.push(tokio::spawn(async move {
-                let _permit = slots.acquire_owned().await;
-                blocking(&watch, move || {
-                    let _held = memory;
-                    open.with(|i| i.write(w.offset, &w.data))
-                })
-                .await
-            }));
-        }
+        Ok(WriteBatch {
+            open: self.open.clone(),
+            slots: self.scope.io_slots().clone(),
+            watch: self.scope.watch().clone(),
+            meter: self.scope.meter().clone(),
+            memory,
+            total,
+            tasks: AbortOnDrop(Vec::with_capacity(spans.len())),
+        })
+    }
+}
+
+/// Writes checked and charged together (`start_writes`), each started as soon as its
+/// bytes are at hand, several in flight (the job's I/O slots). It holds no borrow of the
+/// handle, so the bytes may come from another resource of the job (`write-from`).
+pub(super) struct WriteBatch {
+    open: Arc<super::image::OpenImage>,
+    slots: Arc<tokio::sync::Semaphore>,
+    watch: Arc<super::BackendWatch>,
+    meter: Arc<Meter>,
+    memory: Arc<Reservation>,
+    /// Bytes charged for the whole batch.
+    total: u64,
+    /// Writes not yet begun when the job ends (this batch dropped) are abandoned.
+    tasks: AbortOnDrop<HostResult<u64>>,
+}
+
+impl WriteBatch {
+    pub(super) fn spawn(&mut self, offset: u64, data: bytes::Bytes) {
+        let (open, slots, memory, watch) = (self.open.clone(), self.slots.clone(), self.memory.clone(), self.watch.clone());
+        self.tasks.0.push(tokio::spawn(async move {
+            let _permit = slots.acquire_owned().await;
+            blocking(&watch, move || {
+                let _held = memory;
+                open.with(|i| i.write(offset, &data))
+            })
+            .await
+        }));
+    }
+
+    /// Wait for every write: the bytes written in all, or the first error (other writes
+    /// may have landed). What was charged and not written is refunded.
+    pub(super) async fn gather(mut self) -> HostResult<u64> {
         let (mut written, mut first_error) = (0u64, None);
-        for task in tasks.0.iter_mut() {
+        for task in self.tasks.0.iter_mut() {
             match task.await {
                 Ok(Ok(n)) => written += n,
                 Ok(Err(e)) => {
@@ -249,13 +290,11 @@ impl ImageHandle {
                 }
             }
         }
-        self.scope.meter().refund_write(total.saturating_sub(written));
-        let result = match first_error {
+        self.meter.refund_write(self.total.saturating_sub(written));
+        match first_error {
             Some(e) => Err(e),
             None => Ok(written),
-        };
-        self.audit("write-ranges", Operation::Write, &outcome(&result)).await;
-        result
+        }
     }
 }
 
@@ -279,7 +318,7 @@ impl rbd::HostPendingReads for RbdView<'_> {
         hash: Option<Resource<crate::job_host::hashing::Sha256Job>>,
     ) -> HostResult<Vec<Vec<u8>>> {
         self.ctx.meter().operation()?;
-        super::write_out::write_to(self, reads, out, pieces, hash).await
+        super::data_plane::write_to(self, reads, out, pieces, hash).await
     }
 
     async fn drop(&mut self, reads: Resource<PendingReads>) -> wasmtime::Result<()> {

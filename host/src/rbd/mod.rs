@@ -16,7 +16,7 @@ mod io;
 mod locks;
 mod pool;
 mod scope;
-mod write_out;
+mod data_plane;
 
 use std::sync::Arc;
 

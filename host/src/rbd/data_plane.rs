@@ -1,21 +1,27 @@
-//! The data plane of a backup (`pending-reads.write-to`): the bytes of started reads go
-//! from the host's buffers to a stream the guest holds (an output-directory file), between
-//! the bytes the guest gives (record headers), hashed on the way, without crossing into the
-//! guest and back. The profile of the guest-side path (bench/profiles) spent a third of the
-//! host's time lifting, lowering and hashing the same bytes again.
+//! The data plane: bytes that go between an image and a stream the guest holds (a file of
+//! its output directory) without crossing into the guest and back. The profile of the
+//! guest-side path (bench/profiles) spent a third of the host's time lifting, lowering and
+//! hashing the same bytes again.
 //!
-//! Nothing here checks or charges a read: the reads were checked against the grant and
-//! charged to the read quota and the bandwidth cap when they started (`start-reads`). The
-//! writes are charged by the stream itself, as a guest's own writes to it are (an output
-//! directory's stream charges its byte quota, `output_dir`).
+//! - A backup (`pending-reads.write-to`): the bytes of started reads go from the host's
+//!   buffers to the stream, between the bytes the guest gives (record headers), hashed on
+//!   the way. Nothing here checks or charges a read: the reads were checked against the
+//!   grant and charged to the read quota and the bandwidth cap when they started
+//!   (`start-reads`). The stream charges its writes itself, as it does the guest's own (an
+//!   output directory's stream charges its byte quota, `output_dir`).
+//! - A restore (`image.write-from`): the bytes of writes come from the stream, each write
+//!   started as soon as its bytes are read; checked and charged as `write-ranges`
+//!   (`ImageHandle::start_writes`).
 
 use bytes::{Bytes, BytesMut};
 use rbd_backend::Error;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::{DynOutputStream, StreamError};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError};
 
-use super::{HostError, HostResult, PendingReads, RbdView};
+use super::io::WriteBatch;
+use super::{outcome, HostError, HostResult, ImageHandle, PendingReads, RbdView};
+use crate::capability::Operation;
 use crate::bindings::ceph::rbd::{rbd, types};
 use crate::job_host::hashing::Sha256Job;
 use crate::output_dir::OutputQuotaExceeded;
@@ -152,6 +158,54 @@ async fn write_one(stream: &mut DynOutputStream, bytes: Bytes, state: &mut Optio
         *state = task.await.ok();
     }
     written.map_err(stream_error)
+}
+
+/// `image.write-from`: check and charge the whole batch, then read each write's bytes from
+/// the stream and start it at once.
+pub(super) async fn write_from(
+    view: &mut RbdView<'_>,
+    image: Resource<ImageHandle>,
+    input: Resource<DynInputStream>,
+    writes: Vec<rbd::StreamWrite>,
+) -> HostResult<u64> {
+    let spans = writes.iter().map(|w| (w.offset, w.length)).collect();
+    let mut batch = view.table.get(&image)?.start_writes("write-from", spans).await?;
+    let fed = match view.table.get_mut(&input) {
+        Ok(stream) => feed(stream, &writes, &mut batch).await,
+        Err(e) => Err(e.into()),
+    };
+    // The writes whose bytes were read are made (and gathered) even if the stream failed.
+    let written = batch.gather().await;
+    let result = fed.and(written);
+    view.table.get(&image)?.audit("write-from", Operation::Write, &outcome(&result)).await;
+    result
+}
+
+async fn feed(stream: &mut DynInputStream, writes: &[rbd::StreamWrite], batch: &mut WriteBatch) -> HostResult<()> {
+    for w in writes {
+        let mut skip = w.skip;
+        while skip > 0 {
+            let n = stream.blocking_skip(usize::try_from(skip).unwrap_or(usize::MAX)).await.map_err(|e| read_error(e, w))?;
+            skip = skip.saturating_sub(n as u64);
+        }
+        // The batch's memory was reserved for every write's length, so this is within it.
+        let length = usize::try_from(w.length).map_err(|_| Error::InvalidArgument(format!("a write of {} bytes", w.length)))?;
+        let mut data = BytesMut::with_capacity(length);
+        while data.len() < length {
+            let piece = stream.blocking_read(length - data.len()).await.map_err(|e| read_error(e, w))?;
+            data.extend_from_slice(&piece);
+        }
+        batch.spawn(w.offset, data.freeze());
+    }
+    Ok(())
+}
+
+fn read_error(e: StreamError, w: &rbd::StreamWrite) -> HostError {
+    match e {
+        StreamError::Closed => Error::Io(format!("the stream ended before the bytes of the write at {}", w.offset)).into(),
+        StreamError::LastOperationFailed(e) => Error::Io(format!("reading the stream: {e}")).into(),
+        StreamError::Trap(e) => HostError::Trap(e),
+    }
 }
 
 fn stream_error(e: StreamError) -> HostError {
