@@ -278,6 +278,28 @@ fn output_quota_held(_: &Measured, report: &serde_json::Value) {
     assert!(usage["output_dir_files"].as_u64().unwrap() <= 100, "usage: {usage}");
 }
 
+fn output_quota_held_and_reads_charged(out: &Measured, report: &serde_json::Value) {
+    output_quota_held(out, report);
+    // Every byte the host wrote was read, and charged, first.
+    let usage = &report["usage"];
+    assert!(usage["read_bytes"].as_u64().unwrap() >= usage["output_dir_bytes"].as_u64().unwrap(), "usage: {usage}");
+}
+
+fn moved_within_the_read_quota(_: &Measured, report: &serde_json::Value) {
+    let usage = &report["usage"];
+    assert_eq!(usage["read_bytes"], 16u64 << 20, "usage: {usage}");
+    assert_eq!(usage["output_dir_bytes"], 16u64 << 20, "usage: {usage}");
+}
+
+fn written_within_the_write_quota(_: &Measured, report: &serde_json::Value) {
+    assert_eq!(report["usage"]["written_bytes"], 16u64 << 20, "usage: {}", report["usage"]);
+}
+
+fn host_memory_within_32_mib(_: &Measured, report: &serde_json::Value) {
+    let peak = report["usage"]["host_memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak <= 32 << 20, "host memory peak {peak}");
+}
+
 fn host_memory_within_budget(_: &Measured, report: &serde_json::Value) {
     let peak = report["usage"]["host_memory_peak_bytes"].as_u64().unwrap();
     assert!(peak <= HOST_MEMORY_MIB << 20, "host memory peak {peak}");
@@ -457,6 +479,37 @@ measured_attacks! {
         ..setup(Ending::Deadline)
     },
     fill_the_output_directory => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
+    // The data plane (`write-to`, `write-from`): bytes the host moves for the job are
+    // checked and charged as the job's own.
+    move_bytes_past_the_output_quota => Setup {
+        output: OutputDir::ReadWrite,
+        check: output_quota_held_and_reads_charged,
+        ..setup(Ending::Refused)
+    },
+    move_bytes_past_the_read_quota => Setup {
+        limits: "read_bytes = 16777216",
+        output: OutputDir::ReadWrite,
+        check: moved_within_the_read_quota,
+        ..setup(Ending::Refused)
+    },
+    move_pieces_the_reads_do_not_hold => Setup { output: OutputDir::ReadWrite, ..setup(Ending::Refused) },
+    write_from_past_the_host_budget_and_the_grant => Setup {
+        limits: "host_memory_mib = 32",
+        output: OutputDir::ReadWrite,
+        check: host_memory_within_32_mib,
+        ..setup(Ending::Refused)
+    },
+    write_from_past_the_write_quota => Setup {
+        limits: "write_bytes = 16777216",
+        output: OutputDir::ReadWrite,
+        check: written_within_the_write_quota,
+        ..setup(Ending::Refused)
+    },
+    write_from_past_the_deadline => Setup {
+        limits: "deadline_secs = 5\nbandwidth_mib_per_sec = 1",
+        output: OutputDir::ReadWrite,
+        ..setup(Ending::Deadline)
+    },
     grow_a_file_sparsely => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
     grow_a_file_by_writing_past_its_end => Setup { output: OutputDir::ReadWrite, check: output_quota_held, ..setup(Ending::Refused) },
     read_after_the_image_grew_under_reads_in_flight => Setup { check: host_memory_within_budget, ..setup(Ending::Refused) },

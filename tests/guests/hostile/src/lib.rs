@@ -569,6 +569,119 @@ fn grow_a_file_by_writing_past_its_end(_: &Ctx) -> R {
     Ok(())
 }
 
+// ---- The data plane: bytes the host moves on the job's behalf.
+
+/// Start reads of `length` bytes at `offset` and have the host write them to `out`.
+fn move_to(img: &rbd_wasm_guest::Image, out: &rbd_wasm_guest::OutputFile, offset: u64, length: u64) -> rbd_wasm_guest::Result<Vec<Vec<u8>>> {
+    let range = Range { offset, length };
+    img.start_reads(&[range], Some(65536))?.write_to(out, &[rbd_wasm_guest::Piece::Read(range)], None)
+}
+
+fn move_bytes_past_the_output_quota(c: &Ctx) -> R {
+    c.pool.create(&c.job("dq"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("dq")).map_err(|e| e.to_string())?;
+    let out = rbd_wasm_guest::OutputFile::create("/out/moved").map_err(|e| e.to_string())?;
+    // 1 GiB through the host into a directory with a 64 MiB quota.
+    for i in 0..32u64 {
+        match move_to(&img, &out, i << 25, 32 << 20) {
+            Ok(_) => {}
+            Err(Error::QuotaExceeded(m)) => {
+                println!("refused after {i} x 32 MiB: {m}");
+                return Ok(());
+            }
+            Err(e) => return Err(format!("refused with {e}, expected quota-exceeded")),
+        }
+    }
+    Err("the host wrote 1 GiB into a 64 MiB output directory".into())
+}
+
+fn move_bytes_past_the_read_quota(c: &Ctx) -> R {
+    c.pool.create(&c.job("rq"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("rq")).map_err(|e| e.to_string())?;
+    let out = rbd_wasm_guest::OutputFile::create("/out/moved").map_err(|e| e.to_string())?;
+    // 8 MiB at a time under a 16 MiB read quota: two moves, then the reads are refused.
+    for i in 0..8u64 {
+        match move_to(&img, &out, i << 23, 8 << 20) {
+            Ok(_) => {}
+            Err(Error::QuotaExceeded(_)) if i == 2 => return Ok(()),
+            Err(e) => return Err(format!("move {i}: {e}")),
+        }
+    }
+    Err("the host moved 64 MiB under a 16 MiB read quota".into())
+}
+
+fn move_pieces_the_reads_do_not_hold(c: &Ctx) -> R {
+    c.pool.create(&c.job("pc"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("pc")).map_err(|e| e.to_string())?;
+    let out = rbd_wasm_guest::OutputFile::create("/out/pieces").map_err(|e| e.to_string())?;
+    use rbd_wasm_guest::Piece;
+    let cases: [(&str, Vec<Piece>); 4] = [
+        ("past the read", vec![Piece::Bytes(b"header".to_vec()), Piece::Read(Range { offset: 4096, length: 65537 })]),
+        ("before the read", vec![Piece::Read(Range { offset: 0, length: 10 })]),
+        ("overflowing", vec![Piece::Read(Range { offset: u64::MAX, length: 2 })]),
+        ("too many", vec![Piece::Bytes(vec![1]); 70_000]),
+    ];
+    for (what, pieces) in cases {
+        let reads = img.start_reads(&[Range { offset: 4096, length: 65536 }], None).map_err(|e| e.to_string())?;
+        refused(reads.write_to(&out, &pieces, None), &["invalid-argument"], what)?;
+    }
+    if std::fs::metadata("/out/pieces").map_err(|e| e.to_string())?.len() != 0 {
+        return Err("a refused call wrote bytes".into());
+    }
+    Ok(())
+}
+
+fn write_from_past_the_host_budget_and_the_grant(c: &Ctx) -> R {
+    use rbd_wasm_guest::{InputFile, StreamWrite};
+    std::fs::write("/out/source", vec![5u8; 1 << 20]).map_err(|e| e.to_string())?;
+    c.pool.create(&c.job("wf"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("wf")).map_err(|e| e.to_string())?;
+    let source = InputFile::open("/out/source").map_err(|e| e.to_string())?;
+    // Declared lengths over the 32 MiB host-memory budget: refused before a byte is read.
+    let huge: Vec<StreamWrite> = (0..4u64).map(|i| StreamWrite { skip: 0, offset: i << 25, length: 16 << 20 }).collect();
+    refused(img.write_from(&source, &huge), &["quota-exceeded"], "write-from declaring 64 MiB")?;
+    // A stream that ends before the writes' bytes.
+    let short = [StreamWrite { skip: 0, offset: 0, length: 2 << 20 }];
+    refused(img.write_from(&source, &short), &["io"], "write-from past the stream's end")?;
+    // Overlapping writes, and a handle opened read-only.
+    let overlap = [StreamWrite { skip: 0, offset: 0, length: 10 }, StreamWrite { skip: 0, offset: 5, length: 10 }];
+    refused(img.write_from(&InputFile::open("/out/source").map_err(|e| e.to_string())?, &overlap), &["invalid-argument"], "overlapping writes")?;
+    let ro = c.pool.open_read_only(&c.job("wf")).map_err(|e| e.to_string())?;
+    let one = [StreamWrite { skip: 0, offset: 0, length: 10 }];
+    refused(ro.write_from(&InputFile::open("/out/source").map_err(|e| e.to_string())?, &one), &["read-only", "permission-denied"], "write-from on a read-only handle")
+}
+
+fn write_from_past_the_write_quota(c: &Ctx) -> R {
+    use rbd_wasm_guest::{InputFile, StreamWrite};
+    std::fs::write("/out/source", vec![5u8; 8 << 20]).map_err(|e| e.to_string())?;
+    c.pool.create(&c.job("wq"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("wq")).map_err(|e| e.to_string())?;
+    // 8 MiB at a time under a 16 MiB write quota.
+    for i in 0..8u64 {
+        let source = InputFile::open("/out/source").map_err(|e| e.to_string())?;
+        match img.write_from(&source, &[StreamWrite { skip: 0, offset: i << 23, length: 8 << 20 }]) {
+            Ok(n) if n == 8 << 20 => {}
+            Ok(n) => return Err(format!("write-from wrote {n} bytes")),
+            Err(Error::QuotaExceeded(_)) if i == 2 => return Ok(()),
+            Err(e) => return Err(format!("write {i}: {e}")),
+        }
+    }
+    Err("the host wrote 64 MiB under a 16 MiB write quota".into())
+}
+
+fn write_from_past_the_deadline(c: &Ctx) -> R {
+    use rbd_wasm_guest::{InputFile, StreamWrite};
+    std::fs::write("/out/source", vec![5u8; 32 << 20]).map_err(|e| e.to_string())?;
+    c.pool.create(&c.job("wd"), 1 << 30).map_err(|e| e.to_string())?;
+    let img = c.pool.open(&c.job("wd")).map_err(|e| e.to_string())?;
+    // Under a 1 MiB/s cap, each call waits half a minute in the host.
+    for i in 0..32u64 {
+        let source = InputFile::open("/out/source").map_err(|e| e.to_string())?;
+        img.write_from(&source, &[StreamWrite { skip: 0, offset: i << 25, length: 32 << 20 }]).map_err(|e| e.to_string())?;
+    }
+    Err("wrote 1 GiB at 1 MiB/s within the deadline".into())
+}
+
 // ---- What reaches the operator.
 
 fn forge_another_jobs_line(_: &Ctx) -> R {
@@ -699,6 +812,12 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("copy_past_the_read_quota", copy_past_the_read_quota),
     ("outwait_the_deadline_in_the_host", outwait_the_deadline_in_the_host),
     ("fill_the_output_directory", fill_the_output_directory),
+    ("move_bytes_past_the_output_quota", move_bytes_past_the_output_quota),
+    ("move_bytes_past_the_read_quota", move_bytes_past_the_read_quota),
+    ("move_pieces_the_reads_do_not_hold", move_pieces_the_reads_do_not_hold),
+    ("write_from_past_the_host_budget_and_the_grant", write_from_past_the_host_budget_and_the_grant),
+    ("write_from_past_the_write_quota", write_from_past_the_write_quota),
+    ("write_from_past_the_deadline", write_from_past_the_deadline),
     ("grow_a_file_sparsely", grow_a_file_sparsely),
     ("create_files_without_bound", create_files_without_bound),
     ("open_files_without_bound", open_files_without_bound),
