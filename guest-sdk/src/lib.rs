@@ -56,7 +56,7 @@ pub type StreamWrite = wit::StreamWrite;
 /// the image that the reads hold.
 pub type Piece = wit::Piece;
 
-pub use types::{Child, ImageStat, Locker, SnapInfo};
+pub use types::{Child, ImageStat, Locker, SnapInfo, Watcher};
 
 /// An extent of a diff: `[offset, offset + length)` holds data (`exists`) or zeroes.
 pub type Extent = types::Extent;
@@ -614,6 +614,11 @@ impl Image {
     pub fn list_lockers(&self) -> Result<LockInfo> {
         let info = lift(self.inner.list_lockers())?;
         Ok(LockInfo { tag: info.tag, exclusive: info.exclusive, lockers: info.lockers })
+    }
+    /// `Image.watchers_list()`: the clients that have the image open for writing. A lock
+    /// holder missing here is gone (on Ceph, once its watch timed out: 30 s).
+    pub fn list_watchers(&self) -> Result<Vec<Watcher>> {
+        lift(self.inner.list_watchers())
     }
     pub fn lock_exclusive(&self, cookie: &str) -> Result<()> {
         lift(self.inner.lock_exclusive(cookie))

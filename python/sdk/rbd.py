@@ -422,6 +422,14 @@ class Image:
             "lockers": [(l.client, l.cookie, l.address) for l in info.lockers],
         }
 
+    def watchers_list(self):
+        """The clients that have the image open for writing, as python-rbd lists them:
+        dicts of addr, id (the client's number, as in `client.<id>`) and cookie."""
+        return [
+            {"addr": w.address, "id": int(w.client.rpartition(".")[2] or 0), "cookie": w.cookie}
+            for w in _call(self._handle().list_watchers)
+        ]
+
     def lock_exclusive(self, cookie):
         """Raises ImageBusy if another client or cookie holds it, ImageExists if this one does."""
         _call(self._handle().lock_exclusive, _cstr(cookie, "cookie"))

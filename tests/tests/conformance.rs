@@ -134,6 +134,7 @@ conformance_cases! {
     copy_of_clone_is_flat,
     unlocked_image_has_no_lockers,
     exclusive_lock_is_listed_and_released,
+    writable_opens_watch_the_image,
     exclusive_lock_twice_same_cookie_is_exists,
     exclusive_lock_other_cookie_is_busy,
     shared_locks_share_a_tag,

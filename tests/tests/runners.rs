@@ -81,10 +81,11 @@ fn two_runners_back_up_each_image_once_per_snapshot(backend: Arc<dyn Backend>, c
 }
 
 /// A `backup-N` snapshot without a complete backup is another runner's while that runner
-/// holds its claim (a shared lock of `rbd-wasm-backup-running`) and it is younger than
-/// `--claim-timeout`; without its claim, its runner is gone and the next run takes over at
-/// once. `killed` is another client, standing for a runner killed outright (its claim and
-/// the mutex left locked).
+/// holds its claim (a shared lock of `rbd-wasm-backup-running`), still watches the claims
+/// image (it has it open) and the claim is younger than `--claim-timeout`; without its
+/// claim, or once its client no longer watches, its runner is gone and the next run takes
+/// over at once. `killed` is another client, standing for another runner: open, it is a
+/// live one; closed without letting go of its locks, one killed outright.
 fn an_unfinished_claim_is_left_alone_until_it_times_out(backend: Arc<dyn Backend>, killed: &dyn Fn() -> Arc<dyn Backend>) {
     let src = format!("{}-claim", unique_prefix("runners"));
     backend.create("rbd", &src, 4 << 20, &CreateOptions::default()).unwrap();
@@ -103,7 +104,6 @@ fn an_unfinished_claim_is_left_alone_until_it_times_out(backend: Arc<dyn Backend
     // (A client whose lock is broken is blocklisted by librbd: each killed runner is a new one.)
     let running = killed().open("rbd", "rbd-wasm-backup-running", None, false).expect("the claims image exists");
     running.lock_shared(&format!("claim rbd/{src} backup-3"), "rbd-wasm-backup").unwrap();
-    drop(running);
     let job = run_with_output("backup", &["rbd", &src], backend.clone(), out.path());
     // Backing up nothing because of a claim is not a success: exit status 75.
     assert!(matches!(job.result, Err(rbd_wasm::JobError::Exit(75))), "{:?}\n{}", job.result, job.stderr);
@@ -111,14 +111,28 @@ fn an_unfinished_claim_is_left_alone_until_it_times_out(backend: Arc<dyn Backend
     assert!(!out.path().join("rbd").join(&src).join("1.json").exists());
 
     assert!(!out.path().join("rbd").join(&src).join("3.json").exists());
-    // Older than --claim-timeout: a runner killed outright; its claim is broken.
+    // Older than --claim-timeout: a runner that hangs; its claim is broken.
     let job = run_with_output("backup", &["rbd", &src, "--claim-timeout", "0"], backend.clone(), out.path());
     job.assert_ok();
-    assert!(job.stdout.contains("breaking the claim of backup-3"), "{}", job.stdout);
+    assert!(job.stdout.contains("breaking the claim of backup-3") && job.stdout.contains("(hung?)"), "{}", job.stdout);
     assert!(job.stdout.contains("removed backup-3"), "{}", job.stdout);
     assert!(job.stdout.contains("incremental backup backup-2 -> backup-4"), "{}", job.stdout);
     let snaps: Vec<String> = backend.open("rbd", &src, None, true).unwrap().list_snaps().unwrap().into_iter().map(|s| s.name).collect();
     assert_eq!(snaps, ["backup-2", "backup-4"]);
+    drop(running);
+
+    // A runner gone without letting go of its claim (closed here; killed, its watch would
+    // time out): its claim is broken at once, with the default --claim-timeout of an hour.
+    let img = backend.open("rbd", &src, None, false).unwrap();
+    img.create_snap("backup-5").unwrap();
+    drop(img);
+    let running = killed().open("rbd", "rbd-wasm-backup-running", None, false).unwrap();
+    running.lock_shared(&format!("claim rbd/{src} backup-5"), "rbd-wasm-backup").unwrap();
+    drop(running);
+    let job = run_with_output("backup", &["rbd", &src], backend.clone(), out.path());
+    job.assert_ok();
+    assert!(job.stdout.contains("breaking the claim of backup-5") && job.stdout.contains("which is gone"), "{}", job.stdout);
+    assert!(job.stdout.contains("incremental backup backup-4 -> backup-6"), "{}", job.stdout);
     let claims = backend.open("rbd", "rbd-wasm-backup-running", None, true).unwrap().list_lockers().unwrap();
     assert!(claims.lockers.iter().all(|l| !l.cookie.contains(&src)), "a claim of {src} is left: {claims:?}");
 
@@ -129,7 +143,7 @@ fn an_unfinished_claim_is_left_alone_until_it_times_out(backend: Arc<dyn Backend
     let job = run_with_output("backup", &["rbd", &src], backend.clone(), out.path());
     job.assert_ok();
     assert!(job.stdout.contains("breaking the runners' mutex held since 1000"), "{}", job.stdout);
-    assert!(job.stdout.contains("incremental backup backup-4 -> backup-5"), "{}", job.stdout);
+    assert!(job.stdout.contains("incremental backup backup-6 -> backup-7"), "{}", job.stdout);
     let lockers = backend.open("rbd", "rbd-wasm-backup-claims", None, true).unwrap().list_lockers().unwrap();
     assert!(lockers.lockers.is_empty(), "the mutex is free after a run: {lockers:?}");
 

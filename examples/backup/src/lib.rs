@@ -16,17 +16,22 @@
 //! without the exclusive-lock feature, whose managed lock shares that lock), and the claim
 //! is the snapshot `backup-N` it creates there. (Snapshot creation alone is no claim: two
 //! librbd clients creating one snapshot name at once are both told it worked.) The mutex
-//! is held for milliseconds; a holder killed inside it is broken after a minute.
+//! is held for milliseconds; a holder killed inside it is broken once its client is gone
+//! (see below), or after a minute.
 //!
 //! Under the mutex the runner also takes its claim: a shared advisory lock on the image
 //! `rbd-wasm-backup-running` with the cookie `claim POOL/IMAGE backup-N`, held until the
 //! backup is complete. The host releases a job's locks however it ends (an error, a trap,
 //! its deadline, a cancel, SIGTERM), so a claim lives as long as its runner: a `backup-N`
 //! snapshot without a complete backup and without its claim is a dead runner's, and the
-//! next runner removes it and backs up at once. One with its claim is another runner's
-//! backup in progress, left alone while younger than `--claim-timeout` (default 3600 s):
-//! only a runner killed outright (SIGKILL, a crash of the host) leaves its claim behind, and
-//! after that time the claim is broken and the snapshot removed. With `--every SECS` an image
+//! next runner removes it and backs up at once. A runner killed outright (SIGKILL, a crash
+//! of the host) leaves its claim, but not its client's watch: every live runner holds the
+//! claims image open for writing, which watches it (`list-watchers`), and Ceph drops the
+//! watch of a dead client once it times out (30 s; the embedded store at once). A claim
+//! whose holder no longer watches is broken and its snapshot removed. One whose holder
+//! still watches is another runner's backup in progress, left alone while younger than
+//! `--claim-timeout` (default 3600 s; a runner that hangs that long is taken over). With
+//! `--every SECS` an image
 //! whose newest backup snapshot is younger than SECS is up to date and skipped, so runners
 //! started together make one backup of each image.
 
@@ -130,6 +135,15 @@ impl Claim {
         Ok(image.list_lockers()?.lockers.into_iter().map(|l| (l.cookie, l.client)).collect())
     }
 
+    /// The clients that still have the claims image open: every live runner does while it
+    /// holds its claim (the `Claim` keeps it open for writing, which watches it). A claim
+    /// whose holder is not among them is a dead runner's: Ceph drops a dead client's watch
+    /// once it times out (30 s), the embedded store at once.
+    fn live_clients(pool: &Pool) -> Result<std::collections::HashSet<String>> {
+        let image = Claim::running_image(pool)?;
+        Ok(image.list_watchers()?.into_iter().map(|w| w.client).collect())
+    }
+
     /// Break a killed runner's claim.
     fn break_held(pool: &Pool, client: &str, cookie: &str) -> Result<()> {
         match Claim::running_image(pool)?.break_lock(client, cookie) {
@@ -169,11 +183,13 @@ impl ClaimsMutex {
                 Err(Error::Busy(_) | Error::Exists(_)) => {}
                 Err(e) => return Err(format!("taking the runners' mutex: {e}").into()),
             }
-            // A holder killed inside the mutex never lets go: break its lock once it is old.
+            // A holder killed inside the mutex never lets go: break its lock once its client
+            // is gone (it no longer watches the image it holds open) or the lock is old.
             let me = image.lock_client();
+            let live: std::collections::HashSet<String> = image.list_watchers()?.into_iter().map(|w| w.client).collect();
             for locker in image.list_lockers()?.lockers.into_iter().filter(|l| l.client != me) {
                 let taken = locker.cookie.strip_prefix("backup-claims ").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
-                if now().saturating_sub(taken) > STALE_MUTEX_SECS {
+                if !live.contains(&locker.client) || now().saturating_sub(taken) > STALE_MUTEX_SECS {
                     println!("breaking the runners' mutex held since {taken} by {} (killed?)", locker.client);
                     match image.break_lock(&locker.client, &locker.cookie) {
                         Ok(()) | Err(Error::NotFound(_)) => {}
@@ -235,6 +251,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
     let mutex = ClaimsMutex::lock(pool)?;
     let head = pool.open(image_name)?;
     let claims = Claim::held(pool)?;
+    let live = Claim::live_clients(pool)?;
     let backups = repo.backups()?;
     let newest_complete = backups.iter().map(|(n, _)| *n).max().unwrap_or(0);
     let backed_up = |name: &str| backups.iter().any(|(_, m)| m.to_snapshot == name);
@@ -247,16 +264,24 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         let age = now.saturating_sub(snap.timestamp);
         let cookie = Claim::cookie(pool_name, image_name, &snap.name);
         match claims.iter().find(|(c, _)| *c == cookie).map(|(_, client)| client.clone()) {
-            Some(_) if age < args.claim_timeout => {
+            Some(client) if live.contains(&client) && age < args.claim_timeout => {
                 return Ok(Outcome::Claimed(format!(
-                    "{} (taken {age} s ago) has no complete backup yet: another runner holds its claim \
-                     and is backing it up (a runner killed outright leaves its claim; after \
-                     --claim-timeout {} s the next run takes over)",
+                    "{} (taken {age} s ago) has no complete backup yet: another runner ({client}) holds its \
+                     claim and is backing it up (a runner killed outright keeps its claim until Ceph \
+                     drops its watch, 30 s; one that hangs, until --claim-timeout {} s)",
                     snap.name, args.claim_timeout
                 )));
             }
+            Some(client) if live.contains(&client) => {
+                println!("{pool_name}/{image_name}: breaking the claim of {} held by {client} for {age} s (hung?)", snap.name);
+                Claim::break_held(pool, &client, &cookie)?;
+            }
             Some(client) => {
-                println!("{pool_name}/{image_name}: breaking the claim of {} held by {client} for {age} s (killed?)", snap.name);
+                println!(
+                    "{pool_name}/{image_name}: breaking the claim of {} held by {client}, which is gone (it no longer \
+                     watches {RUNNING_IMAGE})",
+                    snap.name
+                );
                 Claim::break_held(pool, &client, &cookie)?;
             }
             None => println!("{pool_name}/{image_name}: the runner of {} is gone (its claim was released)", snap.name),

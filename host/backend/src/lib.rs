@@ -120,6 +120,17 @@ pub struct Locker {
     pub address: String,
 }
 
+/// A client watching an image (`Image.watchers_list()`): every writable open of an image
+/// watches it, for as long as its client lives. Ceph drops the watch of a client that died
+/// once its watch times out (`osd_client_watch_timeout`, 30 s); the embedded store at once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Watcher {
+    /// The client's entity name, as in a [`Locker`]: `client.<id>`.
+    pub client: String,
+    pub address: String,
+    pub cookie: u64,
+}
+
 /// `Image.list_lockers()`; no lockers and an empty tag when the image is not locked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockInfo {
@@ -254,6 +265,8 @@ pub trait Image: Send + Sync {
     fn copy_with(&self, dest_pool: &str, dest_name: &str, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()>;
 
     fn list_lockers(&self) -> Result<LockInfo>;
+    /// `Image.watchers_list()`, sorted.
+    fn list_watchers(&self) -> Result<Vec<Watcher>>;
     fn lock_exclusive(&self, cookie: &str) -> Result<()>;
     fn lock_shared(&self, cookie: &str, tag: &str) -> Result<()>;
     fn unlock(&self, cookie: &str) -> Result<()>;

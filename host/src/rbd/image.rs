@@ -352,6 +352,10 @@ impl rbd::HostImage for RbdView<'_> {
         self.image(&image)?.list_lockers().await
     }
 
+    async fn list_watchers(&mut self, image: Resource<ImageHandle>) -> HostResult<Vec<types::Watcher>> {
+        self.image(&image)?.list_watchers().await
+    }
+
     async fn lock_exclusive(&mut self, image: Resource<ImageHandle>, cookie: String) -> HostResult<()> {
         self.image(&image)?.lock(cookie, None).await
     }

@@ -134,6 +134,11 @@ impl ImageHandle {
         self.scope.backend().client_name()
     }
 
+    pub(super) async fn list_watchers(&self) -> HostResult<Vec<types::Watcher>> {
+        let watchers = self.call("list-watchers", Some(Operation::Read), |i| i.list_watchers()).await?;
+        Ok(watchers.into_iter().map(|w| types::Watcher { client: w.client, address: w.address, cookie: w.cookie }).collect())
+    }
+
     pub(super) async fn list_lockers(&self) -> HostResult<types::LockInfo> {
         let info = self.call("list-lockers", Some(Operation::Read), |i| i.list_lockers()).await?;
         Ok(types::LockInfo {

@@ -17,7 +17,7 @@ use super::pool::{self, PoolTxn};
 use super::shared::{obj_end, ImageShared};
 use super::validate;
 use crate::{
-    features, Child, Error, Extent, Image, ImageStat, LockInfo, ParentInfo, Result, SnapInfo,
+    features, Child, Error, Extent, Image, ImageStat, LockInfo, ParentInfo, Result, SnapInfo, Watcher,
 };
 
 /// `ENOMEM`, for a read too large to allocate.
@@ -31,7 +31,7 @@ pub struct EmbeddedImage {
     /// The selected snapshot; `None` for the head.
     snap: Mutex<Option<u64>>,
     read_only: bool,
-    _watch: Option<File>,
+    _watch: Option<(File, super::watchers::Watch)>,
 }
 
 impl std::fmt::Debug for EmbeddedImage {
@@ -49,7 +49,12 @@ fn invalid(what: impl Into<String>) -> Error {
 }
 
 impl EmbeddedImage {
-    pub(crate) fn new(shared: Arc<ImageShared>, snap: Option<u64>, read_only: bool, watch: Option<File>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<ImageShared>,
+        snap: Option<u64>,
+        read_only: bool,
+        watch: Option<(File, super::watchers::Watch)>,
+    ) -> Self {
         EmbeddedImage { shared, snap: Mutex::new(snap), read_only, _watch: watch }
     }
 
@@ -411,6 +416,12 @@ impl Image for EmbeddedImage {
 
     fn list_lockers(&self) -> Result<LockInfo> {
         Ok(self.shared.current()?.locks.info())
+    }
+
+    fn list_watchers(&self) -> Result<Vec<Watcher>> {
+        // The image must still exist, as for librbd.
+        self.shared.current()?;
+        super::watchers::list(&self.shared.dir)
     }
 
     fn lock_exclusive(&self, cookie: &str) -> Result<()> {

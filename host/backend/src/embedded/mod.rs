@@ -19,7 +19,8 @@
 //! - `shared`: the per-process state of an image and the transaction that changes it;
 //! - `image`: the `Image` trait and its argument rules;
 //! - `diff`: allocated ranges and diffs from the object maps;
-//! - `locks`: advisory locks (`cls_lock`'s rules).
+//! - `locks`: advisory locks (`cls_lock`'s rules);
+//! - `watchers`: who has an image open for writing, and lives.
 
 mod diff;
 mod header;
@@ -30,6 +31,7 @@ mod pool;
 mod shared;
 mod store;
 mod validate;
+mod watchers;
 
 #[cfg(test)]
 mod tests;
@@ -219,7 +221,7 @@ impl Backend for EmbeddedBackend {
             if pool::lookup(&dir, name)? != id {
                 return Err(Error::NotFound(format!("image {name:?}")));
             }
-            Some(watch)
+            Some((watch, watchers::register(&shared.dir, &self.store.me)?))
         };
         let header = shared.current()?;
         let snap = match snapshot {

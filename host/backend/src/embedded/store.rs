@@ -107,6 +107,10 @@ impl ImageDir {
     pub fn objects(&self) -> PathBuf {
         self.0.join("objects")
     }
+    /// One file per writable open, locked while it lives (`watchers`).
+    pub fn watchers(&self) -> PathBuf {
+        self.0.join("watchers")
+    }
 }
 
 /// Whether a directory entry is a temporary file left by [`write_atomic`].

@@ -42,6 +42,13 @@ pub struct rbd_image_info_t {
 }
 
 #[repr(C)]
+pub struct rbd_image_watcher_t {
+    pub addr: *mut c_char,
+    pub id: i64,
+    pub cookie: u64,
+}
+
+#[repr(C)]
 pub struct Timespec {
     pub tv_sec: i64,
     pub tv_nsec: i64,
@@ -170,6 +177,8 @@ api! {
     rbd_lock_shared: fn(rbd_image_t, *const c_char, *const c_char) -> c_int;
     rbd_unlock: fn(rbd_image_t, *const c_char) -> c_int;
     rbd_break_lock: fn(rbd_image_t, *const c_char, *const c_char) -> c_int;
+    rbd_watchers_list: fn(rbd_image_t, *mut rbd_image_watcher_t, *mut usize) -> c_int;
+    rbd_watchers_list_cleanup: fn(*mut rbd_image_watcher_t, usize) -> ();
 }
 
 /// The function table, loading the libraries on first use. They stay loaded for the life

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::{
     Backend, Child, CloneOptions, CreateOptions, Error, Extent, Image, ImageStat, LockInfo, Locker,
-    ParentInfo, Result, SnapInfo, Version,
+    ParentInfo, Result, SnapInfo, Version, Watcher,
 };
 use ffi::Api;
 
@@ -1066,6 +1066,42 @@ impl Image for LibrbdImage {
                 return Ok(LockInfo::default());
             }
             return Ok(LockInfo { tag, exclusive: exclusive != 0, lockers });
+        }
+    }
+
+    fn list_watchers(&self) -> Result<Vec<Watcher>> {
+        let _g = self.shared();
+        let mut capacity = 8usize;
+        loop {
+            let mut list: Vec<ffi::rbd_image_watcher_t> = (0..capacity)
+                .map(|_| ffi::rbd_image_watcher_t { addr: std::ptr::null_mut(), id: 0, cookie: 0 })
+                .collect();
+            let mut count = capacity;
+            // SAFETY: an array of `capacity` entries; librbd fills `count` of them.
+            let ret = unsafe { (self.api.rbd_watchers_list)(self.handle, list.as_mut_ptr(), &mut count) };
+            if ret == -ERANGE {
+                capacity = count.max(capacity * 2);
+                continue;
+            }
+            check(ret, || self.ctx("list watchers"))?;
+            let count = count.min(capacity);
+            let mut watchers: Vec<Watcher> = list[..count]
+                .iter()
+                .map(|w| Watcher {
+                    client: format!("client.{}", w.id),
+                    // SAFETY: librbd's NUL-terminated address, or null.
+                    address: if w.addr.is_null() {
+                        String::new()
+                    } else {
+                        unsafe { std::ffi::CStr::from_ptr(w.addr) }.to_string_lossy().into_owned()
+                    },
+                    cookie: w.cookie,
+                })
+                .collect();
+            // SAFETY: the entries librbd filled, given back once.
+            unsafe { (self.api.rbd_watchers_list_cleanup)(list.as_mut_ptr(), count) };
+            watchers.sort();
+            return Ok(watchers);
         }
     }
 

@@ -865,6 +865,19 @@ fn unlocked_image_has_no_lockers(c: &Ctx) -> R {
     eq(info.lockers.len(), 0, "lockers")
 }
 
+fn writable_opens_watch_the_image(c: &Ctx) -> R {
+    let img = c.image("img", MIB)?;
+    let watchers = ok(img.list_watchers(), "list_watchers")?;
+    eq(watchers.len(), 1, "one writable open")?;
+    eq(watchers[0].client.clone(), img.lock_client(), "the watcher is this job's client, as a locker would be")?;
+    let second = ok(c.pool.open(&c.n("img")), "open again")?;
+    eq(ok(img.list_watchers(), "list")?.len(), 2, "two writable opens")?;
+    drop(second);
+    eq(ok(img.list_watchers(), "list")?.len(), 1, "a closed handle stops watching")?;
+    let read_only = ok(c.pool.open_read_only(&c.n("img")), "open read-only")?;
+    eq(ok(read_only.list_watchers(), "list")?.len(), 1, "a read-only open does not watch")
+}
+
 fn exclusive_lock_is_listed_and_released(c: &Ctx) -> R {
     let img = c.image("img", MIB)?;
     ok(img.lock_exclusive("cookie1"), "lock")?;
@@ -1066,6 +1079,7 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("copy_of_clone_is_flat", copy_of_clone_is_flat),
     ("unlocked_image_has_no_lockers", unlocked_image_has_no_lockers),
     ("exclusive_lock_is_listed_and_released", exclusive_lock_is_listed_and_released),
+    ("writable_opens_watch_the_image", writable_opens_watch_the_image),
     ("exclusive_lock_twice_same_cookie_is_exists", exclusive_lock_twice_same_cookie_is_exists),
     ("exclusive_lock_other_cookie_is_busy", exclusive_lock_other_cookie_is_busy),
     ("shared_locks_share_a_tag", shared_locks_share_a_tag),

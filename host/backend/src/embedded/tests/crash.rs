@@ -167,6 +167,9 @@ fn killed_writers_leave_a_consistent_store() {
 
         let be = fx.client();
         let img = be.open("rbd", "img", None, false).unwrap();
+        // The killed writer's watch went with it, as Ceph drops a dead client's watch.
+        let watchers: Vec<String> = img.list_watchers().unwrap().into_iter().map(|w| w.client).collect();
+        assert_eq!(watchers, [be.client_name()], "round {round}: only the live client watches");
         let snaps = img.list_snaps().unwrap();
         for s in &snaps {
             let i: usize = s.name[1..].parse().unwrap();

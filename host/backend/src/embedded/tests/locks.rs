@@ -91,3 +91,28 @@ fn locks_outlive_their_clients() {
     a.break_lock(&name, "c").unwrap();
     a.lock_exclusive("c").unwrap();
 }
+
+#[test]
+fn writable_opens_are_watchers_until_they_close() {
+    let fx = Fx::new();
+    let a = fx.image("img", MIB, 22);
+    let other = fx.client();
+    let b = other.open("rbd", "img", None, false).unwrap();
+    let read_only = other.open("rbd", "img", None, true).unwrap();
+    let watchers = a.list_watchers().unwrap();
+    let clients: Vec<&str> = watchers.iter().map(|w| w.client.as_str()).collect();
+    let mut expected = vec![fx.be.client_name(), other.client_name()];
+    expected.sort();
+    assert_eq!(clients, expected, "two writable opens; the read-only one does not watch");
+    assert_ne!(watchers[0].cookie, watchers[1].cookie);
+    assert!(watchers.iter().all(|w| w.address.starts_with("embedded:")));
+    drop(b);
+    let watchers = read_only.list_watchers().unwrap();
+    assert_eq!(watchers.len(), 1);
+    assert_eq!(watchers[0].client, fx.be.client_name());
+    // A watcher file nobody holds is a dead process's: not listed, and removed.
+    let dead = fx.image_dir("rbd", "img").join("watchers").join("client.999.1");
+    std::fs::write(&dead, br#"{"client":"client.999","address":"embedded:1/999","cookie":1}"#).unwrap();
+    assert_eq!(a.list_watchers().unwrap().len(), 1);
+    assert!(!dead.exists(), "the dead watcher's file is collected");
+}

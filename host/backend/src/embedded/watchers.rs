@@ -1,0 +1,99 @@
+//! Watchers: who has an image open for writing, for as long as its process lives.
+//!
+//! librbd registers a watch on an image's header for every writable open; Ceph drops the
+//! watch of a client that died once it times out. Jobs use this to tell a live lock holder
+//! from a dead one (a lock's holder that no longer watches the image is gone). Here every
+//! writable open makes `watchers/<client>.<cookie>` (the client, its address and the
+//! cookie, as JSON) and holds an exclusive `flock` on it until it closes; the kernel drops
+//! the `flock` when the process dies, however it dies. A lister that can take the lock of
+//! a watcher file has found a dead watcher: it removes the file and does not list it.
+//! The file is locked under a temporary name first and then renamed into place, so a
+//! lister never sees an unlocked live watcher.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::locks::Identity;
+use super::store::ImageDir;
+use crate::{Error, Result, Watcher};
+
+/// What a watcher file holds.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    client: String,
+    address: String,
+    cookie: u64,
+}
+
+/// A writable open's watch: its file is removed when the image is closed.
+pub(crate) struct Watch {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a watcher file");
+        }
+    }
+}
+
+/// Register a watch of `dir`'s image by `me`.
+pub(crate) fn register(dir: &ImageDir, me: &Identity) -> Result<Watch> {
+    static NEXT_COOKIE: AtomicU64 = AtomicU64::new(1);
+    let cookie = NEXT_COOKIE.fetch_add(1, Ordering::Relaxed);
+    let watchers = dir.watchers();
+    fs::create_dir_all(&watchers)?;
+    let name = format!("{}.{cookie}", me.client);
+    let (tmp, path) = (watchers.join(format!(".{name}.tmp.{}", std::process::id())), watchers.join(&name));
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+    file.lock()?;
+    let record = Record { client: me.client.clone(), address: me.address.clone(), cookie };
+    file.write_all(&serde_json::to_vec(&record).map_err(|e| Error::Io(format!("cannot encode a watcher: {e}")))?)?;
+    fs::rename(&tmp, &path)?;
+    Ok(Watch { path, _file: file })
+}
+
+/// The live watchers of `dir`'s image, sorted; the files of dead ones are removed.
+pub(crate) fn list(dir: &ImageDir) -> Result<Vec<Watcher>> {
+    let entries = match fs::read_dir(dir.watchers()) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut live = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            // Closed (and removed) while listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                // Nobody holds it: its process died (or it is a temporary file a dead
+                // process left). Gone, as Ceph drops a dead client's watch.
+                let _ = fs::remove_file(&path);
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let is_temp = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                if is_temp {
+                    continue;
+                }
+                let bytes = fs::read(&path)?;
+                let record: Record = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Io(format!("a damaged watcher file {}: {e}", path.display())))?;
+                live.push(Watcher { client: record.client, address: record.address, cookie: record.cookie });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+    live.sort();
+    Ok(live)
+}
