@@ -523,9 +523,10 @@ impl Image {
     }
 
     /// [`Image::write_ranges`] with the bytes read from `file` by the host, in order (they
-    /// never enter the job): a restore's data plane. Returns the bytes written.
-    pub fn write_from(&self, file: &InputFile, writes: &[StreamWrite]) -> Result<u64> {
-        lift(self.inner.write_from(file.stream(), writes))
+    /// never enter the job): a restore's data plane. With `hash`, every byte read from the
+    /// file (the skipped ones too) is added to it. Returns the bytes written.
+    pub fn write_from(&self, file: &InputFile, writes: &[StreamWrite], hash: Option<&Sha256>) -> Result<u64> {
+        lift(self.inner.write_from(file.stream(), writes, hash.map(|h| &h.inner)))
     }
 
     /// `Image.write(data, offset)`: returns the bytes written. Past the end of the image the

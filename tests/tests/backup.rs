@@ -201,7 +201,8 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     assert!(failed(&restore(&["rbd", &src, "x", "--backup", "seven"])).contains("not a backup number"));
     assert!(failed(&restore(&["rbd", &src, "x", "--backup", "9"])).contains("no complete backup 9"));
     assert!(failed(&restore(&["rbd", "no-such-image", "x"])).contains("no complete backup"));
-    // A damaged stream: refused before anything is created.
+    // A damaged stream: refused (found while it is applied), and neither the target nor
+    // its work image is left.
     let stream = dir.join("2.rbddiff");
     let good = std::fs::read(&stream).unwrap();
     let mut bad = good.clone();
@@ -210,6 +211,7 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     std::fs::write(&stream, &bad).unwrap();
     assert!(failed(&restore(&["rbd", &src, &damaged])).contains("damaged"));
     assert!(!backend.list("rbd").unwrap().contains(&damaged), "a refused restore created its target");
+    assert!(!backend.list("rbd").unwrap().contains(&format!("{damaged}.restoring")), "its work image was left behind");
     std::fs::write(&stream, &good).unwrap();
     // A broken chain: the full backup's manifest is gone.
     let full = dir.join("1.json");

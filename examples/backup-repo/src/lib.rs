@@ -455,6 +455,11 @@ pub fn file_sha256(path: &Path) -> Result<(String, u64)> {
 pub fn check_stream(repo: &Repo, manifest: &Manifest) -> Result<()> {
     let path = repo.stream_path(manifest)?;
     let (sha, bytes) = file_sha256(&path)?;
+    check_stream_digest(&path, manifest, &sha, bytes)
+}
+
+/// Compare a stream's sha256 and length, however they were computed, with its manifest's.
+pub fn check_stream_digest(path: &Path, manifest: &Manifest, sha: &str, bytes: u64) -> Result<()> {
     if bytes != manifest.stream_bytes || sha != manifest.stream_sha256 {
         return Err(format!(
             "{}: the stream is damaged ({bytes} bytes, sha256 {sha}; the manifest says {} bytes, sha256 {})",

@@ -3,11 +3,14 @@
 //!
 //! Arguments: `POOL IMAGE TARGET [--backup N] [--target-pool POOL]`. Reads the backups of
 //! `POOL/IMAGE` from the repository in the job's output directory (see `backup-repo`),
-//! follows the chain back from backup N (default: the newest) to a full backup, checks
-//! every stream against its manifest before writing anything, and applies the streams in
+//! follows the chain back from backup N (default: the newest) to a full backup, and applies
+//! the streams in
 //! order the way `rbd import-diff` does (the size record resizes, `w` records write, `z`
 //! records zero, and the to-snapshot is created at each stream's end) to a new image named
-//! `TARGET.restoring`. Then the restored image is read back and its digest (see
+//! `TARGET.restoring`, checking each stream against its manifest as it goes: the host reads
+//! the stream's data and hashes every byte of it on the way (`image.write-from`), so the
+//! stream is read once and its bytes never enter the job; a damaged one fails the restore
+//! before its to-snapshot is taken. Then the restored image is read back and its digest (see
 //! `backup_repo::digest`) compared with the manifest's, and only then is it renamed to
 //! `TARGET` (which must not exist). So an image named `TARGET` is always a verified restore:
 //! a restore that fails removes its `.restoring` image, and one that is killed leaves it for
@@ -19,8 +22,8 @@ use std::io::BufReader;
 
 use backup_repo::stream::{Record, StreamReader};
 use backup_repo::digest::{image_digest, image_digest_v1};
-use backup_repo::{check_stream, to_usize, Manifest, Repo, Result, DIGEST_VERSION, ROOT};
-use rbd_wasm_guest::{open_pool, report_progress, Image, InputFile, Pool, StreamWrite};
+use backup_repo::{check_stream_digest, to_usize, Manifest, Repo, Result, DIGEST_VERSION, ROOT};
+use rbd_wasm_guest::{open_pool, report_progress, Image, InputFile, Pool, Sha256, StreamWrite};
 
 /// librbd drops discards finer than this (`rbd_discard_granularity_bytes`); zeroes inside
 /// it are written instead.
@@ -36,6 +39,8 @@ const BATCH_WRITES: usize = 64;
 /// file itself, so they never enter the job.
 struct Batch<'a> {
     data: &'a InputFile,
+    /// Sees every byte the host reads from the stream, headers included.
+    hash: &'a Sha256,
     writes: Vec<StreamWrite>,
     bytes: u64,
     /// Where the host's reader of the stream will be once the gathered writes are read.
@@ -57,7 +62,7 @@ impl Batch<'_> {
 
     fn flush(&mut self, image: &Image) -> Result<()> {
         if !self.writes.is_empty() {
-            image.write_from(self.data, &std::mem::take(&mut self.writes))?;
+            image.write_from(self.data, &std::mem::take(&mut self.writes), Some(self.hash))?;
             self.bytes = 0;
         }
         Ok(())
@@ -126,7 +131,8 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
     // its own reader of the same file (`write-from`).
     let mut stream = StreamReader::new(BufReader::with_capacity(16 << 10, file))?;
     let data = InputFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut batch = Batch { data: &data, writes: Vec::new(), bytes: 0, at: 0 };
+    let hash = Sha256::new();
+    let mut batch = Batch { data: &data, hash: &hash, writes: Vec::new(), bytes: 0, at: 0 };
     let mut to = None;
     loop {
         match stream.next_record()? {
@@ -163,6 +169,12 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
             }
         }
     }
+    // The stream is checked as it is applied: the host hashed every byte it read, and
+    // hashes the rest now. A damaged stream fails the restore, whose work image is then
+    // removed: nothing unverified gets the target's name.
+    let tail = hash.update_from(&data).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (sha, bytes) = (hex::encode(hash.finish()), batch.at + tail);
+    check_stream_digest(&path, manifest, &sha, bytes)?;
     let to = to.ok_or_else(|| format!("{}: no to-snapshot record", path.display()))?;
     if to != manifest.to_snapshot {
         return Err(format!("{}: is of {to}, but its manifest says {}", path.display(), manifest.to_snapshot).into());
@@ -176,9 +188,6 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
 fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
     let repo = Repo::new(ROOT.as_ref(), &args.pool, &args.image)?;
     let chain = repo.chain(args.backup)?;
-    for manifest in &chain {
-        check_stream(&repo, manifest)?;
-    }
     let last = chain.last().ok_or("an empty chain")?;
     if last.digest_version != DIGEST_VERSION && last.digest_version != 0 {
         return Err(format!(

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use wasmtime_wasi::p2::{DynInputStream, StreamError};
@@ -87,16 +87,54 @@ impl Sha256Job {
     }
 }
 
-/// Bytes read from a stream before they are hashed together, off the executor.
+/// A hash fed as bytes arrive, each batch hashed on the blocking pool while the caller goes
+/// on (reads the next batch, writes this one); one batch in flight at most. What the data
+/// plane uses (`write-to`, `write-from`, `update-from`).
+pub struct Pipelined {
+    state: Option<Sha256>,
+    pending: Option<JoinHandle<Sha256>>,
+}
+
+impl Pipelined {
+    pub fn new(state: Sha256) -> Self {
+        Pipelined { state: Some(state), pending: None }
+    }
+
+    /// Add `bytes` (cheap to clone: shared with whoever writes them).
+    pub async fn add(&mut self, bytes: Bytes) {
+        if let Some(task) = self.pending.take() {
+            // A failed task leaves no state: the hash is lost, and `finish` says so.
+            self.state = task.await.ok();
+        }
+        let Some(mut state) = self.state.take() else { return };
+        if bytes.len() < INLINE_BYTES {
+            state.update(&bytes);
+            self.state = Some(state);
+        } else {
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                state.update(&bytes);
+                state
+            }));
+        }
+    }
+
+    /// The state once every batch is hashed; none if a hashing task failed.
+    pub async fn finish(mut self) -> Option<Sha256> {
+        if let Some(task) = self.pending.take() {
+            self.state = task.await.ok();
+        }
+        self.state
+    }
+}
+
+/// Bytes read from a stream before they are hashed together.
 const STREAM_BATCH: usize = 1 << 20;
 
-/// Add the rest of `stream` to `state` (`sha256.update-from`): read in batches, each hashed
-/// on the blocking pool while the next is read. Gives back the state (none if a hashing
-/// task failed) and the bytes added, or the stream's error (what was read before it is
-/// added).
+/// Add the rest of `stream` to `state` (`sha256.update-from`), each batch hashed while the
+/// next is read. Gives back the state (none if a hashing task failed) and the bytes added,
+/// or the stream's error (what was read before it is added).
 pub async fn hash_stream(stream: &mut DynInputStream, state: Sha256) -> (Option<Sha256>, Result<u64, StreamError>) {
-    let mut pending: Option<JoinHandle<Sha256>> = None;
-    let mut state = Some(state);
+    let mut hash = Pipelined::new(state);
     let mut added = 0u64;
     let mut batch = BytesMut::new();
     let result = loop {
@@ -109,25 +147,15 @@ pub async fn hash_stream(stream: &mut DynInputStream, state: Sha256) -> (Option<
             Err(e) => Some(Err(e)),
         };
         if batch.len() >= STREAM_BATCH || (end.is_some() && !batch.is_empty()) {
-            if let Some(task) = pending.take() {
-                state = task.await.ok();
-            }
-            let Some(mut s) = state.take() else { break Ok(()) };
             let data = batch.split().freeze();
             added += data.len() as u64;
-            pending = Some(tokio::task::spawn_blocking(move || {
-                s.update(&data);
-                s
-            }));
+            hash.add(data).await;
         }
         if let Some(end) = end {
             break end;
         }
     };
-    if let Some(task) = pending {
-        state = task.await.ok();
-    }
-    (state, result.map(|()| added))
+    (hash.finish().await, result.map(|()| added))
 }
 
 /// The SHA-256 of each `chunk`-byte piece of `data`, concatenated (0: one piece).

@@ -15,7 +15,6 @@
 
 use bytes::{Bytes, BytesMut};
 use rbd_backend::Error;
-use sha2::{Digest, Sha256};
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamError};
 
@@ -23,7 +22,7 @@ use super::io::WriteBatch;
 use super::{outcome, HostError, HostResult, ImageHandle, PendingReads, RbdView};
 use crate::capability::Operation;
 use crate::bindings::ceph::rbd::{rbd, types};
-use crate::job_host::hashing::Sha256Job;
+use crate::job_host::hashing::{Pipelined, Sha256Job};
 use crate::output_dir::OutputQuotaExceeded;
 
 /// Most pieces in one call.
@@ -36,8 +35,8 @@ pub const MAX_GIVEN_BYTES: u64 = 16 << 20;
 const COALESCE_BELOW: usize = 64 << 10;
 /// Most bytes copied together before they are written.
 const BATCH_BYTES: usize = 4 << 20;
-/// Under this, hashing on the executor costs less than a trip to the blocking pool.
-const HASH_INLINE: usize = 64 << 10;
+/// Most skipped bytes read at once to be hashed (they are record headers, mostly).
+const SKIP_PIECE: usize = 1 << 20;
 
 /// `pending-reads.write-to`: place every piece first (a bad piece writes nothing), then write
 /// them in order, hashing each write on another thread while it is written.
@@ -70,19 +69,31 @@ pub(super) async fn write_to(
     }
     let plan = place(&mut read, pieces)?;
 
-    let mut state = match &hash {
-        Some(h) => Some(view.table.get_mut(h)?.lend().await.map_err(HostError::Trap)?),
-        None => None,
-    };
+    let mut hashing = lend(view, &hash).await?;
     let result = match view.table.get_mut(&out) {
-        Ok(stream) => write_all(stream, plan, &mut state).await,
+        Ok(stream) => write_all(stream, plan, &mut hashing).await,
         Err(e) => Err(e.into()),
     };
-    if let Some(h) = hash {
-        let written = result.is_ok() && state.is_some();
-        view.table.get_mut(&h)?.give_back(state.unwrap_or_default(), written);
-    }
+    give_back(view, hash, hashing, result.is_ok()).await?;
     result.map(|()| sums)
+}
+
+/// The hash state of `hash`, lent for one data-plane call.
+async fn lend(view: &mut RbdView<'_>, hash: &Option<Resource<Sha256Job>>) -> HostResult<Option<Pipelined>> {
+    Ok(match hash {
+        Some(h) => Some(Pipelined::new(view.table.get_mut(h)?.lend().await.map_err(HostError::Trap)?)),
+        None => None,
+    })
+}
+
+/// Give the hash state back: spoiled unless every byte it saw was written (`complete`).
+async fn give_back(view: &mut RbdView<'_>, hash: Option<Resource<Sha256Job>>, hashing: Option<Pipelined>, complete: bool) -> HostResult<()> {
+    if let (Some(h), Some(hashing)) = (hash, hashing) {
+        let state = hashing.finish().await;
+        let whole = complete && state.is_some();
+        view.table.get_mut(&h)?.give_back(state.unwrap_or_default(), whole);
+    }
+    Ok(())
 }
 
 /// The bytes of every piece, in order: given bytes as they are, a read piece as a slice of
@@ -114,7 +125,7 @@ fn slice_of(read: &[(u64, Bytes)], r: types::Range) -> HostResult<Bytes> {
     Err(refuse().into())
 }
 
-async fn write_all(stream: &mut DynOutputStream, plan: Vec<Bytes>, state: &mut Option<Sha256>) -> HostResult<()> {
+async fn write_all(stream: &mut DynOutputStream, plan: Vec<Bytes>, state: &mut Option<Pipelined>) -> HostResult<()> {
     let mut batch = BytesMut::new();
     for piece in plan {
         if piece.len() < COALESCE_BELOW {
@@ -136,28 +147,11 @@ async fn write_all(stream: &mut DynOutputStream, plan: Vec<Bytes>, state: &mut O
 }
 
 /// Write `bytes` and add them to the hash, the two at once on two threads.
-async fn write_one(stream: &mut DynOutputStream, bytes: Bytes, state: &mut Option<Sha256>) -> HostResult<()> {
-    let hashing = match state.take() {
-        None => None,
-        Some(mut s) if bytes.len() < HASH_INLINE => {
-            s.update(&bytes);
-            *state = Some(s);
-            None
-        }
-        Some(mut s) => {
-            let b = bytes.clone();
-            Some(tokio::task::spawn_blocking(move || {
-                s.update(&b);
-                s
-            }))
-        }
-    };
-    let written = stream.blocking_write_and_flush(bytes).await;
-    if let Some(task) = hashing {
-        // A failed task leaves `state` empty: the hasher is spoiled when it is given back.
-        *state = task.await.ok();
+async fn write_one(stream: &mut DynOutputStream, bytes: Bytes, hash: &mut Option<Pipelined>) -> HostResult<()> {
+    if let Some(hash) = hash {
+        hash.add(bytes.clone()).await;
     }
-    written.map_err(stream_error)
+    stream.blocking_write_and_flush(bytes).await.map_err(stream_error)
 }
 
 /// `image.write-from`: check and charge the whole batch, then read each write's bytes from
@@ -167,13 +161,17 @@ pub(super) async fn write_from(
     image: Resource<ImageHandle>,
     input: Resource<DynInputStream>,
     writes: Vec<rbd::StreamWrite>,
+    hash: Option<Resource<Sha256Job>>,
 ) -> HostResult<u64> {
     let spans = writes.iter().map(|w| (w.offset, w.length)).collect();
     let mut batch = view.table.get(&image)?.start_writes("write-from", spans).await?;
+    let mut hashing = lend(view, &hash).await?;
     let fed = match view.table.get_mut(&input) {
-        Ok(stream) => feed(stream, &writes, &mut batch).await,
+        Ok(stream) => feed(stream, &writes, &mut batch, &mut hashing).await,
         Err(e) => Err(e.into()),
     };
+    // Every byte read was hashed: the hash is whole even if the stream failed part way.
+    give_back(view, hash, hashing, true).await?;
     // The writes whose bytes were read are made (and gathered) even if the stream failed.
     let written = batch.gather().await;
     let result = fed.and(written);
@@ -181,11 +179,27 @@ pub(super) async fn write_from(
     result
 }
 
-async fn feed(stream: &mut DynInputStream, writes: &[rbd::StreamWrite], batch: &mut WriteBatch) -> HostResult<()> {
+/// Read each write's bytes and start it; with a hash, the skipped bytes are read and
+/// hashed too, so the hash sees the stream whole and in order.
+async fn feed(
+    stream: &mut DynInputStream,
+    writes: &[rbd::StreamWrite],
+    batch: &mut WriteBatch,
+    hash: &mut Option<Pipelined>,
+) -> HostResult<()> {
     for w in writes {
         let mut skip = w.skip;
         while skip > 0 {
-            let n = stream.blocking_skip(usize::try_from(skip).unwrap_or(usize::MAX)).await.map_err(|e| read_error(e, w))?;
+            let want = usize::try_from(skip).unwrap_or(usize::MAX);
+            let n = match hash {
+                Some(hash) => {
+                    let bytes = stream.blocking_read(want.min(SKIP_PIECE)).await.map_err(|e| read_error(e, w))?;
+                    let n = bytes.len();
+                    hash.add(bytes).await;
+                    n
+                }
+                None => stream.blocking_skip(want).await.map_err(|e| read_error(e, w))?,
+            };
             skip = skip.saturating_sub(n as u64);
         }
         // The batch's memory was reserved for every write's length, so this is within it.
@@ -195,7 +209,11 @@ async fn feed(stream: &mut DynInputStream, writes: &[rbd::StreamWrite], batch: &
             let piece = stream.blocking_read(length - data.len()).await.map_err(|e| read_error(e, w))?;
             data.extend_from_slice(&piece);
         }
-        batch.spawn(w.offset, data.freeze());
+        let data = data.freeze();
+        if let Some(hash) = hash {
+            hash.add(data.clone()).await;
+        }
+        batch.spawn(w.offset, data);
     }
     Ok(())
 }

@@ -260,8 +260,9 @@ impl rbd::HostImage for RbdView<'_> {
         image: Resource<ImageHandle>,
         input: Resource<wasmtime_wasi::p2::DynInputStream>,
         writes: Vec<rbd::StreamWrite>,
+        hash: Option<Resource<crate::job_host::hashing::Sha256Job>>,
     ) -> HostResult<u64> {
-        super::data_plane::write_from(self, image, input, writes).await
+        super::data_plane::write_from(self, image, input, writes, hash).await
     }
 
     async fn discard(&mut self, image: Resource<ImageHandle>, offset: u64, length: u64) -> HostResult<()> {

@@ -639,16 +639,17 @@ fn write_from_past_the_host_budget_and_the_grant(c: &Ctx) -> R {
     let source = InputFile::open("/out/source").map_err(|e| e.to_string())?;
     // Declared lengths over the 32 MiB host-memory budget: refused before a byte is read.
     let huge: Vec<StreamWrite> = (0..4u64).map(|i| StreamWrite { skip: 0, offset: i << 25, length: 16 << 20 }).collect();
-    refused(img.write_from(&source, &huge), &["quota-exceeded"], "write-from declaring 64 MiB")?;
+    refused(img.write_from(&source, &huge, None), &["quota-exceeded"], "write-from declaring 64 MiB")?;
     // A stream that ends before the writes' bytes.
     let short = [StreamWrite { skip: 0, offset: 0, length: 2 << 20 }];
-    refused(img.write_from(&source, &short), &["io"], "write-from past the stream's end")?;
+    let hash = rbd_wasm_guest::Sha256::new();
+    refused(img.write_from(&source, &short, Some(&hash)), &["io"], "write-from past the stream's end")?;
     // Overlapping writes, and a handle opened read-only.
     let overlap = [StreamWrite { skip: 0, offset: 0, length: 10 }, StreamWrite { skip: 0, offset: 5, length: 10 }];
-    refused(img.write_from(&InputFile::open("/out/source").map_err(|e| e.to_string())?, &overlap), &["invalid-argument"], "overlapping writes")?;
+    refused(img.write_from(&InputFile::open("/out/source").map_err(|e| e.to_string())?, &overlap, None), &["invalid-argument"], "overlapping writes")?;
     let ro = c.pool.open_read_only(&c.job("wf")).map_err(|e| e.to_string())?;
     let one = [StreamWrite { skip: 0, offset: 0, length: 10 }];
-    refused(ro.write_from(&InputFile::open("/out/source").map_err(|e| e.to_string())?, &one), &["read-only", "permission-denied"], "write-from on a read-only handle")
+    refused(ro.write_from(&InputFile::open("/out/source").map_err(|e| e.to_string())?, &one, None), &["read-only", "permission-denied"], "write-from on a read-only handle")
 }
 
 fn write_from_past_the_write_quota(c: &Ctx) -> R {
@@ -659,7 +660,7 @@ fn write_from_past_the_write_quota(c: &Ctx) -> R {
     // 8 MiB at a time under a 16 MiB write quota.
     for i in 0..8u64 {
         let source = InputFile::open("/out/source").map_err(|e| e.to_string())?;
-        match img.write_from(&source, &[StreamWrite { skip: 0, offset: i << 23, length: 8 << 20 }]) {
+        match img.write_from(&source, &[StreamWrite { skip: 0, offset: i << 23, length: 8 << 20 }], None) {
             Ok(n) if n == 8 << 20 => {}
             Ok(n) => return Err(format!("write-from wrote {n} bytes")),
             Err(Error::QuotaExceeded(_)) if i == 2 => return Ok(()),
@@ -677,7 +678,7 @@ fn write_from_past_the_deadline(c: &Ctx) -> R {
     // Under a 1 MiB/s cap, each call waits half a minute in the host.
     for i in 0..32u64 {
         let source = InputFile::open("/out/source").map_err(|e| e.to_string())?;
-        img.write_from(&source, &[StreamWrite { skip: 0, offset: i << 25, length: 32 << 20 }]).map_err(|e| e.to_string())?;
+        img.write_from(&source, &[StreamWrite { skip: 0, offset: i << 25, length: 32 << 20 }], None).map_err(|e| e.to_string())?;
     }
     Err("wrote 1 GiB at 1 MiB/s within the deadline".into())
 }
