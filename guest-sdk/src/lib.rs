@@ -284,8 +284,15 @@ impl Sha256 {
 
     /// Add the rest of `file`, read by the host (the bytes never enter the job); returns how
     /// many bytes were added.
-    pub fn update_from(&self, file: &InputFile) -> io::Result<u64> {
-        self.inner.update_from(file.stream()).map_err(io::Error::other)
+    pub fn update_from(&self, file: &InputFile) -> Result<u64> {
+        let mut total = 0u64;
+        loop {
+            // The host adds at most 64 MiB a call, and 0 at the end.
+            match lift(self.inner.update_from(file.stream()))? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
     }
 
     /// The digest of everything added so far; the hasher starts over.

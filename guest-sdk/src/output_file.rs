@@ -27,10 +27,7 @@ impl OutputFile {
     /// or truncate it if it exists.
     pub fn create(path: impl AsRef<Path>) -> io::Result<OutputFile> {
         let path = path.as_ref();
-        let (dir, rest) = preopened(path)?;
-        let file = dir
-            .open_at(PathFlags::empty(), &rest, OpenFlags::CREATE | OpenFlags::TRUNCATE, DescriptorFlags::WRITE)
-            .map_err(|e| io::Error::other(format!("creating {}: {e}", path.display())))?;
+        let file = open(path, OpenFlags::CREATE | OpenFlags::TRUNCATE, DescriptorFlags::WRITE)?;
         let stream = file.write_via_stream(0).map_err(|e| io::Error::other(format!("writing {}: {e}", path.display())))?;
         Ok(OutputFile { stream, file })
     }
@@ -69,10 +66,7 @@ impl InputFile {
     /// Open `path` (an absolute path inside a directory the host mapped) for reading.
     pub fn open(path: impl AsRef<Path>) -> io::Result<InputFile> {
         let path = path.as_ref();
-        let (dir, rest) = preopened(path)?;
-        let file = dir
-            .open_at(PathFlags::SYMLINK_FOLLOW, &rest, OpenFlags::empty(), DescriptorFlags::READ)
-            .map_err(|e| io::Error::other(format!("opening {}: {e}", path.display())))?;
+        let file = open(path, OpenFlags::empty(), DescriptorFlags::READ)?;
         let stream = file.read_via_stream(0).map_err(|e| io::Error::other(format!("reading {}: {e}", path.display())))?;
         Ok(InputFile { stream, _file: file })
     }
@@ -88,6 +82,12 @@ fn stream_error(e: StreamError) -> io::Error {
         StreamError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "the stream is closed"),
         StreamError::LastOperationFailed(e) => io::Error::other(e.to_debug_string()),
     }
+}
+
+/// Open `path` inside the mapped directory that holds it.
+fn open(path: &Path, open: OpenFlags, flags: DescriptorFlags) -> io::Result<Descriptor> {
+    let (dir, rest) = preopened(path)?;
+    dir.open_at(PathFlags::empty(), &rest, open, flags).map_err(|e| io::Error::other(format!("opening {}: {e}", path.display())))
 }
 
 /// The mapped directory that holds `path` (the longest match), and the rest of the path.

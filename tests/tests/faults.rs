@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::{Backend, CreateOptions};
-use rbd_wasm::{Grant, Grants, ImagePattern, JobError, JobLimits, Operations};
+use rbd_wasm::{Grant, Grants, ImagePattern, JobError, JobLimits, Operations, Quotas};
 use rbd_wasm_tests::{ceph_conf, embedded_store, librbd_backend, run, unique_prefix, JobRun};
 
 /// How late a job may end after its deadline when the cluster does not answer: lock
@@ -228,8 +228,12 @@ fn bystander_runs() {
     assert!(started.elapsed() < Duration::from_secs(10), "the bystander took {:?}", started.elapsed());
 }
 
+/// The job's limits: `deadline`, and a bandwidth cap of 32 MiB/s, so that the fault lands
+/// while the job works (unthrottled, the host's data plane backs up and restores the test
+/// image in under 1.5 s, before the fault begins).
 fn limits(deadline: Duration) -> JobLimits {
-    JobLimits { deadline, ..JobLimits::default() }
+    let defaults = JobLimits::default();
+    JobLimits { deadline, quotas: Quotas { bandwidth_bytes_per_sec: Some(32 << 20), ..defaults.quotas.clone() }, ..defaults }
 }
 
 /// The job ended within its deadline plus the margin: stopped at its deadline while the
@@ -345,6 +349,11 @@ fn a_restore_meets(fault: Fault) {
     if job.result.is_err() {
         assert!(!backend.list("rbd").unwrap().contains(&target), "{fault:?}: an unfinished restore looks restored");
     } else {
+        let restored = backend.open("rbd", &target, None, false).unwrap();
+        for snap in restored.list_snaps().unwrap() {
+            restored.remove_snap(&snap.name).unwrap();
+        }
+        drop(restored);
         backend.remove("rbd", &target).unwrap();
     }
     let started = Instant::now();

@@ -144,6 +144,19 @@ impl Claim {
         Ok(image.list_watchers()?.into_iter().map(|w| w.client).collect())
     }
 
+    /// Fail unless this runner still holds its claim: another runner breaks a claim whose
+    /// holder it takes for gone (and librbd then blocklists the holder), and a runner whose
+    /// claim was broken must not make its backup look complete.
+    fn still_held(&self) -> Result<()> {
+        let me = self.image.lock_client();
+        let lockers = self.image.list_lockers()?.lockers;
+        if lockers.iter().any(|l| l.cookie == self.cookie && l.client == me) {
+            Ok(())
+        } else {
+            Err(format!("the claim `{}` was broken by another runner, which took this one for gone: this backup is abandoned", self.cookie).into())
+        }
+    }
+
     /// Break a killed runner's claim.
     fn break_held(pool: &Pool, client: &str, cookie: &str) -> Result<()> {
         match Claim::running_image(pool)?.break_lock(client, cookie) {
@@ -185,9 +198,12 @@ impl ClaimsMutex {
             }
             // A holder killed inside the mutex never lets go: break its lock once its client
             // is gone (it no longer watches the image it holds open) or the lock is old.
+            // Lockers before watchers: a holder watches before it locks, so one that locked
+            // after the watchers were listed is never taken for dead.
             let me = image.lock_client();
+            let lockers = image.list_lockers()?.lockers;
             let live: std::collections::HashSet<String> = image.list_watchers()?.into_iter().map(|w| w.client).collect();
-            for locker in image.list_lockers()?.lockers.into_iter().filter(|l| l.client != me) {
+            for locker in lockers.into_iter().filter(|l| l.client != me) {
                 let taken = locker.cookie.strip_prefix("backup-claims ").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
                 if !live.contains(&locker.client) || now().saturating_sub(taken) > STALE_MUTEX_SECS {
                     println!("breaking the runners' mutex held since {taken} by {} (killed?)", locker.client);
@@ -312,7 +328,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         .ok_or("no backup number is left after the newest")?;
     let to = snapshot_name(n);
     head.create_snap(&to)?;
-    let _claim = match Claim::take(pool, Claim::cookie(pool_name, image_name, &to)) {
+    let claim = match Claim::take(pool, Claim::cookie(pool_name, image_name, &to)) {
         Ok(claim) => claim,
         Err(e) => {
             let _ = head.remove_snap(&to);
@@ -412,6 +428,8 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         sums: sums_name,
         sums_sha256,
     };
+    // The commit point: only while this runner still holds its claim.
+    claim.still_held()?;
     write_atomically(&repo.dir().join(manifest_file(n)), &serde_json::to_vec_pretty(&manifest)?)?;
     match &from {
         Some(from) => println!("{pool_name}/{image_name}: incremental backup {from} -> {to}, {stream_bytes} bytes"),

@@ -128,17 +128,22 @@ impl Pipelined {
 }
 
 /// Bytes read from a stream before they are hashed together.
-const STREAM_BATCH: usize = 1 << 20;
+pub const STREAM_BATCH: usize = 1 << 20;
+/// Most bytes `update-from` adds in one call: the host work one call costs is bounded, as
+/// `update`'s is by the bytes the guest hands over.
+pub const MAX_STREAM_BYTES: u64 = 64 << 20;
 
-/// Add the rest of `stream` to `state` (`sha256.update-from`), each batch hashed while the
-/// next is read. Gives back the state (none if a hashing task failed) and the bytes added,
-/// or the stream's error (what was read before it is added).
+/// Add the next bytes of `stream` to `state` (`sha256.update-from`), at most
+/// [`MAX_STREAM_BYTES`], each batch hashed while the next is read. Gives back the state
+/// (none if a hashing task failed) and the bytes added (0 once the stream has ended), or
+/// the stream's error (what was read before it is added). Holds two batches.
 pub async fn hash_stream(stream: &mut DynInputStream, state: Sha256) -> (Option<Sha256>, Result<u64, StreamError>) {
     let mut hash = Pipelined::new(state);
     let mut added = 0u64;
     let mut batch = BytesMut::new();
     let result = loop {
-        let end = match stream.blocking_read(STREAM_BATCH - batch.len()).await {
+        let room = (STREAM_BATCH - batch.len()).min((MAX_STREAM_BYTES - added) as usize - batch.len());
+        let end = match stream.blocking_read(room).await {
             Ok(bytes) => {
                 batch.extend_from_slice(&bytes);
                 None
@@ -146,13 +151,17 @@ pub async fn hash_stream(stream: &mut DynInputStream, state: Sha256) -> (Option<
             Err(StreamError::Closed) => Some(Ok(())),
             Err(e) => Some(Err(e)),
         };
-        if batch.len() >= STREAM_BATCH || (end.is_some() && !batch.is_empty()) {
+        let full = added + batch.len() as u64 >= MAX_STREAM_BYTES;
+        if batch.len() >= STREAM_BATCH || ((end.is_some() || full) && !batch.is_empty()) {
             let data = batch.split().freeze();
             added += data.len() as u64;
             hash.add(data).await;
         }
         if let Some(end) = end {
             break end;
+        }
+        if full {
+            break Ok(());
         }
     };
     (hash.finish().await, result.map(|()| added))

@@ -90,20 +90,25 @@ impl job_host::HostSha256 for RbdView<'_> {
         &mut self,
         hasher: Resource<Sha256Job>,
         input: Resource<wasmtime_wasi::p2::DynInputStream>,
-    ) -> wasmtime::Result<Result<u64, String>> {
-        trap_on_quota(self.ctx.meter().operation())?;
-        let state = self.table.get_mut(&hasher)?.lend().await?;
+    ) -> Result<u64, crate::rbd::HostError> {
+        use crate::rbd::HostError;
+        use wasmtime_wasi::p2::StreamError;
+        trap_on_quota(self.ctx.meter().operation()).map_err(HostError::Trap)?;
+        // The batch being read and the one being hashed.
+        let _memory = self.ctx.meter().reserve(2 * hashing::STREAM_BATCH as u64)?;
+        let state = self.table.get_mut(&hasher)?.lend().await.map_err(HostError::Trap)?;
         let (state, result) = match self.table.get_mut(&input) {
             Ok(stream) => hashing::hash_stream(stream, state).await,
-            Err(e) => (Some(state), Err(wasmtime_wasi::p2::StreamError::Trap(e.into()))),
+            Err(e) => (Some(state), Err(StreamError::Trap(e.into()))),
         };
-        let spoiled = state.is_none();
-        self.table.get_mut(&hasher)?.give_back(state.unwrap_or_default(), !spoiled);
+        // What was read before a failure is added: the hash is whole unless a task failed.
+        let whole = state.is_some();
+        self.table.get_mut(&hasher)?.give_back(state.unwrap_or_default(), whole);
         match result {
-            Ok(n) => Ok(Ok(n)),
-            Err(wasmtime_wasi::p2::StreamError::Closed) => Ok(Ok(0)),
-            Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(e)) => Ok(Err(format!("reading the stream: {e}"))),
-            Err(wasmtime_wasi::p2::StreamError::Trap(e)) => Err(e),
+            Ok(n) => Ok(n),
+            Err(StreamError::Closed) => Ok(0),
+            Err(StreamError::LastOperationFailed(e)) => Err(rbd_backend::Error::Io(format!("reading the stream: {e}")).into()),
+            Err(StreamError::Trap(e)) => Err(HostError::Trap(e)),
         }
     }
 

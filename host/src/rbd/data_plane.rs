@@ -37,6 +37,9 @@ const COALESCE_BELOW: usize = 64 << 10;
 const BATCH_BYTES: usize = 4 << 20;
 /// Most skipped bytes read at once to be hashed (they are record headers, mostly).
 const SKIP_PIECE: usize = 1 << 20;
+/// Most bytes `write-from` writes, and most it skips, in one call: what one call makes the
+/// host read is bounded, as a read is (`io::MAX_READ_BYTES`).
+pub const MAX_STREAM_BYTES: u64 = super::io::MAX_READ_BYTES;
 
 /// `pending-reads.write-to`: place every piece first (a bad piece writes nothing), then write
 /// them in order, hashing each write on another thread while it is written.
@@ -57,7 +60,8 @@ pub(super) async fn write_to(
     if given > MAX_GIVEN_BYTES {
         return Err(Error::InvalidArgument(format!("{given} bytes given in one call; at most {MAX_GIVEN_BYTES}")).into());
     }
-    let _given_memory = view.ctx.meter().reserve(given)?;
+    // The bytes given, and the buffer that gathers small pieces into one write.
+    let _memory = view.ctx.meter().reserve(given + BATCH_BYTES as u64)?;
     let pending = view.table.get_mut(&reads)?;
     let offsets = std::mem::take(&mut pending.offsets);
     let results = pending.take().await?;
@@ -66,6 +70,15 @@ pub(super) async fn write_to(
     for (offset, result) in offsets.into_iter().zip(results) {
         read.push((offset, Bytes::from(result.data)));
         sums.push(result.chunk_sha256);
+    }
+    // Each byte read is written once at most: the reads were charged once.
+    let read_bytes = read.iter().fold(0u64, |n, (_, data)| n + data.len() as u64);
+    let used = pieces.iter().fold(0u64, |n, p| match p {
+        rbd::Piece::Read(r) => n.saturating_add(r.length),
+        rbd::Piece::Bytes(_) => n,
+    });
+    if used > read_bytes {
+        return Err(Error::InvalidArgument(format!("pieces of {used} bytes of the image, of {read_bytes} read")).into());
     }
     let plan = place(&mut read, pieces)?;
 
@@ -163,15 +176,24 @@ pub(super) async fn write_from(
     writes: Vec<rbd::StreamWrite>,
     hash: Option<Resource<Sha256Job>>,
 ) -> HostResult<u64> {
+    let (written, skipped) = writes.iter().fold((0u64, 0u64), |(w, s), x| (w.saturating_add(x.length), s.saturating_add(x.skip)));
+    if written > MAX_STREAM_BYTES || skipped > MAX_STREAM_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{written} bytes to write and {skipped} to skip in one call; at most {MAX_STREAM_BYTES} of each"
+        ))
+        .into());
+    }
     let spans = writes.iter().map(|w| (w.offset, w.length)).collect();
     let mut batch = view.table.get(&image)?.start_writes("write-from", spans).await?;
+    // The skipped bytes are read in pieces of this size to be hashed.
+    let _skip_memory = view.ctx.meter().reserve(if hash.is_some() { SKIP_PIECE as u64 } else { 0 })?;
     let mut hashing = lend(view, &hash).await?;
     let fed = match view.table.get_mut(&input) {
         Ok(stream) => feed(stream, &writes, &mut batch, &mut hashing).await,
         Err(e) => Err(e.into()),
     };
-    // Every byte read was hashed: the hash is whole even if the stream failed part way.
-    give_back(view, hash, hashing, true).await?;
+    // A stream that failed part way leaves the hash short of the bytes read: spoiled.
+    give_back(view, hash, hashing, fed.is_ok()).await?;
     // The writes whose bytes were read are made (and gathered) even if the stream failed.
     let written = batch.gather().await;
     let result = fed.and(written);

@@ -164,6 +164,11 @@ impl ImageHandle {
                     let ask = if offset >= size { requested.min(1) } else { length };
                     let mut data = open.with(|i| i.read(offset, ask))?;
                     data.truncate(length as usize);
+                    // Chunk digests of a short read would stand for chunks that were not
+                    // read whole: a job would record them as the image's.
+                    if chunk.is_some() && (data.len() as u64) < length {
+                        return Err(Error::Io(format!("a short read at {offset}: {} of {length} bytes", data.len())));
+                    }
                     let chunk_sha256 =
                         chunk.map(|c| crate::job_host::hashing::chunk_digests(&data, c)).unwrap_or_default();
                     Ok(types::ReadResult { data, chunk_sha256 })

@@ -7,11 +7,12 @@
 //! cookie, as JSON) and holds an exclusive `flock` on it until it closes; the kernel drops
 //! the `flock` when the process dies, however it dies. A lister that can take the lock of
 //! a watcher file has found a dead watcher: it removes the file and does not list it.
-//! The file is locked under a temporary name first and then renamed into place, so a
-//! lister never sees an unlocked live watcher.
+//! The file is locked under a temporary name first and then renamed into place; listers
+//! pass over temporary names (and remove those a dead process left, once a minute old), so
+//! a lister never takes a live watcher for a dead one.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -59,6 +60,9 @@ pub(crate) fn register(dir: &ImageDir, me: &Identity) -> Result<Watch> {
     Ok(Watch { path, _file: file })
 }
 
+/// A temporary file older than this is a registration its process died in.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The live watchers of `dir`'s image, sorted; the files of dead ones are removed.
 pub(crate) fn list(dir: &ImageDir) -> Result<Vec<Watcher>> {
     let entries = match fs::read_dir(dir.watchers()) {
@@ -68,8 +72,17 @@ pub(crate) fn list(dir: &ImageDir) -> Result<Vec<Watcher>> {
     };
     let mut live = Vec::new();
     for entry in entries {
-        let path = entry?.path();
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            // A registration under way (not locked yet, maybe), or one whose process died.
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMP));
+            if old {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
+        let mut file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             // Closed (and removed) while listed.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -77,16 +90,14 @@ pub(crate) fn list(dir: &ImageDir) -> Result<Vec<Watcher>> {
         };
         match file.try_lock() {
             Ok(()) => {
-                // Nobody holds it: its process died (or it is a temporary file a dead
-                // process left). Gone, as Ceph drops a dead client's watch.
+                // Nobody holds it: its process died. Gone, as Ceph drops a dead client's
+                // watch. (A name is never used twice, so this removes no one else's.)
                 let _ = fs::remove_file(&path);
             }
             Err(fs::TryLockError::WouldBlock) => {
-                let is_temp = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
-                if is_temp {
-                    continue;
-                }
-                let bytes = fs::read(&path)?;
+                // Read through this descriptor: the file may be closed and removed meanwhile.
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)?;
                 let record: Record = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Io(format!("a damaged watcher file {}: {e}", path.display())))?;
                 live.push(Watcher { client: record.client, address: record.address, cookie: record.cookie });

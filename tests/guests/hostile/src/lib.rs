@@ -615,7 +615,9 @@ fn move_pieces_the_reads_do_not_hold(c: &Ctx) -> R {
     let img = c.pool.open(&c.job("pc")).map_err(|e| e.to_string())?;
     let out = rbd_wasm_guest::OutputFile::create("/out/pieces").map_err(|e| e.to_string())?;
     use rbd_wasm_guest::Piece;
-    let cases: [(&str, Vec<Piece>); 4] = [
+    let whole = Range { offset: 4096, length: 65536 };
+    let cases: [(&str, Vec<Piece>); 5] = [
+        ("the read written twice", vec![Piece::Read(whole), Piece::Read(whole)]),
         ("past the read", vec![Piece::Bytes(b"header".to_vec()), Piece::Read(Range { offset: 4096, length: 65537 })]),
         ("before the read", vec![Piece::Read(Range { offset: 0, length: 10 })]),
         ("overflowing", vec![Piece::Read(Range { offset: u64::MAX, length: 2 })]),
@@ -645,6 +647,8 @@ fn write_from_past_the_host_budget_and_the_grant(c: &Ctx) -> R {
     let hash = rbd_wasm_guest::Sha256::new();
     refused(img.write_from(&source, &short, Some(&hash)), &["io"], "write-from past the stream's end")?;
     // Overlapping writes, and a handle opened read-only.
+    let far = [StreamWrite { skip: 1 << 40, offset: 0, length: 10 }];
+    refused(img.write_from(&source, &far, Some(&rbd_wasm_guest::Sha256::new())), &["invalid-argument"], "write-from skipping 1 TiB")?;
     let overlap = [StreamWrite { skip: 0, offset: 0, length: 10 }, StreamWrite { skip: 0, offset: 5, length: 10 }];
     refused(img.write_from(&InputFile::open("/out/source").map_err(|e| e.to_string())?, &overlap, None), &["invalid-argument"], "overlapping writes")?;
     let ro = c.pool.open_read_only(&c.job("wf")).map_err(|e| e.to_string())?;
