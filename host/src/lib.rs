@@ -11,6 +11,7 @@
 
 mod bindings;
 pub mod cache;
+mod file_reader;
 mod job_host;
 pub mod manifest;
 pub mod output;

@@ -314,9 +314,15 @@ impl HostDescriptor for GuardedFs<'_> {
 
     fn read_via_stream(&mut self, fd: Resource<Descriptor>, offset: u64) -> FsResult<Resource<DynInputStream>> {
         let slot = self.quota.slot()?;
+        let file = self.file_of(&fd);
+        // wasmtime-wasi's own call checks the descriptor (a file, opened for reading).
         let stream = self.fs.read_via_stream(fd, offset)?;
         let inner = self.fs.table.delete(stream)?;
-        let wrapped: DynInputStream = Box::new(SlottedInput { inner, _slot: slot });
+        let wrapped: DynInputStream = match file {
+            // Read in large pieces, in the job's budget (`file_reader`).
+            Some(file) => Box::new(crate::file_reader::FileReader::new(file, offset, self.quota.meter.clone(), slot)),
+            None => Box::new(SlottedInput { inner, _slot: slot }),
+        };
         Ok(self.fs.table.push(wrapped)?)
     }
 

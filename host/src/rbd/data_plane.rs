@@ -226,12 +226,20 @@ async fn feed(
         }
         // The batch's memory was reserved for every write's length, so this is within it.
         let length = usize::try_from(w.length).map_err(|_| Error::InvalidArgument(format!("a write of {} bytes", w.length)))?;
-        let mut data = BytesMut::with_capacity(length);
-        while data.len() < length {
-            let piece = stream.blocking_read(length - data.len()).await.map_err(|e| read_error(e, w))?;
-            data.extend_from_slice(&piece);
-        }
-        let data = data.freeze();
+        // An output-directory file's stream reads up to 4 MiB at once (`file_reader`): a
+        // write's bytes usually come whole, and are written uncopied.
+        let first = if length == 0 { Bytes::new() } else { stream.blocking_read(length).await.map_err(|e| read_error(e, w))? };
+        let data = if first.len() == length {
+            first
+        } else {
+            let mut data = BytesMut::with_capacity(length);
+            data.extend_from_slice(&first);
+            while data.len() < length {
+                let piece = stream.blocking_read(length - data.len()).await.map_err(|e| read_error(e, w))?;
+                data.extend_from_slice(&piece);
+            }
+            data.freeze()
+        };
         if let Some(hash) = hash {
             hash.add(data.clone()).await;
         }

@@ -23,6 +23,8 @@ const WIT: &[(&str, &str)] = &[
     ("types.wit", include_str!("../../../../wit/types.wit")),
     ("rbd.wit", include_str!("../../../../wit/rbd.wit")),
     ("world.wit", include_str!("../../../../wit/world.wit")),
+    // WASI's streams, which the data plane's functions take.
+    ("deps/io/io.wit", include_str!("../../../../wit/deps/io/io.wit")),
 ];
 
 /// The Python SDK.
@@ -79,7 +81,11 @@ pub fn build_py(args: BuildPyArgs) -> anyhow::Result<()> {
     for (dir, files) in [(&wit_dir, WIT), (&sdk_dir, SDK)] {
         std::fs::create_dir_all(dir)?;
         for (name, text) in files {
-            std::fs::write(dir.join(name), text)?;
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, text)?;
         }
     }
     std::fs::write(
