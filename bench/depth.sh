@@ -47,5 +47,5 @@ for depth in "${depths[@]}"; do
         restores+=("$(seconds "$host" run --progress none -c "$conf" --manifest "$work/job.toml" \
             --output-dir "$work/out" "$guests/restore.wasm" -- rbd "$image" "$image-r")")
     done
-XX
+    echo "| $depth | $(printf '%s\n' "${backups[@]}" | median) | $(printf '%s\n' "${restores[@]}" | median) |"
 done

@@ -129,18 +129,18 @@ fn default_store_dir() -> anyhow::Result<PathBuf> {
 /// buffer is freed (up to 32 MiB) and every thread's arena keeps freed buffers: a 1 TiB
 /// backup peaked at 331 MiB. With a low fixed threshold (128 KiB) every buffer is mapped
 /// and unmapped, and the kernel zeroing fresh pages took a fifth of the host's CPU. One
-/// arena and a fixed 32 MiB threshold reuse the buffers and trim what is over 8 MiB free:
-/// a 1 GiB full backup took 2.87 s and 3.3 s of CPU at 167-175 MiB peak RSS, against
-/// 3.3 s, 4.0 s and 138-144 MiB with 128 KiB, and 2.8-3.3 s, 3.2-3.7 s and 265-302 MiB
-/// with glibc's defaults (bench/README.md, "Memory"). A fixed threshold also turns the
-/// dynamic raise off.
+/// arena and a fixed 32 MiB threshold reuse the buffers, and the heap's top is trimmed
+/// only past 64 MiB free: with the data plane's buffers churning, a trim at 8 MiB made the
+/// kernel zero the same pages again and again (half the host's CPU on a restore, twice the
+/// CPU of a backup; bench/README.md, "Memory"), while the 1 TiB test's runs peak at
+/// 64-151 MiB either way. A fixed threshold also turns the dynamic raise off.
 fn bound_the_allocators_retained_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's tuning; called before any other thread runs.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
