@@ -505,6 +505,12 @@ measured_attacks! {
         check: written_within_the_write_quota,
         ..setup(Ending::Refused)
     },
+    read_ahead_in_many_files => Setup { output: OutputDir::ReadWrite, check: host_memory_within_budget, ..setup(Ending::Refused) },
+    hash_a_file_over_and_over => Setup {
+        limits: "deadline_secs = 5",
+        output: OutputDir::ReadWrite,
+        ..setup(Ending::Deadline)
+    },
     write_from_past_the_deadline => Setup {
         limits: "deadline_secs = 5\nbandwidth_mib_per_sec = 1",
         output: OutputDir::ReadWrite,

@@ -687,6 +687,50 @@ fn write_from_past_the_deadline(c: &Ctx) -> R {
     Err("wrote 1 GiB at 1 MiB/s within the deadline".into())
 }
 
+fn read_ahead_in_many_files(_: &Ctx) -> R {
+    use wasip2::filesystem::preopens;
+    use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+    std::fs::write("/out/big", vec![3u8; 8 << 20]).map_err(|e| e.to_string())?;
+    let (dir, _) = preopens::get_directories().into_iter().find(|(_, name)| name == "/out").ok_or("no /out")?;
+    // Each stream's non-blocking read starts a read of up to 4 MiB in the host and returns
+    // at once: as many as the handle quota allows, none of them ever consumed.
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let file = match dir.open_at(PathFlags::empty(), "big", OpenFlags::empty(), DescriptorFlags::READ) {
+            Ok(f) => f,
+            Err(e) => {
+                println!("refused after {i} files: {e}");
+                return Ok(());
+            }
+        };
+        let stream = match file.read_via_stream(0) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("refused after {i} streams: {e}");
+                return Ok(());
+            }
+        };
+        let _ = stream.read(4 << 20);
+        held.push((stream, file));
+    }
+    Err("a thousand reads ahead".into())
+}
+
+fn hash_a_file_over_and_over(_: &Ctx) -> R {
+    std::fs::write("/out/h", vec![1u8; 16 << 20]).map_err(|e| e.to_string())?;
+    let hash = rbd_wasm_guest::Sha256::new();
+    // 16 MiB hashed by the host for each operation: the deadline ends it.
+    for _ in 0..1_000_000 {
+        let file = rbd_wasm_guest::InputFile::open("/out/h").map_err(|e| e.to_string())?;
+        match hash.update_from(&file) {
+            Ok(_) => {}
+            Err(Error::QuotaExceeded(_)) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("hashed 16 TiB".into())
+}
+
 // ---- What reaches the operator.
 
 fn forge_another_jobs_line(_: &Ctx) -> R {
@@ -823,6 +867,8 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("write_from_past_the_host_budget_and_the_grant", write_from_past_the_host_budget_and_the_grant),
     ("write_from_past_the_write_quota", write_from_past_the_write_quota),
     ("write_from_past_the_deadline", write_from_past_the_deadline),
+    ("read_ahead_in_many_files", read_ahead_in_many_files),
+    ("hash_a_file_over_and_over", hash_a_file_over_and_over),
     ("grow_a_file_sparsely", grow_a_file_sparsely),
     ("create_files_without_bound", create_files_without_bound),
     ("open_files_without_bound", open_files_without_bound),
