@@ -24,8 +24,7 @@ const INLINE_BYTES: usize = 64 << 10;
 
 /// One `sha256` resource.
 pub struct Sha256Job {
-    state: Option<Sha256>,
-    pending: Option<JoinHandle<Sha256>>,
+    hash: Pipelined,
     meter: Arc<Meter>,
     /// Set when a `write-to` that fed this hasher failed: its state may hold bytes that were
     /// not written, so its digest would be of nothing real.
@@ -35,20 +34,23 @@ pub struct Sha256Job {
 
 impl Sha256Job {
     pub fn new(meter: Arc<Meter>, slot: HandleSlot) -> Self {
-        Sha256Job { state: Some(Sha256::new()), pending: None, meter, spoiled: false, _slot: slot }
+        Sha256Job { hash: Pipelined::new(Sha256::new()), meter, spoiled: false, _slot: slot }
     }
 
-    /// The hash state, once the update in flight (if any) is done.
-    async fn settle(&mut self) -> wasmtime::Result<Sha256> {
+    fn usable(&self) -> wasmtime::Result<()> {
         if self.spoiled {
             return Err(wasmtime::Error::msg(
                 "this hasher fed a write-to that failed: what it hashed is not what was written",
             ));
         }
-        if let Some(pending) = self.pending.take() {
-            return pending.await.map_err(|e| wasmtime::Error::msg(format!("hashing failed: {e}")));
-        }
-        Ok(self.state.take().unwrap_or_default())
+        Ok(())
+    }
+
+    /// The hash state, once the update in flight (if any) is done; the hasher is left empty.
+    async fn settle(&mut self) -> wasmtime::Result<Sha256> {
+        self.usable()?;
+        let hash = std::mem::replace(&mut self.hash, Pipelined::new(Sha256::new()));
+        hash.finish().await.ok_or_else(|| wasmtime::Error::msg("hashing failed"))
     }
 
     /// Lend the state to the host's data plane (`write-to`), which hashes what it writes
@@ -59,31 +61,25 @@ impl Sha256Job {
 
     /// The state lent, after the bytes it hashed were all written (`written`), or not.
     pub fn give_back(&mut self, state: Sha256, written: bool) {
-        self.state = Some(state);
+        self.hash = Pipelined::new(state);
         self.spoiled |= !written;
     }
 
     pub async fn update(&mut self, data: Vec<u8>) -> wasmtime::Result<()> {
-        let mut state = self.settle().await?;
-        if data.len() < INLINE_BYTES {
-            state.update(&data);
-            self.state = Some(state);
+        self.usable()?;
+        // The bytes stay in the job's host-memory budget until they are hashed (small ones
+        // are hashed at once).
+        let memory = if data.len() < INLINE_BYTES {
+            None
         } else {
-            // The bytes stay in the job's host-memory budget until they are hashed.
-            let memory = self.meter.reserve(data.len() as u64).map_err(|e| wasmtime::Error::msg(e.to_string()))?;
-            self.pending = Some(tokio::task::spawn_blocking(move || {
-                let _held = memory;
-                state.update(&data);
-                state
-            }));
-        }
+            Some(self.meter.reserve(data.len() as u64).map_err(|e| wasmtime::Error::msg(e.to_string()))?)
+        };
+        self.hash.add_held(Bytes::from(data), memory).await;
         Ok(())
     }
 
     pub async fn finish(&mut self) -> wasmtime::Result<Vec<u8>> {
-        let state = self.settle().await?;
-        self.state = Some(Sha256::new());
-        Ok(state.finalize().to_vec())
+        Ok(self.settle().await?.finalize().to_vec())
     }
 }
 
@@ -102,6 +98,12 @@ impl Pipelined {
 
     /// Add `bytes` (cheap to clone: shared with whoever writes them).
     pub async fn add(&mut self, bytes: Bytes) {
+        self.add_held(bytes, None).await
+    }
+
+    /// Add `bytes`, holding `held` (their share of the job's host-memory budget) until they
+    /// are hashed.
+    pub async fn add_held(&mut self, bytes: Bytes, held: Option<Reservation>) {
         if let Some(task) = self.pending.take() {
             // A failed task leaves no state: the hash is lost, and `finish` says so.
             self.state = task.await.ok();
@@ -112,6 +114,7 @@ impl Pipelined {
             self.state = Some(state);
         } else {
             self.pending = Some(tokio::task::spawn_blocking(move || {
+                let _held = held;
                 state.update(&bytes);
                 state
             }));
