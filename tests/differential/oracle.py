@@ -225,7 +225,9 @@ class Runner:
             if off + length > len(old):
                 return "ok diff-extent-past-end %d+%d" % (off, length)
             old[off:off + length] = new[off:off + length] if exists else bytes(length)
-        return "ok diff-reproduces" if bytes(old) == new else "ok diff-mismatch"
+        listed = ",".join("%d+%d%s" % (o, l, "d" if e else "z") for o, l, e in extents)
+        verdict = "diff-reproduces" if bytes(old) == new else "diff-mismatch"
+        return "ok %s [%s]" % (verdict, listed)
 
     def state(self, img):
         st = img.stat()

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::diff::diff;
+use super::diff::{diff, Mode};
 use super::header::{Header, ParentLink, Snap};
 use super::locks;
 use super::objects::{is_zero, zeroed, Objects};
@@ -213,6 +213,8 @@ impl Image for EmbeddedImage {
         validate::new_name("snapshot", name)?;
         // librbd snapshots the head even while a snapshot is selected.
         self.check_not_read_only()?;
+        // Like librbd, flush first: the snapshot holds what was written before it, durably.
+        self.shared.flush()?;
         self.shared.modify(true, |txn| {
             let h = &mut txn.header;
             if h.snap_named(name).is_some() {
@@ -253,13 +255,7 @@ impl Image for EmbeddedImage {
     fn rollback_to_snap(&self, name: &str) -> Result<()> {
         validate::lookup_name("snapshot", name)?;
         self.check_writable()?;
-        self.shared.modify(true, |txn| {
-            let snap = txn.header.snap_named_mut(name)?.clone();
-            txn.header.objects = snap.objects;
-            txn.header.size = snap.size;
-            txn.header.parent = snap.parent;
-            Ok(())
-        })
+        self.shared.modify(true, |txn| txn.rollback(name))
     }
 
     fn protect_snap(&self, name: &str) -> Result<()> {
@@ -322,7 +318,7 @@ impl Image for EmbeddedImage {
         length: u64,
         from_snap: Option<&str>,
         include_parent: bool,
-        _whole_object: bool,
+        whole_object: bool,
         each: &mut dyn FnMut(Extent),
     ) -> Result<()> {
         let (header, snap) = self.current()?;
@@ -337,8 +333,8 @@ impl Image for EmbeddedImage {
             return Ok(());
         }
         let stop = Self::clip(offset, length, end.size)?;
-        let from = from.map(|id| header.view(Some(id))).transpose()?;
-        diff(&self.shared, &header, end, from, offset, stop, include_parent, each)
+        let mode = if whole_object { Mode::WholeObject } else { Mode::Exact };
+        diff(&self.shared, &header, snap, from, offset, stop, include_parent, mode, each)
     }
 
     fn list_children(&self) -> Result<Vec<Child>> {

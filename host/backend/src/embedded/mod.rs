@@ -27,6 +27,7 @@ mod header;
 mod image;
 mod locks;
 mod objects;
+mod overlap;
 mod pool;
 mod shared;
 mod store;

@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::overlap::Overlaps;
 use super::store::{collect, is_temp_name, sync_dir};
 use crate::Result;
 
@@ -29,6 +30,9 @@ pub(crate) struct Objects {
     open: Mutex<HashMap<(u64, u64), Arc<File>>>,
     /// Written since the last [`Objects::sync`].
     dirty: Mutex<HashSet<(u64, u64)>>,
+    /// What each copied object file still shares with the version it was copied from;
+    /// every change below reports its range there first.
+    pub overlaps: Overlaps,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -40,8 +44,10 @@ pub(crate) fn file_name(objno: u64, gen: u64) -> String {
     format!("{objno:016x}.{gen}")
 }
 
-/// The `(objno, gen)` a file name stands for, if it is an object file's name.
+/// The `(objno, gen)` a file name stands for, if it is an object file's name or the name
+/// of its overlap.
 fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let name = name.strip_suffix(".overlap").unwrap_or(name);
     let (objno, gen) = name.split_once('.')?;
     if objno.len() != 16 {
         return None;
@@ -67,7 +73,12 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
 
 impl Objects {
     pub fn new(dir: PathBuf) -> Objects {
-        Objects { dir, open: Mutex::new(HashMap::new()), dirty: Mutex::new(HashSet::new()) }
+        Objects {
+            overlaps: Overlaps::new(dir.clone()),
+            dir,
+            open: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+        }
     }
 
     fn path(&self, objno: u64, gen: u64) -> PathBuf {
@@ -119,9 +130,17 @@ impl Objects {
         Ok(())
     }
 
+    /// The length of an object file: RADOS's object size (writes extend it, a zero that
+    /// reaches the end and a truncate set it).
+    pub fn len(&self, objno: u64, gen: u64) -> Result<u64> {
+        Ok(self.file(objno, gen)?.metadata()?.len())
+    }
+
     /// Write `data` at `at` of an object.
     pub fn write(&self, objno: u64, gen: u64, at: u64, data: &[u8]) -> Result<()> {
-        self.file(objno, gen)?.write_all_at(data, at)?;
+        let file = self.file(objno, gen)?;
+        self.overlaps.changing(objno, gen, at, at.saturating_add(data.len() as u64))?;
+        file.write_all_at(data, at)?;
         self.mark_dirty(objno, gen);
         Ok(())
     }
@@ -153,8 +172,9 @@ impl Objects {
         Ok(())
     }
 
-    /// Copy an object file to a new generation (copy-on-write), sparse and durable.
-    pub fn copy(&self, objno: u64, from: u64, to: u64) -> Result<()> {
+    /// Copy an object file to a new generation (copy-on-write), sparse and durable; its
+    /// length. The caller records what the copy shares ([`Overlaps::copied`]).
+    pub fn copy(&self, objno: u64, from: u64, to: u64) -> Result<u64> {
         let src = self.file(objno, from)?;
         let len = src.metadata()?.len();
         let dst = OpenOptions::new().read(true).write(true).create_new(true).open(self.path(objno, to))?;
@@ -171,17 +191,33 @@ impl Objects {
         dst.set_len(len)?;
         dst.sync_all()?;
         self.remember(objno, to, dst);
+        Ok(len)
+    }
+
+    /// Set an object file's length (RADOS `truncate`: it may grow the object too).
+    pub fn truncate(&self, objno: u64, gen: u64, at: u64) -> Result<()> {
+        let file = self.file(objno, gen)?;
+        let len = file.metadata()?.len();
+        if len == at {
+            return Ok(());
+        }
+        if at < len {
+            self.overlaps.changing(objno, gen, at, u64::MAX)?;
+        }
+        file.set_len(at)?;
+        self.mark_dirty(objno, gen);
         Ok(())
     }
 
     /// Zero `[start, end)` of an object: cut the file if the range reaches its end, else
-    /// write zeroes.
+    /// write zeroes (what the OSD does with a `zero` op).
     pub fn zero(&self, objno: u64, gen: u64, start: u64, end: u64) -> Result<()> {
         let file = self.file(objno, gen)?;
         let len = file.metadata()?.len();
         if start >= len || start >= end {
             return Ok(());
         }
+        self.overlaps.changing(objno, gen, start, if end >= len { u64::MAX } else { end })?;
         if end >= len {
             file.set_len(start)?;
         } else {
@@ -200,6 +236,7 @@ impl Objects {
     pub fn remove(&self, objno: u64, gen: u64) {
         lock(&self.open).remove(&(objno, gen));
         lock(&self.dirty).remove(&(objno, gen));
+        self.overlaps.remove(objno, gen);
         match fs::remove_file(self.path(objno, gen)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -207,7 +244,8 @@ impl Objects {
         }
     }
 
-    /// fsync what was written since the last call, and the directory (new files).
+    /// fsync what was written since the last call, and the directory (new files); then
+    /// the overlaps of what was written are settled.
     pub fn sync(&self) -> Result<()> {
         let dirty: Vec<(u64, u64)> = lock(&self.dirty).drain().collect();
         for (objno, gen) in dirty {
@@ -217,7 +255,8 @@ impl Objects {
                 Err(e) => return Err(e),
             }
         }
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        self.overlaps.settle()
     }
 
     /// Forget open handles of files the header no longer references.
@@ -245,5 +284,6 @@ mod tests {
         assert_eq!(parse_name(&file_name(u64::MAX, u64::MAX)), Some((u64::MAX, u64::MAX)));
         assert_eq!(parse_name("header.json"), None);
         assert_eq!(parse_name(".x.tmp.1"), None);
+        assert_eq!(parse_name(&super::super::overlap::file_name(3, 9)), Some((3, 9)));
     }
 }

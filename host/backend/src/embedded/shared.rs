@@ -15,17 +15,30 @@
 //!    snapshot froze after the writer looked;
 //! 3. the in-memory mutexes here, held only briefly and never across a lock above.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+/// `[a, b)` as ranges (none if empty).
+pub(crate) fn nonempty(a: u64, b: u64) -> Ranges {
+    if a < b {
+        vec![(a, b)]
+    } else {
+        Ranges::new()
+    }
+}
+
+/// The origin an overlap names for an object copied up from a clone's parent.
+pub(crate) const FROM_PARENT: u64 = u64::MAX;
+
 /// librbd's default `rbd_discard_granularity_bytes`: partial discards are aligned inward to it.
 const DISCARD_GRANULARITY: u64 = 64 << 10;
 
-use super::header::{Header, ParentLink, View, ZERO_GEN};
+use super::header::{Header, ObjectMap, ParentLink, View, ZERO_GEN};
+use super::overlap::{intersect, Ranges};
 use super::locks::Identity;
 use super::objects::{is_zero, Objects};
 use super::store::{collect, is_temp_name, read_json, sync_dir, to_json, write_atomic, FileLock, ImageDir, Root};
@@ -238,6 +251,60 @@ impl ImageShared {
         Ok(())
     }
 
+    /// The length of what a clone's parent serves as object `objno` (of size `os`) of the
+    /// clone: up to the end of the parent's last object data in that range, inside the
+    /// overlap (what librbd's copy-up writes); 0 where it has none.
+    pub fn parent_object_len(&self, link: &ParentLink, objno: u64, os: u64) -> Result<u64> {
+        let start = objno.saturating_mul(os);
+        let end = self.parent_data_end(link, start, obj_end(objno, os))?;
+        Ok(end.map_or(0, |e| e - start))
+    }
+
+    /// Where the data a clone's parent serves inside `[start, end)` ends, if it has any.
+    fn parent_data_end(&self, link: &ParentLink, start: u64, end: u64) -> Result<Option<u64>> {
+        let end = end.min(link.overlap);
+        if start >= end {
+            return Ok(None);
+        }
+        let parent = self.parent_image(link)?;
+        let header = parent.current()?;
+        let view = header.view(Some(link.snap_id))?;
+        parent.data_end(&header, &view, start, end.min(view.size))
+    }
+
+    /// Where the data of `view` inside `[start, end)` ends: its own object files' lengths,
+    /// and where it has no object, its parent's.
+    fn data_end(&self, header: &Header, view: &View<'_>, start: u64, end: u64) -> Result<Option<u64>> {
+        if start >= end {
+            return Ok(None);
+        }
+        let os = header.obj_size();
+        let mut best: Option<u64> = None;
+        // Gaps between the view's own objects, where its parent shows through.
+        let mut gap_from = start;
+        for (&objno, &gen) in view.objects.range(start / os..=(end - 1) / os) {
+            let (o_start, o_end) = (objno * os, obj_end(objno, os));
+            if let Some(link) = view.parent {
+                if gap_from < o_start {
+                    best = best.max(self.parent_data_end(link, gap_from, o_start.min(end))?);
+                }
+            }
+            gap_from = o_end;
+            if gen != ZERO_GEN {
+                let data_end = (o_start + self.objects.len(objno, gen)?).min(end);
+                if data_end > start.max(o_start) {
+                    best = best.max(Some(data_end));
+                }
+            }
+        }
+        if let Some(link) = view.parent {
+            if gap_from < end {
+                best = best.max(self.parent_data_end(link, gap_from, end)?);
+            }
+        }
+        Ok(best)
+    }
+
     /// Read what a clone's parent serves at `[off, off + buf.len())`: the parent snapshot's
     /// data inside the overlap, zeroes beyond it.
     pub fn read_parent(&self, link: &ParentLink, off: u64, buf: &mut [u8]) -> Result<()> {
@@ -309,8 +376,11 @@ impl ImageShared {
         };
         // Committed: from here on the new header is what is on disk.
         let stamp = file.metadata().ok().map(|m| (m.dev(), m.ino()));
-        let garbage: Vec<(u64, u64)> = old.referenced().difference(&header.referenced()).copied().collect();
+        let referenced = header.referenced();
+        let mut garbage: Vec<(u64, u64)> = old.referenced().difference(&referenced).copied().collect();
+        garbage.sort_unstable();
         *lock(&self.state) = Cached { header: Some(Arc::new(header)), stamp, _file: Some(file) };
+        self.fold_overlaps(&garbage, &referenced);
         for (objno, gen) in garbage {
             self.objects.remove(objno, gen);
         }
@@ -318,6 +388,29 @@ impl ImageShared {
             sync_dir(&self.dir.0)?;
         }
         Ok(value)
+    }
+
+    /// Before object files are deleted, hand what they shared with their origins on to the
+    /// files copied from them (see [`super::overlap`]). Oldest first, so a chain of deleted
+    /// generations folds into the one that stays. A failure only makes later diffs report
+    /// more.
+    fn fold_overlaps(&self, garbage: &[(u64, u64)], referenced: &HashSet<(u64, u64)>) {
+        if garbage.is_empty() {
+            return;
+        }
+        let objnos: HashSet<u64> = garbage.iter().map(|g| g.0).collect();
+        let mut gens: HashMap<u64, Vec<u64>> = HashMap::new();
+        for &(objno, gen) in referenced.iter().chain(garbage) {
+            if objnos.contains(&objno) {
+                gens.entry(objno).or_default().push(gen);
+            }
+        }
+        for &(objno, gen) in garbage {
+            let later: Vec<u64> = gens.get(&objno).map_or(Vec::new(), |g| g.iter().copied().filter(|&g| g > gen).collect());
+            if let Err(e) = self.objects.overlaps.fold_into(objno, gen, &later) {
+                tracing::warn!(objno, gen, error = %e, "cannot fold an overlap; the object diffs whole");
+            }
+        }
     }
 
     /// fsync everything written since the last flush: object data, new object files, and
@@ -348,18 +441,14 @@ impl Txn<'_> {
         Ok(gen)
     }
 
-    /// What the parent serves for object `objno` of the head (empty if nothing or zeroes).
+    /// What a copy-up of object `objno` of the head takes from the parent: the parent
+    /// object's bytes inside the overlap (empty if it has none).
     fn parent_data(&self, objno: u64) -> Result<Vec<u8>> {
         let Some(link) = self.header.parent.as_ref() else { return Ok(Vec::new()) };
-        let os = self.header.obj_size();
-        let start = objno * os;
-        if start >= link.overlap {
-            return Ok(Vec::new());
-        }
-        let len = (link.overlap - start).min(os);
+        let len = self.shared.parent_object_len(link, objno, self.header.obj_size())?;
         let mut buf = vec![0u8; len as usize];
-        self.shared.read_parent(link, start, &mut buf)?;
-        Ok(if is_zero(&buf) { Vec::new() } else { buf })
+        self.shared.read_parent(link, objno * self.header.obj_size(), &mut buf)?;
+        Ok(buf)
     }
 
     /// Make object `objno` of the head writable in place and return its generation:
@@ -370,21 +459,84 @@ impl Txn<'_> {
             Some(gen) if gen != ZERO_GEN && !self.header.is_frozen(objno, gen) => return Ok(gen),
             Some(frozen) if frozen != ZERO_GEN && keep => {
                 let gen = self.header.alloc_gen()?;
-                self.shared.objects.copy(objno, frozen, gen)?;
+                let len = self.shared.objects.copy(objno, frozen, gen)?;
+                self.shared.objects.overlaps.copied(objno, gen, frozen, nonempty(0, len))?;
                 self.created.push((objno, gen));
                 self.copied = true;
                 gen
             }
             Some(_) => self.new_object(objno, &[], false)?,
             None => {
+                // A copy-up: the object takes the parent object's bytes and length, and
+                // shares them with the parent until written (librbd's deep-flatten copy-up
+                // puts them in every snapshot too; see the diff module).
                 let data = if keep { self.parent_data(objno)? } else { Vec::new() };
                 let copied_up = !data.is_empty();
                 self.copied |= copied_up;
-                self.new_object(objno, &data, copied_up)?
+                let gen = self.new_object(objno, &data, copied_up)?;
+                if copied_up {
+                    self.shared.objects.truncate(objno, gen, data.len() as u64)?;
+                    self.shared.objects.overlaps.copied(objno, gen, FROM_PARENT, nonempty(0, data.len() as u64))?;
+                }
+                gen
             }
         };
         self.header.objects.insert(objno, gen);
         Ok(gen)
+    }
+
+    /// Roll the head back to snapshot `name`, as RADOS rolls back each object: an object
+    /// the head changed since is copied back from the snapshot into a new file, which
+    /// shares with the newest snapshot's version only what every version since the
+    /// snapshot shared (so a later exact diff still reports what the rolled-back writes
+    /// touched, as librbd's does).
+    pub fn rollback(&mut self, name: &str) -> Result<()> {
+        let snap = self.header.snap_named_mut(name)?.clone();
+        let at = self.header.snaps.iter().position(|s| s.id == snap.id).unwrap_or(0);
+        let mut objects = ObjectMap::new();
+        for (&objno, &target) in &snap.objects {
+            let head = self.header.objects.get(&objno).copied();
+            if head == Some(target) || target == ZERO_GEN {
+                objects.insert(objno, target);
+                continue;
+            }
+            // The object's versions from the snapshot on, ending with the head's.
+            let mut chain: Vec<Option<u64>> =
+                self.header.snaps[at..].iter().map(|s| s.objects.get(&objno).copied()).collect();
+            let newest = chain.last().copied().flatten();
+            chain.push(head);
+            let mut still: Option<Ranges> = None;
+            for pair in chain.windows(2) {
+                if pair[0] == pair[1] {
+                    continue;
+                }
+                let shared = match (pair[0], pair[1]) {
+                    (Some(p), Some(n)) if p != ZERO_GEN => {
+                        self.shared.objects.overlaps.get(objno, n).filter(|o| o.origin == p).map_or(Ranges::new(), |o| o.ranges)
+                    }
+                    _ => Ranges::new(),
+                };
+                still = Some(match still {
+                    None => shared,
+                    Some(s) => intersect(&s, &shared),
+                });
+            }
+            let gen = self.header.alloc_gen()?;
+            let len = self.shared.objects.copy(objno, target, gen)?;
+            self.created.push((objno, gen));
+            self.copied = true;
+            if let (Some(newest), Some(still)) = (newest, still) {
+                if newest != ZERO_GEN {
+                    let ranges = intersect(&still, &nonempty(0, len));
+                    self.shared.objects.overlaps.copied(objno, gen, newest, ranges)?;
+                }
+            }
+            objects.insert(objno, gen);
+        }
+        self.header.objects = objects;
+        self.header.size = snap.size;
+        self.header.parent = snap.parent;
+        Ok(())
     }
 
     /// Write `data` at `off` of the head (cut to the size by the caller).
@@ -427,7 +579,7 @@ impl Txn<'_> {
             }
             let (a, b) = (a.div_ceil(granularity) * granularity, b / granularity * granularity);
             if a < b {
-                self.zero(x, a, b)?;
+                self.zero(x, a, b, b == os)?;
             }
         }
         if let (Some(from), Some(to)) = (drop_from, drop_to) {
@@ -438,8 +590,10 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Zero `[a, b)` inside object `objno` of the head.
-    fn zero(&mut self, objno: u64, a: u64, b: u64) -> Result<()> {
+    /// Zero `[a, b)` inside object `objno` of the head. A range that reaches the object's
+    /// end is a truncate at `a` (`to_end`), as librbd sends it: that also lengthens an
+    /// object shorter than `a`.
+    fn zero(&mut self, objno: u64, a: u64, b: u64, to_end: bool) -> Result<()> {
         let os = self.header.obj_size();
         let present = match self.header.objects.get(&objno) {
             Some(&ZERO_GEN) => return Ok(()),
@@ -449,7 +603,11 @@ impl Txn<'_> {
         let under_parent = self.header.parent.as_ref().is_some_and(|l| objno * os + a < l.overlap);
         if present || under_parent {
             let gen = self.writable(objno, true)?;
-            self.shared.objects.zero(objno, gen, a, b)?;
+            if to_end {
+                self.shared.objects.truncate(objno, gen, a)?;
+            } else {
+                self.shared.objects.zero(objno, gen, a, b)?;
+            }
         }
         Ok(())
     }
@@ -487,9 +645,18 @@ impl Txn<'_> {
             let tail = size % os;
             if tail != 0 {
                 let last = size / os;
-                if self.header.objects.get(&last).is_some_and(|g| *g != ZERO_GEN) {
+                let own = match self.header.objects.get(&last) {
+                    Some(&g) => g != ZERO_GEN,
+                    None => match self.header.parent.clone() {
+                        Some(l) if last * os < l.overlap => self.shared.parent_object_len(&l, last, os)? > 0,
+                        _ => false,
+                    },
+                };
+                if own {
+                    // librbd truncates the last object at the new end (copying it up from
+                    // the parent first), which can also lengthen it: a diff shows that.
                     let gen = self.writable(last, true)?;
-                    self.shared.objects.zero(last, gen, tail, os)?;
+                    self.shared.objects.truncate(last, gen, tail)?;
                 }
             }
             if let Some(link) = self.header.parent.as_mut() {

@@ -175,7 +175,7 @@ impl Runner {
     }
 
     /// Apply the diff from FROM (or `-`, the beginning) to the selected state, onto the FROM
-    /// state, and say whether that gives the selected state.
+    /// state, and say whether that gives the selected state; and list the extents.
     fn diff(&mut self, alias: &str, from: &str) -> Out {
         let from = (from != "-").then_some(from);
         let img = self.image(alias)?;
@@ -201,7 +201,11 @@ impl Runner {
                 old[start..end].fill(0);
             }
         }
-        Ok(if old == new { "ok diff-reproduces".into() } else { "ok diff-mismatch".into() })
+        // The extents themselves, exactly as reported: the embedded store must answer as librbd.
+        let listed: Vec<String> =
+            extents.iter().map(|e| format!("{}+{}{}", e.offset, e.length, if e.exists { "d" } else { "z" })).collect();
+        let verdict = if old == new { "diff-reproduces" } else { "diff-mismatch" };
+        Ok(format!("ok {verdict} [{}]", listed.join(",")))
     }
 
     /// Everything comparable about an image: layout, snapshots (names, sizes, protection,

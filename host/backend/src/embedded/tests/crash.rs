@@ -29,10 +29,20 @@ fn object_files(image_dir: &Path) -> (HashSet<String>, HashSet<String>) {
             }
         }
     }
-    let present = fs::read_dir(image_dir.join("objects"))
+    let mut present: HashSet<String> = fs::read_dir(image_dir.join("objects"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    // An overlap file (what a copied object shares with its origin) goes with its object file.
+    let overlaps: Vec<String> = present.iter().filter(|n| n.ends_with(".overlap")).cloned().collect();
+    for name in overlaps {
+        present.remove(&name);
+        let object = name.trim_end_matches(".overlap");
+        assert!(present.contains(object) || !referenced.contains(object), "overlap {name} without its object file");
+        if !referenced.contains(object) {
+            present.insert(name);
+        }
+    }
     (referenced, present)
 }
 

@@ -36,31 +36,56 @@ fn diff_arguments_are_checked_like_librbd() {
 }
 
 #[test]
-fn diff_reports_changed_objects_in_order_clipped_to_the_range() {
+fn diff_reports_what_librbd_reports_in_exact_mode() {
+    // The answers of librbd on the test cluster (docs/librbd-semantics.md, diff_iterate).
     let fx = Fx::new();
     let img = fx.image("img", 8 * OBJ, 12);
     assert_eq!(diff(&*img, 0, 8 * OBJ, None, true), vec![]);
     img.write(1000, &[1; 512]).unwrap();
-    assert_eq!(diff(&*img, 0, 8 * OBJ, None, true), vec![ext(0, OBJ, true)]);
+    assert_eq!(diff(&*img, 0, 8 * OBJ, None, true), vec![ext(0, 1512, true)], "an object from its start to its end");
     assert_eq!(diff(&*img, 0, 1200, None, true), vec![ext(0, 1200, true)]);
     assert_eq!(diff(&*img, 1200, 10, None, true), vec![ext(1200, 10, true)]);
-    assert_eq!(diff(&*img, 0, 1 << 40, None, true), vec![ext(0, OBJ, true)], "cut at the end");
+    assert_eq!(diff(&*img, 0, 1 << 40, None, true), vec![ext(0, 1512, true)], "cut at the end");
     img.write(2 * OBJ, &[1; 10]).unwrap();
     img.write(3 * OBJ, &[1; 10]).unwrap();
     img.create_snap("s1").unwrap();
     assert_eq!(diff(&*img, 0, 8 * OBJ, Some("s1"), true), vec![]);
+    img.write(3000, &[3; 512]).unwrap();
+    assert_eq!(diff(&*img, 0, 8 * OBJ, Some("s1"), true), vec![ext(1512, 2000, true)], "the write and what it added");
     img.write(OBJ + 5, &[2; 10]).unwrap();
     img.discard(2 * OBJ, OBJ).unwrap();
     img.discard(3 * OBJ + 1, 1).unwrap();
     let got = diff(&*img, 0, 8 * OBJ, Some("s1"), true);
-    assert_eq!(got, vec![ext(OBJ, OBJ, true), ext(2 * OBJ, OBJ, false)], "a discard below the granularity changes nothing");
+    let want = vec![ext(1512, 2000, true), ext(OBJ, 15, true), ext(2 * OBJ, 10, false)];
+    assert_eq!(got, want, "a removed object reads as zeroes up to its old end; a discard below the granularity changes nothing");
+    assert_eq!(diff(&*img, 0, 8 * OBJ, None, true), vec![ext(0, 3512, true), ext(OBJ, 15, true), ext(3 * OBJ, 10, true)]);
     img.resize(OBJ + 2048).unwrap();
     img.create_snap("s2").unwrap();
     img.resize(8 * OBJ).unwrap();
     let got = diff(&*img, 0, 8 * OBJ, Some("s1"), true);
-    assert_eq!(got, vec![ext(OBJ, OBJ, true), ext(2 * OBJ, OBJ, false), ext(3 * OBJ, OBJ, false)]);
+    let want = vec![ext(1512, 2000, true), ext(OBJ, 2048, true), ext(2 * OBJ, 10, false), ext(3 * OBJ, 10, false)];
+    assert_eq!(got, want, "the shrink truncated object 1 at the new end, which lengthened it");
     img.set_snap(Some("s2")).unwrap();
-    assert_eq!(diff(&*img, 0, 8 * OBJ, Some("s1"), true), vec![ext(OBJ, 2048, true)], "cut at the end version's size");
+    assert_eq!(diff(&*img, 0, 8 * OBJ, Some("s1"), true), vec![ext(1512, 2000, true), ext(OBJ, 2048, true)], "cut at the end version's size");
+}
+
+#[test]
+fn whole_object_diffs_report_changed_objects_whole() {
+    let fx = Fx::new();
+    let img = fx.image("img", 8 * OBJ, 12);
+    let whole = |img: &dyn Image, off, len, from| {
+        let mut out = Vec::new();
+        img.diff_iterate(off, len, from, true, true, &mut |e| out.push(e)).unwrap();
+        out
+    };
+    img.write(1000, &[1; 512]).unwrap();
+    assert_eq!(whole(&*img, 0, 8 * OBJ, None), vec![ext(0, OBJ, true)]);
+    assert_eq!(whole(&*img, 1200, 10, None), vec![ext(1200, 10, true)]);
+    img.write(2 * OBJ, &[1; 10]).unwrap();
+    img.create_snap("s1").unwrap();
+    img.write(OBJ + 5, &[2; 10]).unwrap();
+    img.discard(2 * OBJ, OBJ).unwrap();
+    assert_eq!(whole(&*img, 0, 8 * OBJ, Some("s1")), vec![ext(OBJ, OBJ, true), ext(2 * OBJ, OBJ, false)]);
 }
 
 #[test]
@@ -73,8 +98,10 @@ fn a_partial_discard_is_reported_existing_where_it_zeroes_a_granule() {
     img.discard(1000, 200_000).unwrap();
     img.discard(2 * obj + 5, 100).unwrap();
     img.discard(3 * obj, obj).unwrap();
+    // Object 0 loses its aligned tail (a truncate: zeroes), object 1 its aligned head (a
+    // zero: data), object 3 goes.
     let got = diff(&*img, 0, 4 * obj, Some("s"), true);
-    assert_eq!(got, vec![ext(0, obj, true), ext(obj, obj, true), ext(3 * obj, obj, false)]);
+    assert_eq!(got, vec![ext(65536, 65536, false), ext(obj, 65536, true), ext(3 * obj, obj, false)]);
     let mut model = pattern((4 * obj) as usize, 7);
     model[65536..obj as usize + 65536].fill(0);
     model[(3 * obj) as usize..].fill(0);
@@ -91,15 +118,19 @@ fn diff_of_a_clone_includes_the_parent_only_when_asked() {
     parent.protect_snap("s").unwrap();
     fx.be.clone_image("rbd", "parent", "s", "rbd", "child", &Default::default()).unwrap();
     let child = fx.be.open("rbd", "child", None, false).unwrap();
-    assert_eq!(diff(&*child, 0, 4 * OBJ, None, true), vec![ext(0, OBJ, true), ext(2 * OBJ, OBJ, true)]);
+    assert_eq!(diff(&*child, 0, 4 * OBJ, None, true), vec![ext(0, 100, true), ext(2 * OBJ, 100, true)]);
     assert_eq!(diff(&*child, 0, 4 * OBJ, None, false), vec![]);
     child.write(OBJ, b"x").unwrap();
     child.discard(2 * OBJ, OBJ).unwrap();
-    assert_eq!(diff(&*child, 0, 4 * OBJ, None, false), vec![ext(OBJ, OBJ, true)]);
-    assert_eq!(diff(&*child, 0, 4 * OBJ, None, true), vec![ext(0, OBJ, true), ext(OBJ, OBJ, true)]);
+    assert_eq!(diff(&*child, 0, 4 * OBJ, None, false), vec![ext(OBJ, 1, true)]);
+    // Like librbd: an object of the clone that reports nothing (here an emptied one)
+    // reports the parent's extents.
+    assert_eq!(diff(&*child, 0, 4 * OBJ, None, true), vec![ext(0, 100, true), ext(OBJ, 1, true), ext(2 * OBJ, 100, true)]);
     child.create_snap("cs").unwrap();
     child.write(3 * OBJ, b"y").unwrap();
-    assert_eq!(diff(&*child, 0, 4 * OBJ, Some("cs"), true), vec![ext(3 * OBJ, OBJ, true)]);
+    child.write(50, b"z").unwrap();
+    // The copy-up put the parent's bytes in the snapshot too: only the write is new.
+    assert_eq!(diff(&*child, 0, 4 * OBJ, Some("cs"), true), vec![ext(50, 1, true), ext(3 * OBJ, 1, true)]);
 }
 
 // ---- the property test -------------------------------------------------------------------

@@ -55,9 +55,12 @@ impl Fx {
         self.pool_dir(pool).join("images").join(id)
     }
 
-    /// How many object files an image has.
+    /// How many object files an image has (their overlap files aside).
     pub fn object_files(&self, name: &str) -> usize {
-        std::fs::read_dir(self.image_dir("rbd", name).join("objects")).expect("objects").count()
+        std::fs::read_dir(self.image_dir("rbd", name).join("objects"))
+            .expect("objects")
+            .filter(|e| !e.as_ref().expect("entry").file_name().to_string_lossy().ends_with(".overlap"))
+            .count()
     }
 }
 
