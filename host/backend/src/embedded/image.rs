@@ -213,8 +213,9 @@ impl Image for EmbeddedImage {
         validate::new_name("snapshot", name)?;
         // librbd snapshots the head even while a snapshot is selected.
         self.check_not_read_only()?;
-        // Like librbd, flush first: the snapshot holds what was written before it, durably.
-        self.shared.flush()?;
+        // What the head's files share with their origins is final for the snapshot: settle
+        // it, so other processes' diffs can trust it.
+        self.shared.objects.overlaps.settle(false)?;
         self.shared.modify(true, |txn| {
             let h = &mut txn.header;
             if h.snap_named(name).is_some() {

@@ -256,7 +256,7 @@ impl Objects {
             }
         }
         sync_dir(&self.dir)?;
-        self.overlaps.settle()
+        self.overlaps.settle(true)
     }
 
     /// Forget open handles of files the header no longer references.

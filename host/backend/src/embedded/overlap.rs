@@ -13,9 +13,10 @@
 //! claims bytes a write changed) must never be trusted, while a missing or unreadable one
 //! only makes a diff report more. The first change of an object file after a flush marks
 //! its overlap file `settled: false` and fsyncs it before the data changes; further changes
-//! are kept in memory; a flush fsyncs the data and then writes the overlap settled. An
-//! overlap found unsettled on disk (a writer in another process, or one that crashed) is
-//! read as empty. So the cost is one small fsync per object per flush, none per write.
+//! are kept in memory; a flush, a snapshot and the last close write the overlap settled. An
+//! overlap found unsettled on disk (a writer in another process that has not flushed, or
+//! one that crashed) is read as empty. So the cost is one small fsync per object between
+//! settlements, none per write.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -230,10 +231,17 @@ impl Overlaps {
         self.read_file(objno, gen)
     }
 
-    /// Write the overlaps changed since the last flush as settled. Called after the object
-    /// data is durable.
-    pub fn settle(&self) -> Result<()> {
+    /// Write the overlaps changed since the last flush as settled (fsynced if `durable`).
+    /// Safe whether or not the data is durable yet: a settled record written after the
+    /// changes it cut only ever claims less than the data shares, and until it reaches the
+    /// disk the unsettled marker there claims nothing.
+    pub fn settle(&self, durable: bool) -> Result<()> {
         let mut known = lock(&self.known);
+        if !self.dir.exists() {
+            // The image was removed.
+            known.clear();
+            return Ok(());
+        }
         for (&(objno, gen), k) in known.iter_mut() {
             if !k.unflushed {
                 continue;
@@ -241,7 +249,7 @@ impl Overlaps {
             match k.overlap.as_mut() {
                 Some(o) if !o.ranges.is_empty() => {
                     o.settled = true;
-                    Self::write_file(&self.path(objno, gen), o, true)?;
+                    Self::write_file(&self.path(objno, gen), o, durable)?;
                 }
                 _ => {
                     k.overlap = None;

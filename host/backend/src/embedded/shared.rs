@@ -130,6 +130,16 @@ pub(crate) struct ImageLock<'a> {
     held: Option<FileLock>,
 }
 
+/// The last handle of an image in this process is gone: settle what its writes left
+/// unsettled, so other processes' diffs can trust it (librbd's close flushes too).
+impl Drop for ImageShared {
+    fn drop(&mut self) {
+        if let Err(e) = self.objects.overlaps.settle(false) {
+            tracing::warn!(image = %self.id, error = %e, "cannot settle overlaps; diffs of the written objects will be whole");
+        }
+    }
+}
+
 impl Drop for ImageLock<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
