@@ -194,6 +194,23 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Box<dyn Image>>;
 }
 
+/// What an asynchronous read hands back: the bytes, or what `read` would have failed with.
+pub type ReadDone = Box<dyn FnOnce(Result<Vec<u8>>) + Send>;
+/// What an asynchronous write hands back: what `write` would have answered.
+pub type WriteDone = Box<dyn FnOnce(Result<u64>) + Send>;
+
+/// Reads and writes that complete later, on the backend's own threads (librbd's AIO), so
+/// that many can be in flight without a thread waiting for each. `done` is called exactly
+/// once if the call returns `Ok`, never if it returns `Err`; it runs on a backend thread,
+/// so it must be quick and must not call the backend. Closing the image waits for what is
+/// in flight.
+pub trait AsyncIo: Send + Sync {
+    /// `Image::read`, started.
+    fn start_read(&self, offset: u64, length: u64, done: ReadDone) -> Result<()>;
+    /// `Image::write`, started; `data` is kept until the write is done.
+    fn start_write(&self, offset: u64, data: Box<dyn AsRef<[u8]> + Send>, done: WriteDone) -> Result<()>;
+}
+
 /// One open image. Dropping it closes it.
 ///
 /// Methods take `&self` so that reads and writes from several threads can be in flight at
@@ -267,6 +284,11 @@ pub trait Image: Send + Sync {
     fn list_lockers(&self) -> Result<LockInfo>;
     /// `Image.watchers_list()`, sorted.
     fn list_watchers(&self) -> Result<Vec<Watcher>>;
+    /// Asynchronous reads and writes, where the backend has them (librbd); `None` means
+    /// every call blocks its thread (the embedded store: a page-cache copy).
+    fn aio(&self) -> Option<&dyn AsyncIo> {
+        None
+    }
     fn lock_exclusive(&self, cookie: &str) -> Result<()>;
     fn lock_shared(&self, cookie: &str, tag: &str) -> Result<()>;
     fn unlock(&self, cookie: &str) -> Result<()>;

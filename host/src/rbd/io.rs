@@ -12,7 +12,8 @@ use rbd_backend::Error;
 use tokio::task::JoinHandle;
 use wasmtime::component::Resource;
 
-use super::{blocking, outcome, HostError, HostResult, ImageHandle, RbdView};
+use super::image::OpenImage;
+use super::{blocking, outcome, BackendWatch, HostError, HostResult, ImageHandle, RbdView};
 use crate::bindings::ceph::rbd::{rbd, types};
 use crate::capability::Operation;
 use crate::meter::{HandleSlot, Meter, Reservation};
@@ -111,6 +112,79 @@ fn clipped(offset: u64, length: u64, size: u64) -> u64 {
     }
 }
 
+/// Read `length` bytes at `offset` through the backend: librbd's asynchronous I/O where
+/// the backend has it (no thread waits for the cluster), else on the blocking pool. The
+/// memory `hold` and the watch entry stay until the backend is done with the buffer, even
+/// if the caller is gone by then.
+async fn backend_read(
+    open: &Arc<OpenImage>,
+    watch: &Arc<BackendWatch>,
+    hold: Arc<Reservation>,
+    offset: u64,
+    length: u64,
+) -> HostResult<Vec<u8>> {
+    if !open.with(|i| Ok(i.aio().is_some()))? {
+        let open = open.clone();
+        return blocking(watch, move || {
+            let _held = hold;
+            open.with(|i| i.read(offset, length))
+        })
+        .await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let in_flight = watch.enter();
+    open.with(move |i| {
+        let aio = i.aio().ok_or_else(|| Error::Logic("the backend lost its asynchronous I/O".into()))?;
+        aio.start_read(
+            offset,
+            length,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+                drop((hold, in_flight));
+            }),
+        )
+    })?;
+    match rx.await {
+        Ok(result) => result.map_err(HostError::Rbd),
+        Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a read"))),
+    }
+}
+
+/// Write `data` at `offset` through the backend, as [`backend_read`] reads.
+async fn backend_write(
+    open: &Arc<OpenImage>,
+    watch: &Arc<BackendWatch>,
+    hold: Arc<Reservation>,
+    offset: u64,
+    data: bytes::Bytes,
+) -> HostResult<u64> {
+    if !open.with(|i| Ok(i.aio().is_some()))? {
+        let open = open.clone();
+        return blocking(watch, move || {
+            let _held = hold;
+            open.with(|i| i.write(offset, &data))
+        })
+        .await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let in_flight = watch.enter();
+    open.with(move |i| {
+        let aio = i.aio().ok_or_else(|| Error::Logic("the backend lost its asynchronous I/O".into()))?;
+        aio.start_write(
+            offset,
+            Box::new(data),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+                drop((hold, in_flight));
+            }),
+        )
+    })?;
+    match rx.await {
+        Ok(result) => result.map_err(HostError::Rbd),
+        Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a write"))),
+    }
+}
+
 impl ImageHandle {
     /// Check, charge and start reads: several in flight (the job's I/O slots), each hashed
     /// in `chunk` pieces as it is read if asked.
@@ -157,23 +231,23 @@ impl ImageHandle {
             let length = clipped(offset, requested, size);
             tasks.push(tokio::spawn(async move {
                 let _permit = slots.acquire_owned().await;
-                blocking(&watch, move || {
-                    let _held = memory;
-                    // Past the end as measured, the backend answers as librbd does there (an
-                    // error, or nothing), asked for at most one byte.
-                    let ask = if offset >= size { requested.min(1) } else { length };
-                    let mut data = open.with(|i| i.read(offset, ask))?;
-                    data.truncate(length as usize);
-                    // Chunk digests of a short read would stand for chunks that were not
-                    // read whole: a job would record them as the image's.
-                    if chunk.is_some() && (data.len() as u64) < length {
-                        return Err(Error::Io(format!("a short read at {offset}: {} of {length} bytes", data.len())));
-                    }
-                    let chunk_sha256 =
-                        chunk.map(|c| crate::job_host::hashing::chunk_digests(&data, c)).unwrap_or_default();
-                    Ok(types::ReadResult { data, chunk_sha256 })
-                })
-                .await
+                // Past the end as measured, the backend answers as librbd does there (an
+                // error, or nothing), asked for at most one byte.
+                let ask = if offset >= size { requested.min(1) } else { length };
+                let mut data = backend_read(&open, &watch, memory, offset, ask).await?;
+                data.truncate(length as usize);
+                // Chunk digests of a short read would stand for chunks that were not read
+                // whole: a job would record them as the image's.
+                if chunk.is_some() && (data.len() as u64) < length {
+                    return Err(Error::Io(format!("a short read at {offset}: {} of {length} bytes", data.len())).into());
+                }
+                let Some(c) = chunk else { return Ok(types::ReadResult { data, chunk_sha256: Vec::new() }) };
+                // Hashing is CPU work: off the executor.
+                let hashed = tokio::task::spawn_blocking(move || {
+                    let chunk_sha256 = crate::job_host::hashing::chunk_digests(&data, c);
+                    types::ReadResult { data, chunk_sha256 }
+                });
+                hashed.await.map_err(|join| HostError::Trap(wasmtime::Error::msg(format!("hashing failed: {join}"))))
             }));
         }
         Ok(PendingReads { offsets, tasks: Some(tasks), meter, charged: total, _memory: memory, _slot: None })
@@ -191,13 +265,8 @@ impl ImageHandle {
 
     pub(super) async fn write(&self, offset: u64, data: Vec<u8>) -> HostResult<u64> {
         let len = data.len() as u64;
-        let memory = self.start_write("write", len).await?;
-        let open = self.open.clone();
-        let result = blocking(self.scope.watch(), move || {
-            let _held = memory;
-            open.with(|i| i.write(offset, &data))
-        })
-        .await;
+        let memory = Arc::new(self.start_write("write", len).await?);
+        let result = backend_write(&self.open, self.scope.watch(), memory, offset, bytes::Bytes::from(data)).await;
         let written = match &result {
             Ok(n) => *n,
             Err(HostError::Rbd(Error::IncompleteWrite { written, .. })) => *written,
@@ -269,11 +338,7 @@ impl WriteBatch {
         let (open, slots, memory, watch) = (self.open.clone(), self.slots.clone(), self.memory.clone(), self.watch.clone());
         self.tasks.0.push(tokio::spawn(async move {
             let _permit = slots.acquire_owned().await;
-            blocking(&watch, move || {
-                let _held = memory;
-                open.with(|i| i.write(offset, &data))
-            })
-            .await
+            backend_write(&open, &watch, memory, offset, data).await
         }));
     }
 

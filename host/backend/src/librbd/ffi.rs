@@ -18,6 +18,9 @@ pub type rados_ioctx_t = *mut c_void;
 pub type rbd_image_t = *mut c_void;
 pub type rbd_image_options_t = *mut c_void;
 pub type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+pub type rbd_completion_t = *mut c_void;
+/// `rbd_callback_t`: called once when an asynchronous request completes.
+pub type CompletionCallback = extern "C" fn(rbd_completion_t, *mut c_void);
 /// `librbd_progress_fn_t`: a non-zero answer stops the operation (flatten and copy end with it).
 pub type ProgressCallback = extern "C" fn(u64, u64, *mut c_void) -> c_int;
 
@@ -146,6 +149,12 @@ api! {
     rbd_get_stripe_unit: fn(rbd_image_t, *mut u64) -> c_int;
     rbd_get_stripe_count: fn(rbd_image_t, *mut u64) -> c_int;
     rbd_read2: fn(rbd_image_t, u64, usize, *mut c_char, c_int) -> isize;
+    rbd_aio_create_completion: fn(*mut c_void, CompletionCallback, *mut rbd_completion_t) -> c_int;
+    rbd_aio_read2: fn(rbd_image_t, u64, usize, *mut c_char, rbd_completion_t, c_int) -> c_int;
+    rbd_aio_write2: fn(rbd_image_t, u64, usize, *const c_char, rbd_completion_t, c_int) -> c_int;
+    rbd_aio_get_return_value: fn(rbd_completion_t) -> isize;
+    rbd_aio_wait_for_complete: fn(rbd_completion_t) -> c_int;
+    rbd_aio_release: fn(rbd_completion_t) -> ();
     rbd_write2: fn(rbd_image_t, u64, usize, *const c_char, c_int) -> isize;
     rbd_discard: fn(rbd_image_t, u64, u64) -> c_int;
     rbd_flush: fn(rbd_image_t) -> c_int;

@@ -6,6 +6,7 @@
 //! `old_format` with features, or a short write being `IncompleteWriteError`) done here, so
 //! that this backend answers what the reference implementation answers.
 
+mod aio;
 mod ffi;
 
 use std::collections::HashMap;
@@ -15,8 +16,8 @@ use std::ptr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::{
-    Backend, Child, CloneOptions, CreateOptions, Error, Extent, Image, ImageStat, LockInfo, Locker,
-    ParentInfo, Result, SnapInfo, Version, Watcher,
+    AsyncIo, Backend, Child, CloneOptions, CreateOptions, Error, Extent, Image, ImageStat, LockInfo, Locker,
+    ParentInfo, ReadDone, Result, SnapInfo, Version, Watcher, WriteDone,
 };
 use ffi::Api;
 
@@ -380,6 +381,7 @@ impl Backend for LibrbdBackend {
             pools: PoolOpener { cluster: self.cluster.clone() },
             _io: io,
             state: RwLock::new(()),
+            in_flight: aio::InFlight::default(),
         }))
     }
 }
@@ -413,6 +415,9 @@ struct LibrbdImage {
     pools: PoolOpener,
     _io: Arc<IoCtx>,
     state: RwLock<()>,
+    /// Asynchronous requests in flight; closing, and the calls that take `state`
+    /// exclusively, wait for them.
+    in_flight: aio::InFlight,
 }
 
 // SAFETY: librbd image handles allow concurrent I/O from several threads; the calls that
@@ -422,7 +427,7 @@ unsafe impl Sync for LibrbdImage {}
 
 impl Drop for LibrbdImage {
     fn drop(&mut self) {
-        let _exclusive = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let _exclusive = self.exclusive();
         // SAFETY: opened by rbd_open and closed once.
         let ret = unsafe { (self.api.rbd_close)(self.handle) };
         if ret < 0 {
@@ -553,6 +558,7 @@ impl LibrbdImage {
             pools: PoolOpener { cluster: self.pools.cluster.clone() },
             _io: self._io.clone(),
             state: RwLock::new(()),
+            in_flight: aio::InFlight::default(),
         })
     }
 
@@ -560,8 +566,19 @@ impl LibrbdImage {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Shut out other calls, and wait for the asynchronous requests already in flight.
     fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        let guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.in_flight.drain(self.api);
+        guard
+    }
+
+    /// The image's size, for clipping a request as librbd will.
+    fn current_size(&self) -> Result<u64> {
+        let mut size = 0u64;
+        // SAFETY: open image, out-pointer.
+        check(unsafe { (self.api.rbd_get_size)(self.handle, &mut size) }, || self.ctx("size"))?;
+        Ok(size)
     }
 
     fn ctx(&self, what: &str) -> String {
@@ -718,7 +735,43 @@ extern "C" fn diff_callback(offset: u64, length: usize, exists: c_int, arg: *mut
     }
 }
 
+impl AsyncIo for LibrbdImage {
+    fn start_read(&self, offset: u64, length: u64, done: ReadDone) -> Result<()> {
+        let _g = self.shared();
+        let size = self.current_size()?;
+        // As `read`: allocate only what can come back; past the end, ask for a byte so that
+        // librbd answers as it does there.
+        let want = if offset >= size { length.min(1) } else { length.min(size - offset) };
+        let want = usize::try_from(want).map_err(|_| Error::InvalidArgument("read too large".into()))?;
+        let what = self.ctx(&format!("read {length} bytes at {offset}"));
+        let (api, handle) = (self.api, self.handle);
+        aio::start(api, &self.in_flight, aio::read_request(want, done, what), |buf, comp| {
+            // SAFETY: open image; the buffer of `want` bytes lives in the request until the
+            // completion's callback.
+            unsafe { (api.rbd_aio_read2)(handle, offset, want, buf, comp, 0) }
+        })
+    }
+
+    fn start_write(&self, offset: u64, data: Box<dyn AsRef<[u8]> + Send>, done: WriteDone) -> Result<()> {
+        let _g = self.shared();
+        let size = self.current_size()?;
+        let len = (*data).as_ref().len();
+        // librbd writes the part inside the image (and fails one that starts past it).
+        let clipped = if offset >= size { 0 } else { (len as u64).min(size - offset) };
+        let what = self.ctx(&format!("write {len} bytes at {offset}"));
+        let (api, handle) = (self.api, self.handle);
+        aio::start(api, &self.in_flight, aio::write_request(data, clipped, len as u64, done, what), |buf, comp| {
+            // SAFETY: open image; the data lives in the request until the callback.
+            unsafe { (api.rbd_aio_write2)(handle, offset, len, buf, comp, 0) }
+        })
+    }
+}
+
 impl Image for LibrbdImage {
+    fn aio(&self) -> Option<&dyn AsyncIo> {
+        Some(self)
+    }
+
     fn size(&self) -> Result<u64> {
         self.u64_getter(self.api.rbd_get_size, "size")
     }
