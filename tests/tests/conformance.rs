@@ -132,6 +132,7 @@ conformance_cases! {
     copy_at_snapshot_copies_the_snapshot,
     copy_onto_existing_name_is_exists,
     copy_of_clone_is_flat,
+    snapshot_ids_are_pool_wide,
     unlocked_image_has_no_lockers,
     exclusive_lock_is_listed_and_released,
     writable_opens_watch_the_image,

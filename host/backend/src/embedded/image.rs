@@ -79,6 +79,13 @@ impl EmbeddedImage {
         Ok(())
     }
 
+    /// The pool's next snapshot id (see [`pool::next_snap_id`]).
+    fn next_snap_id(&self) -> Result<u64> {
+        let dir = self.shared.store.root.pool(&self.shared.pool);
+        let at_least = self.shared.current()?.next_snap_id;
+        pool::next_snap_id(&dir, at_least)
+    }
+
     fn check_not_read_only(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("image was opened read-only".into()));
@@ -216,12 +223,14 @@ impl Image for EmbeddedImage {
         // What the head's files share with their origins is final for the snapshot: settle
         // it, so other processes' diffs can trust it.
         self.shared.objects.overlaps.settle(false)?;
+        let id = self.next_snap_id()?;
         self.shared.modify(true, |txn| {
             let h = &mut txn.header;
             if h.snap_named(name).is_some() {
                 return Err(Error::Exists(format!("snapshot {name:?}")));
             }
-            let id = h.next_snap_id;
+            // Ids only grow within an image, whatever another process took meanwhile.
+            let id = id.max(h.next_snap_id);
             h.next_snap_id = id.checked_add(1).ok_or_else(|| Error::Io("snapshot ids exhausted".into()))?;
             let snap = Snap {
                 id,
@@ -250,7 +259,9 @@ impl Image for EmbeddedImage {
             let id = snap.id;
             txn.header.snaps.retain(|s| s.id != id);
             Ok(())
-        })
+        })?;
+        // Like a Ceph pool, a removal consumes a snapshot id too.
+        self.next_snap_id().map(drop)
     }
 
     fn rollback_to_snap(&self, name: &str) -> Result<()> {

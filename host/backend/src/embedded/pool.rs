@@ -206,3 +206,29 @@ impl Drop for NewImage {
         }
     }
 }
+
+/// The next snapshot id of the pool: like a Ceph pool's self-managed snapshot sequence,
+/// shared by all its images and consumed by snapshot removals too, so the ids of one
+/// pool's snapshots are unique and increasing. At least `at_least` (the image's own
+/// counter, from stores made before the sequence was). Taken under the sequence file's own
+/// lock, never while an image lock is held by the caller (see the locking order in
+/// `shared.rs`); durable before it is used.
+pub(crate) fn next_snap_id(dir: &PoolDir, at_least: u64) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let path = dir.snap_seq();
+    let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    file.lock()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let last: u64 = text.trim().parse().unwrap_or(0);
+    let id = last
+        .checked_add(1)
+        .ok_or_else(|| Error::Io("snapshot ids exhausted".into()))?
+        .max(at_least);
+    file.seek(SeekFrom::Start(0))?;
+    file.set_len(0)?;
+    file.write_all(id.to_string().as_bytes())?;
+    file.sync_data()?;
+    file.unlock()?;
+    Ok(id)
+}

@@ -83,6 +83,10 @@ impl PoolDir {
     pub fn images(&self) -> PathBuf {
         self.0.join("images")
     }
+    /// The pool's snapshot sequence: the last snapshot id handed out (`pool::next_snap_id`).
+    pub fn snap_seq(&self) -> PathBuf {
+        self.0.join("snap_seq")
+    }
     pub fn image(&self, id: &str) -> ImageDir {
         ImageDir(self.images().join(id))
     }

@@ -497,6 +497,24 @@ fn host_sha256_gives_standard_digests(_c: &Ctx) -> R {
     eq(rbd_wasm_guest::sha256_chunks(b"abc", 0).len(), 1, "chunk size 0 is one chunk")
 }
 
+/// librbd: snapshot ids come from the pool's sequence, so the ids of one pool's images
+/// interleave, and a removal consumes an id too (docs/librbd-semantics.md).
+fn snapshot_ids_are_pool_wide(c: &Ctx) -> R {
+    let a = c.image("a", MIB)?;
+    let b = c.image("b", MIB)?;
+    ok(a.create_snap("s1"), "snap a")?;
+    ok(b.create_snap("s1"), "snap b")?;
+    ok(a.create_snap("s2"), "snap a again")?;
+    let on_a = ok(a.list_snaps(), "list a")?;
+    let on_b = ok(b.list_snaps(), "list b")?;
+    eq(on_a.len(), 2, "two on a")?;
+    check(on_a[0].id < on_b[0].id && on_b[0].id < on_a[1].id, "the ids of one pool's images interleave")?;
+    ok(a.remove_snap("s2"), "remove")?;
+    ok(a.create_snap("s3"), "snap after the removal")?;
+    let s3 = ok(a.list_snaps(), "list a")?.into_iter().find(|s| s.name == "s3").ok_or_else(|| "s3 is not listed".to_string())?;
+    check(s3.id >= on_a[1].id + 2, "a removal consumes an id")
+}
+
 fn snapshots_are_listed_oldest_first_with_sizes(c: &Ctx) -> R {
     let img = c.image("img", MIB)?;
     eq(ok(img.list_snaps(), "list")?.len(), 0, "none")?;
@@ -1077,6 +1095,7 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("copy_at_snapshot_copies_the_snapshot", copy_at_snapshot_copies_the_snapshot),
     ("copy_onto_existing_name_is_exists", copy_onto_existing_name_is_exists),
     ("copy_of_clone_is_flat", copy_of_clone_is_flat),
+    ("snapshot_ids_are_pool_wide", snapshot_ids_are_pool_wide),
     ("unlocked_image_has_no_lockers", unlocked_image_has_no_lockers),
     ("exclusive_lock_is_listed_and_released", exclusive_lock_is_listed_and_released),
     ("writable_opens_watch_the_image", writable_opens_watch_the_image),

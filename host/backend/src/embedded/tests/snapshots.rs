@@ -16,7 +16,19 @@ fn snapshots_are_listed_oldest_first_with_their_sizes_and_fresh_ids() {
     assert_eq!(got, vec![(1, "zeta", MIB), (2, "alpha", 2 * MIB), (3, "mid", MIB / 2)]);
     img.remove_snap("mid").unwrap();
     img.create_snap("again").unwrap();
-    assert_eq!(img.list_snaps().unwrap().last().unwrap().id, 4, "ids are never reused");
+    assert_eq!(img.list_snaps().unwrap().last().unwrap().id, 5, "ids are never reused, and a removal consumes one");
+}
+
+#[test]
+fn snapshot_ids_come_from_the_pool() {
+    let fx = Fx::new();
+    let a = fx.image("a", MIB, 22);
+    let b = fx.image("b", MIB, 22);
+    a.create_snap("s").unwrap();
+    b.create_snap("s").unwrap();
+    a.create_snap("t").unwrap();
+    let ids = |img: &dyn Image| img.list_snaps().unwrap().iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!((ids(&*a), ids(&*b)), (vec![1, 3], vec![2]), "one sequence for the pool's images");
 }
 
 #[test]
