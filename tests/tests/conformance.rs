@@ -137,6 +137,7 @@ conformance_cases! {
     exclusive_lock_is_listed_and_released,
     writable_opens_watch_the_image,
     exclusive_lock_twice_same_cookie_is_exists,
+    advisory_lock_makes_writes_busy_with_the_exclusive_lock_feature,
     exclusive_lock_other_cookie_is_busy,
     shared_locks_share_a_tag,
     unlock_not_held_is_not_found,

@@ -48,6 +48,17 @@ fn invalid(what: impl Into<String>) -> Error {
     Error::InvalidArgument(what.into())
 }
 
+/// With the exclusive-lock feature, librbd's writes wait while anyone (the writer too)
+/// holds an advisory lock: for ever, for a crashed holder. The embedded store answers
+/// `busy` instead, and the librbd backend looks first and does the same
+/// (docs/librbd-semantics.md).
+fn not_blocked(header: &Header) -> Result<()> {
+    if header.features & crate::features::EXCLUSIVE_LOCK != 0 && !header.locks.holders.is_empty() {
+        return Err(Error::Busy("the image holds an advisory lock; with the exclusive-lock feature a write would wait for it".into()));
+    }
+    Ok(())
+}
+
 impl EmbeddedImage {
     pub(crate) fn new(
         shared: Arc<ImageShared>,
@@ -174,12 +185,14 @@ impl Image for EmbeddedImage {
         let in_place = {
             let _lock = self.shared.lock_image(false)?;
             let header = self.shared.current()?;
+            not_blocked(&header)?;
             let n = fits(&header)?;
             self.shared.write_in_place(&header, offset, &data[..n as usize])?.then_some(n)
         };
         let written = match in_place {
             Some(n) => n,
             None => self.shared.modify(false, |txn| {
+                not_blocked(&txn.header)?;
                 let n = fits(&txn.header)?;
                 txn.write(offset, &data[..n as usize])?;
                 Ok(n)
@@ -197,6 +210,7 @@ impl Image for EmbeddedImage {
             return Ok(());
         }
         self.shared.modify(false, |txn| {
+            not_blocked(&txn.header)?;
             let end = Self::clip(offset, length, txn.header.size)?;
             txn.discard(offset, end)
         })

@@ -183,6 +183,7 @@ api! {
 
     rbd_list_lockers: fn(rbd_image_t, *mut c_int, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize) -> isize;
     rbd_lock_exclusive: fn(rbd_image_t, *const c_char) -> c_int;
+    rbd_is_exclusive_lock_owner: fn(rbd_image_t, *mut c_int) -> c_int;
     rbd_lock_shared: fn(rbd_image_t, *const c_char, *const c_char) -> c_int;
     rbd_unlock: fn(rbd_image_t, *const c_char) -> c_int;
     rbd_break_lock: fn(rbd_image_t, *const c_char, *const c_char) -> c_int;

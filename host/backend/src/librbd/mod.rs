@@ -573,6 +573,34 @@ impl LibrbdImage {
         guard
     }
 
+    /// With the exclusive-lock feature, librbd's writes wait for the image's lock, and an
+    /// advisory lock (`lock_exclusive`, `lock_shared`: the same RADOS lock) held by anyone,
+    /// this client included, makes them wait until it goes: for ever, for a crashed holder
+    /// (docs/librbd-semantics.md). So a write from a handle that does not own the lock yet
+    /// looks first and answers `busy`, as the embedded store does, instead of hanging. A
+    /// lock taken between the look and the write still makes that write wait.
+    fn check_not_blocked(&self) -> Result<()> {
+        let features = self.u64_getter(self.api.rbd_get_features, "features")?;
+        if features & crate::features::EXCLUSIVE_LOCK == 0 {
+            return Ok(());
+        }
+        let mut owner: c_int = 0;
+        // SAFETY: open image, out-pointer.
+        check(unsafe { (self.api.rbd_is_exclusive_lock_owner)(self.handle, &mut owner) }, || self.ctx("is_exclusive_lock_owner"))?;
+        if owner != 0 {
+            return Ok(());
+        }
+        let info = self.list_lockers()?;
+        let managed = info.tag == "internal" && info.lockers.iter().all(|l| l.cookie.starts_with("auto "));
+        if !info.lockers.is_empty() && !managed {
+            return Err(Error::Busy(format!(
+                "{} holds an advisory lock on it; with the exclusive-lock feature a write would wait for it",
+                self.ctx("write")
+            )));
+        }
+        Ok(())
+    }
+
     /// The image's size, for clipping a request as librbd will.
     fn current_size(&self) -> Result<u64> {
         let mut size = 0u64;
@@ -753,6 +781,7 @@ impl AsyncIo for LibrbdImage {
     }
 
     fn start_write(&self, offset: u64, data: Box<dyn AsRef<[u8]> + Send>, done: WriteDone) -> Result<()> {
+        self.check_not_blocked()?;
         let _g = self.shared();
         let size = self.current_size()?;
         let len = (*data).as_ref().len();
@@ -836,6 +865,7 @@ impl Image for LibrbdImage {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<u64> {
+        self.check_not_blocked()?;
         let _g = self.shared();
         // SAFETY: `data` is valid for `data.len()` bytes.
         let n = unsafe { (self.api.rbd_write2)(self.handle, offset, data.len(), data.as_ptr().cast(), 0) };
@@ -849,6 +879,7 @@ impl Image for LibrbdImage {
     }
 
     fn discard(&self, offset: u64, length: u64) -> Result<()> {
+        self.check_not_blocked()?;
         let _g = self.shared();
         // SAFETY: open image.
         check(unsafe { (self.api.rbd_discard)(self.handle, offset, length) }, || {

@@ -908,6 +908,26 @@ fn exclusive_lock_is_listed_and_released(c: &Ctx) -> R {
     eq(ok(img.list_lockers(), "list")?.lockers.len(), 0, "released")
 }
 
+/// librbd with the exclusive-lock feature: an advisory lock held by anyone makes every
+/// write wait (for ever, for a crashed holder); both backends answer `busy` instead.
+fn advisory_lock_makes_writes_busy_with_the_exclusive_lock_feature(c: &Ctx) -> R {
+    let img = c.image("img", MIB)?;
+    ok(img.lock_exclusive("adv"), "lock")?;
+    expect_err(img.write(0, b"x"), "busy", "the holder's own write")?;
+    let other = ok(c.pool.open(&c.n("img")), "open again")?;
+    expect_err(other.write(0, b"x"), "busy", "another handle's write")?;
+    expect_err(other.discard(0, MIB), "busy", "a discard")?;
+    ok(img.unlock("adv"), "unlock")?;
+    ok(img.write(0, b"x"), "a write once the lock is gone")?;
+    // Without the feature, advisory locks are only advisory.
+    let o = CreateOptions { features: 1, ..Default::default() };
+    ok(c.pool.create_with(&c.n("plain"), MIB, &o), "create without exclusive-lock")?;
+    let plain = ok(c.pool.open(&c.n("plain")), "open")?;
+    ok(plain.lock_exclusive("adv"), "lock")?;
+    ok(plain.write(0, b"x"), "the holder writes")?;
+    ok(plain.unlock("adv"), "unlock")
+}
+
 fn exclusive_lock_twice_same_cookie_is_exists(c: &Ctx) -> R {
     let img = c.image("img", MIB)?;
     ok(img.lock_exclusive("c"), "lock")?;
@@ -1100,6 +1120,10 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("exclusive_lock_is_listed_and_released", exclusive_lock_is_listed_and_released),
     ("writable_opens_watch_the_image", writable_opens_watch_the_image),
     ("exclusive_lock_twice_same_cookie_is_exists", exclusive_lock_twice_same_cookie_is_exists),
+    (
+        "advisory_lock_makes_writes_busy_with_the_exclusive_lock_feature",
+        advisory_lock_makes_writes_busy_with_the_exclusive_lock_feature,
+    ),
     ("exclusive_lock_other_cookie_is_busy", exclusive_lock_other_cookie_is_busy),
     ("shared_locks_share_a_tag", shared_locks_share_a_tag),
     ("unlock_not_held_is_not_found", unlock_not_held_is_not_found),
