@@ -200,15 +200,19 @@ pub type ReadDone = Box<dyn FnOnce(Result<Vec<u8>>) + Send>;
 pub type WriteDone = Box<dyn FnOnce(Result<u64>) + Send>;
 
 /// Reads and writes that complete later, on the backend's own threads (librbd's AIO), so
-/// that many can be in flight without a thread waiting for each. `done` is called exactly
-/// once if the call returns `Ok`, never if it returns `Err`; it runs on a backend thread,
-/// so it must be quick and must not call the backend. Closing the image waits for what is
-/// in flight.
+/// that many can be in flight without a thread waiting for each reply. Starting one may
+/// still wait (librbd refreshes the image first when its header changed, and a call that
+/// has the image to itself goes first), so call these where a thread may block, never on
+/// an async executor. `Ok(true)`: started, and `done` will be called exactly once, on a
+/// backend thread (so it must be quick and must not call the backend). `Ok(false)`: not
+/// started (a write whose handle does not own librbd's exclusive lock yet must look at the
+/// lockers first: `Image::write` does); `done` was dropped uncalled. `Err`: not started
+/// either. Closing the image waits for what is in flight.
 pub trait AsyncIo: Send + Sync {
     /// `Image::read`, started.
-    fn start_read(&self, offset: u64, length: u64, done: ReadDone) -> Result<()>;
+    fn start_read(&self, offset: u64, length: u64, done: ReadDone) -> Result<bool>;
     /// `Image::write`, started; `data` is kept until the write is done.
-    fn start_write(&self, offset: u64, data: Box<dyn AsRef<[u8]> + Send>, done: WriteDone) -> Result<()>;
+    fn start_write(&self, offset: u64, data: Box<dyn AsRef<[u8]> + Send>, done: WriteDone) -> Result<bool>;
 }
 
 /// One open image. Dropping it closes it.

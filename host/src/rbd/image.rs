@@ -43,6 +43,20 @@ impl OpenImage {
         }
     }
 
+    /// [`OpenImage::with`], unless that would wait (the image is being closed, and closing
+    /// waits for what is in flight): `None` then. For the async executor, which must not.
+    pub fn try_with<T>(&self, f: impl FnOnce(&dyn Image) -> Result<T, Error>) -> Option<Result<T, Error>> {
+        let guard = match self.image.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(match guard.as_deref() {
+            Some(image) => f(image),
+            None => Err(Error::NotFound("the image was closed".into())),
+        })
+    }
+
     pub fn is_open(&self) -> bool {
         self.image.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_some()
     }

@@ -112,10 +112,16 @@ fn clipped(offset: u64, length: u64, size: u64) -> u64 {
     }
 }
 
-/// Read `length` bytes at `offset` through the backend: librbd's asynchronous I/O where
-/// the backend has it (no thread waits for the cluster), else on the blocking pool. The
-/// memory `hold` and the watch entry stay until the backend is done with the buffer, even
-/// if the caller is gone by then.
+/// Whether the backend has asynchronous I/O (librbd). Without waiting: `false` while the
+/// image is being closed (the blocking path then answers).
+fn has_aio(open: &OpenImage) -> bool {
+    open.try_with(|i| Ok(i.aio().is_some())).and_then(Result::ok).unwrap_or(false)
+}
+
+/// Read `length` bytes at `offset` through the backend: with librbd's asynchronous I/O, the
+/// read is started on the blocking pool (starting may wait for an image refresh) and its
+/// reply holds no thread; else a blocking read. The memory `hold` and the watch entry stay
+/// until the backend is done with the buffer, even if the caller is gone by then.
 async fn backend_read(
     open: &Arc<OpenImage>,
     watch: &Arc<BackendWatch>,
@@ -123,34 +129,32 @@ async fn backend_read(
     offset: u64,
     length: u64,
 ) -> HostResult<Vec<u8>> {
-    if !open.with(|i| Ok(i.aio().is_some()))? {
-        let open = open.clone();
-        return blocking(watch, move || {
-            let _held = hold;
-            open.with(|i| i.read(offset, length))
-        })
-        .await;
+    if has_aio(open) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (in_flight, held, image) = (watch.enter(), hold.clone(), open.clone());
+        let done: rbd_backend::ReadDone = Box::new(move |result| {
+            let _ = tx.send(result);
+            drop((held, in_flight));
+        });
+        let started =
+            blocking(watch, move || image.with(|i| i.aio().map_or(Ok(false), |a| a.start_read(offset, length, done))));
+        if started.await? {
+            return match rx.await {
+                Ok(result) => result.map_err(HostError::Rbd),
+                Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a read"))),
+            };
+        }
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let in_flight = watch.enter();
-    open.with(move |i| {
-        let aio = i.aio().ok_or_else(|| Error::Logic("the backend lost its asynchronous I/O".into()))?;
-        aio.start_read(
-            offset,
-            length,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-                drop((hold, in_flight));
-            }),
-        )
-    })?;
-    match rx.await {
-        Ok(result) => result.map_err(HostError::Rbd),
-        Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a read"))),
-    }
+    let open = open.clone();
+    blocking(watch, move || {
+        let _held = hold;
+        open.with(|i| i.read(offset, length))
+    })
+    .await
 }
 
-/// Write `data` at `offset` through the backend, as [`backend_read`] reads.
+/// Write `data` at `offset` through the backend, as [`backend_read`] reads (a handle's
+/// first writes on librbd, before it owns the exclusive lock, are blocking writes).
 async fn backend_write(
     open: &Arc<OpenImage>,
     watch: &Arc<BackendWatch>,
@@ -158,31 +162,29 @@ async fn backend_write(
     offset: u64,
     data: bytes::Bytes,
 ) -> HostResult<u64> {
-    if !open.with(|i| Ok(i.aio().is_some()))? {
-        let open = open.clone();
-        return blocking(watch, move || {
-            let _held = hold;
-            open.with(|i| i.write(offset, &data))
-        })
-        .await;
+    if has_aio(open) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (in_flight, held, image, bytes) = (watch.enter(), hold.clone(), open.clone(), data.clone());
+        let done: rbd_backend::WriteDone = Box::new(move |result| {
+            let _ = tx.send(result);
+            drop((held, in_flight));
+        });
+        let started = blocking(watch, move || {
+            image.with(|i| i.aio().map_or(Ok(false), |a| a.start_write(offset, Box::new(bytes), done)))
+        });
+        if started.await? {
+            return match rx.await {
+                Ok(result) => result.map_err(HostError::Rbd),
+                Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a write"))),
+            };
+        }
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let in_flight = watch.enter();
-    open.with(move |i| {
-        let aio = i.aio().ok_or_else(|| Error::Logic("the backend lost its asynchronous I/O".into()))?;
-        aio.start_write(
-            offset,
-            Box::new(data),
-            Box::new(move |result| {
-                let _ = tx.send(result);
-                drop((hold, in_flight));
-            }),
-        )
-    })?;
-    match rx.await {
-        Ok(result) => result.map_err(HostError::Rbd),
-        Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a write"))),
-    }
+    let open = open.clone();
+    blocking(watch, move || {
+        let _held = hold;
+        open.with(|i| i.write(offset, &data))
+    })
+    .await
 }
 
 impl ImageHandle {

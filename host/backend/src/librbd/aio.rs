@@ -1,5 +1,6 @@
 //! librbd's asynchronous reads and writes (`rbd_aio_read2`, `rbd_aio_write2`): many in
-//! flight at once, as `rbd export-diff` keeps them, with no thread waiting for each.
+//! flight at once, as `rbd export-diff` keeps them, with no thread waiting for each reply
+//! (starting one may wait: see `rbd_backend::AsyncIo`).
 //!
 //! Each request owns its buffer and its `done` callback in a box that librbd hands back to
 //! [`completed`], so a request outlives whoever started it (a job that ends mid-read frees

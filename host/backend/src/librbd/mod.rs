@@ -580,14 +580,7 @@ impl LibrbdImage {
     /// looks first and answers `busy`, as the embedded store does, instead of hanging. A
     /// lock taken between the look and the write still makes that write wait.
     fn check_not_blocked(&self) -> Result<()> {
-        let features = self.u64_getter(self.api.rbd_get_features, "features")?;
-        if features & crate::features::EXCLUSIVE_LOCK == 0 {
-            return Ok(());
-        }
-        let mut owner: c_int = 0;
-        // SAFETY: open image, out-pointer.
-        check(unsafe { (self.api.rbd_is_exclusive_lock_owner)(self.handle, &mut owner) }, || self.ctx("is_exclusive_lock_owner"))?;
-        if owner != 0 {
+        if self.owns_writes()? {
             return Ok(());
         }
         let info = self.list_lockers()?;
@@ -764,7 +757,7 @@ extern "C" fn diff_callback(offset: u64, length: usize, exists: c_int, arg: *mut
 }
 
 impl AsyncIo for LibrbdImage {
-    fn start_read(&self, offset: u64, length: u64, done: ReadDone) -> Result<()> {
+    fn start_read(&self, offset: u64, length: u64, done: ReadDone) -> Result<bool> {
         let _g = self.shared();
         let size = self.current_size()?;
         // As `read`: allocate only what can come back; past the end, ask for a byte so that
@@ -777,12 +770,17 @@ impl AsyncIo for LibrbdImage {
             // SAFETY: open image; the buffer of `want` bytes lives in the request until the
             // completion's callback.
             unsafe { (api.rbd_aio_read2)(handle, offset, want, buf, comp, 0) }
-        })
+        })?;
+        Ok(true)
     }
 
-    fn start_write(&self, offset: u64, data: Box<dyn AsRef<[u8]> + Send>, done: WriteDone) -> Result<()> {
-        self.check_not_blocked()?;
+    fn start_write(&self, offset: u64, data: Box<dyn AsRef<[u8]> + Send>, done: WriteDone) -> Result<bool> {
         let _g = self.shared();
+        // Not owning the exclusive lock yet, the write must look at the lockers first
+        // (`check_not_blocked`, in `write`).
+        if !self.owns_writes()? {
+            return Ok(false);
+        }
         let size = self.current_size()?;
         let len = (*data).as_ref().len();
         // librbd writes the part inside the image (and fails one that starts past it).
@@ -792,7 +790,25 @@ impl AsyncIo for LibrbdImage {
         aio::start(api, &self.in_flight, aio::write_request(data, clipped, len as u64, done, what), |buf, comp| {
             // SAFETY: open image; the data lives in the request until the callback.
             unsafe { (api.rbd_aio_write2)(handle, offset, len, buf, comp, 0) }
-        })
+        })?;
+        Ok(true)
+    }
+}
+
+impl LibrbdImage {
+    /// No exclusive-lock feature, or this handle owns the lock (no guard taken: callers
+    /// hold one or need none; librbd may refresh the image first, which can wait).
+    fn owns_writes(&self) -> Result<bool> {
+        let mut features = 0u64;
+        // SAFETY: open image, out-pointer.
+        check(unsafe { (self.api.rbd_get_features)(self.handle, &mut features) }, || self.ctx("features"))?;
+        if features & crate::features::EXCLUSIVE_LOCK == 0 {
+            return Ok(true);
+        }
+        let mut owner: c_int = 0;
+        // SAFETY: open image, out-pointer.
+        check(unsafe { (self.api.rbd_is_exclusive_lock_owner)(self.handle, &mut owner) }, || self.ctx("is_exclusive_lock_owner"))?;
+        Ok(owner != 0)
     }
 }
 
