@@ -118,10 +118,42 @@ fn has_aio(open: &OpenImage) -> bool {
     open.try_with(|i| Ok(i.aio().is_some())).and_then(Result::ok).unwrap_or(false)
 }
 
-/// Read `length` bytes at `offset` through the backend: with librbd's asynchronous I/O, the
-/// read is started on the blocking pool (starting may wait for an image refresh) and its
-/// reply holds no thread; else a blocking read. The memory `hold` and the watch entry stay
-/// until the backend is done with the buffer, even if the caller is gone by then.
+/// One read or write through the backend: with its asynchronous I/O (librbd), `start` runs
+/// on the blocking pool (starting may wait for an image refresh) and the reply holds no
+/// thread; without it, or where `start` declines, `call` runs on the blocking pool. The
+/// memory `hold` and the watch entry stay until the backend is done with the request's
+/// buffer, even if the caller is gone by then.
+async fn backend_io<T: Send + 'static>(
+    open: &Arc<OpenImage>,
+    watch: &Arc<BackendWatch>,
+    hold: Arc<Reservation>,
+    start: impl FnOnce(&dyn rbd_backend::AsyncIo, Box<dyn FnOnce(Result<T, Error>) + Send>) -> Result<bool, Error>
+        + Send
+        + 'static,
+    call: impl FnOnce(&dyn rbd_backend::Image) -> Result<T, Error> + Send + 'static,
+) -> HostResult<T> {
+    if has_aio(open) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (in_flight, held, image) = (watch.enter(), hold.clone(), open.clone());
+        let done: Box<dyn FnOnce(Result<T, Error>) + Send> = Box::new(move |result| {
+            let _ = tx.send(result);
+            drop((held, in_flight));
+        });
+        if blocking(watch, move || image.with(|i| i.aio().map_or(Ok(false), |a| start(a, done)))).await? {
+            return match rx.await {
+                Ok(result) => result.map_err(HostError::Rbd),
+                Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a request"))),
+            };
+        }
+    }
+    let open = open.clone();
+    blocking(watch, move || {
+        let _held = hold;
+        open.with(call)
+    })
+    .await
+}
+
 async fn backend_read(
     open: &Arc<OpenImage>,
     watch: &Arc<BackendWatch>,
@@ -129,32 +161,11 @@ async fn backend_read(
     offset: u64,
     length: u64,
 ) -> HostResult<Vec<u8>> {
-    if has_aio(open) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (in_flight, held, image) = (watch.enter(), hold.clone(), open.clone());
-        let done: rbd_backend::ReadDone = Box::new(move |result| {
-            let _ = tx.send(result);
-            drop((held, in_flight));
-        });
-        let started =
-            blocking(watch, move || image.with(|i| i.aio().map_or(Ok(false), |a| a.start_read(offset, length, done))));
-        if started.await? {
-            return match rx.await {
-                Ok(result) => result.map_err(HostError::Rbd),
-                Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a read"))),
-            };
-        }
-    }
-    let open = open.clone();
-    blocking(watch, move || {
-        let _held = hold;
-        open.with(|i| i.read(offset, length))
-    })
-    .await
+    backend_io(open, watch, hold, move |a, done| a.start_read(offset, length, done), move |i| i.read(offset, length)).await
 }
 
-/// Write `data` at `offset` through the backend, as [`backend_read`] reads (a handle's
-/// first writes on librbd, before it owns the exclusive lock, are blocking writes).
+/// A handle's first writes on librbd, before it owns the exclusive lock, are blocking
+/// writes: they look at the lockers first (`AsyncIo::start_write` declines).
 async fn backend_write(
     open: &Arc<OpenImage>,
     watch: &Arc<BackendWatch>,
@@ -162,29 +173,9 @@ async fn backend_write(
     offset: u64,
     data: bytes::Bytes,
 ) -> HostResult<u64> {
-    if has_aio(open) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (in_flight, held, image, bytes) = (watch.enter(), hold.clone(), open.clone(), data.clone());
-        let done: rbd_backend::WriteDone = Box::new(move |result| {
-            let _ = tx.send(result);
-            drop((held, in_flight));
-        });
-        let started = blocking(watch, move || {
-            image.with(|i| i.aio().map_or(Ok(false), |a| a.start_write(offset, Box::new(bytes), done)))
-        });
-        if started.await? {
-            return match rx.await {
-                Ok(result) => result.map_err(HostError::Rbd),
-                Err(_) => Err(HostError::Trap(wasmtime::Error::msg("the backend dropped a write"))),
-            };
-        }
-    }
-    let open = open.clone();
-    blocking(watch, move || {
-        let _held = hold;
-        open.with(|i| i.write(offset, &data))
-    })
-    .await
+    let bytes = data.clone();
+    let start = move |a: &dyn rbd_backend::AsyncIo, done| a.start_write(offset, Box::new(bytes), done);
+    backend_io(open, watch, hold, start, move |i| i.write(offset, &data)).await
 }
 
 impl ImageHandle {
