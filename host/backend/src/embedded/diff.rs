@@ -18,8 +18,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::header::{Header, ParentLink, View, ZERO_GEN};
-use super::overlap::{complement_in, cut, intersect, union, Ranges};
-use super::shared::{nonempty, obj_end, ImageShared, FROM_PARENT};
+use super::overlap::{complement_in, cut, intersect, nonempty, union, Ranges};
+use super::shared::{obj_end, ImageShared, FROM_PARENT};
 use crate::{Extent, Result};
 
 /// librbd's two diff modes (see the module documentation).

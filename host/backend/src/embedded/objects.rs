@@ -217,16 +217,15 @@ impl Objects {
         if start >= len || start >= end {
             return Ok(());
         }
-        self.overlaps.changing(objno, gen, start, if end >= len { u64::MAX } else { end })?;
         if end >= len {
-            file.set_len(start)?;
-        } else {
-            let mut pos = start;
-            while pos < end {
-                let n = usize::try_from(end - pos).map_or(CHUNK, |left| left.min(CHUNK));
-                file.write_all_at(&ZEROES[..n], pos)?;
-                pos += n as u64;
-            }
+            return self.truncate(objno, gen, start);
+        }
+        self.overlaps.changing(objno, gen, start, end)?;
+        let mut pos = start;
+        while pos < end {
+            let n = usize::try_from(end - pos).map_or(CHUNK, |left| left.min(CHUNK));
+            file.write_all_at(&ZEROES[..n], pos)?;
+            pos += n as u64;
         }
         self.mark_dirty(objno, gen);
         Ok(())

@@ -31,6 +31,15 @@ use crate::Result;
 /// Sorted, disjoint, non-empty half-open byte ranges.
 pub(crate) type Ranges = Vec<(u64, u64)>;
 
+/// `[a, b)` as ranges (none if empty).
+pub(crate) fn nonempty(a: u64, b: u64) -> Ranges {
+    if a < b {
+        vec![(a, b)]
+    } else {
+        Ranges::new()
+    }
+}
+
 /// `a` without the bytes of `[start, end)`.
 pub(crate) fn cut(a: &Ranges, start: u64, end: u64) -> Ranges {
     let mut out = Ranges::with_capacity(a.len() + 1);

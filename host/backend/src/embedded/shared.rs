@@ -22,15 +22,6 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-/// `[a, b)` as ranges (none if empty).
-pub(crate) fn nonempty(a: u64, b: u64) -> Ranges {
-    if a < b {
-        vec![(a, b)]
-    } else {
-        Ranges::new()
-    }
-}
-
 /// The origin an overlap names for an object copied up from a clone's parent.
 pub(crate) const FROM_PARENT: u64 = u64::MAX;
 
@@ -38,7 +29,7 @@ pub(crate) const FROM_PARENT: u64 = u64::MAX;
 const DISCARD_GRANULARITY: u64 = 64 << 10;
 
 use super::header::{Header, ObjectMap, ParentLink, View, ZERO_GEN};
-use super::overlap::{intersect, Ranges};
+use super::overlap::{intersect, nonempty, Ranges};
 use super::locks::Identity;
 use super::objects::{is_zero, Objects};
 use super::store::{collect, is_temp_name, read_json, sync_dir, to_json, write_atomic, FileLock, ImageDir, Root};
