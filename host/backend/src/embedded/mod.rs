@@ -49,6 +49,10 @@ use store::{FileLock, Root};
 
 use crate::{Backend, CloneOptions, CreateOptions, Error, Image, Result, Version};
 
+/// How long `remove` waits for an image that looks open to close (see
+/// `FileLock::try_exclusive_within`); an image really open answers busy after this.
+const OPEN_CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A client of an embedded store. Cheap to share; every [`EmbeddedBackend::open`] is a new
 /// client with its own identity (`client.<n>`) for advisory locks.
 #[derive(Debug, Clone)]
@@ -177,7 +181,7 @@ impl Backend for EmbeddedBackend {
         if has_snaps {
             return Err(Error::HasSnapshots(format!("image {name:?}")));
         }
-        let Some(_watch) = FileLock::try_exclusive(&image_dir.watch())? else {
+        let Some(_watch) = FileLock::try_exclusive_within(&image_dir.watch(), OPEN_CHECK_PATIENCE)? else {
             return Err(Error::Busy(format!("image {name:?} is open")));
         };
         txn.directory.images.remove(name);

@@ -218,6 +218,28 @@ impl FileLock {
         }
     }
 
+    /// `try_exclusive`, tried again for up to `patience` while someone holds the lock.
+    ///
+    /// Why wait at all: an `flock` belongs to an open file description, and a child process
+    /// forked by any thread of this process shares every descriptor open at the fork until its
+    /// `exec` closes them. A handle closed just before (a job that closed its image, then the
+    /// caller removes it) can thus look open for the few milliseconds another thread's
+    /// `Command::spawn` takes.
+    pub fn try_exclusive_within(path: &Path, patience: std::time::Duration) -> Result<Option<FileLock>> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            if let Some(held) = Self::try_exclusive(path)? {
+                return Ok(Some(held));
+            }
+            if started.elapsed() >= patience {
+                return Ok(None);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Lock an already open file (a pooled lock file descriptor).
     pub fn from_file(file: File, exclusive: bool) -> Result<FileLock> {
         if exclusive {

@@ -229,6 +229,32 @@ fn remove_answers_not_found_has_snapshots_and_busy() {
     assert_eq!(kind(fx.be.open("rbd", "open", None, false)), "not-found");
 }
 
+/// A process another thread forks holds copies of every descriptor until its `exec`: an
+/// image closed meanwhile must not stay busy for `remove` (CI saw it: a test removed the image
+/// its job had just closed while another test spawned a build).
+#[test]
+fn remove_waits_out_a_forked_child_holding_a_closed_images_watch() {
+    use std::os::unix::process::CommandExt;
+    let fx = Fx::new();
+    let open = fx.image("img", MIB, 22);
+    let mut child = std::process::Command::new("true");
+    // SAFETY: the closure only sleeps (nanosleep is async-signal-safe) before the exec.
+    unsafe {
+        child.pre_exec(|| {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            Ok(())
+        });
+    }
+    // `spawn` returns after the exec: fork on another thread, as the other test did.
+    let spawner = std::thread::spawn(move || child.spawn().unwrap().wait().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(open);
+    let started = std::time::Instant::now();
+    fx.be.remove("rbd", "img").unwrap();
+    assert!(started.elapsed() < super::super::OPEN_CHECK_PATIENCE, "{:?}", started.elapsed());
+    spawner.join().unwrap();
+}
+
 #[test]
 fn remove_with_snapshots_wins_over_busy() {
     let fx = Fx::new();
