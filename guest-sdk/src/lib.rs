@@ -278,8 +278,24 @@ impl Sha256 {
         Sha256 { inner: job_host::Sha256::new() }
     }
 
+    /// The check of an rbd diff stream, `chunked-sha256` with `chunk_size`-byte chunks (at
+    /// least 4096): each `w` record's data counts as the SHA-256 of its pieces, cut at image
+    /// offsets that are multiples of the chunk size, so a backup whose reads hashed its
+    /// chunks (`Image::start_reads` with a chunk size) hashes no byte twice. Data is added
+    /// with [`Sha256::update_data`], by `PendingReads::write_to` (the image's bytes) and by
+    /// [`Image::write_from`] (the bytes written); everything else as it is.
+    pub fn chunked(chunk_size: u32) -> Self {
+        Sha256 { inner: job_host::Sha256::chunked(chunk_size) }
+    }
+
     pub fn update(&self, data: &[u8]) {
         self.inner.update(data);
+    }
+
+    /// Add `data`, the image's bytes at `offset`: for a [`Sha256::chunked`] hasher, a `w`
+    /// record's data (or the next part of it); for a plain one, as [`Sha256::update`].
+    pub fn update_data(&self, offset: u64, data: &[u8]) {
+        self.inner.update_data(offset, data);
     }
 
     /// Add the rest of `file`, read by the host (the bytes never enter the job); returns how

@@ -335,3 +335,47 @@ pub fn run_host_measured(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Me
         .expect("run rbd-wasm");
     Measured { code: out.status.code().unwrap_or(-1), stdout: out.stdout, stderr: out.stderr, wall: started.elapsed() }
 }
+
+/// The `chunked-sha256` check of an rbd diff v1 stream (what a backup manifest records as
+/// `stream_check.digest`, with 64 KiB chunks), computed here from the stream's bytes.
+pub fn stream_check(stream: &[u8]) -> String {
+    let mut check = rbddiff_check::StreamCheck::chunked(64 << 10);
+    let le64 = |at: usize| u64::from_le_bytes(stream[at..at + 8].try_into().unwrap());
+    assert_eq!(&stream[..12], b"rbd diff v1\n", "not a v1 stream");
+    check.update(&stream[..12]);
+    let mut at = 12;
+    loop {
+        let start = at;
+        match stream[at] {
+            b'f' | b't' => at += 5 + u32::from_le_bytes(stream[at + 1..at + 5].try_into().unwrap()) as usize,
+            b's' => at += 9,
+            b'z' => at += 17,
+            b'w' => {
+                let (offset, length) = (le64(at + 1), le64(at + 9) as usize);
+                check.update(&stream[start..at + 17]);
+                check.update_data(offset, &stream[at + 17..at + 17 + length], None);
+                at += 17 + length;
+                continue;
+            }
+            b'e' => {
+                check.update(&stream[at..]);
+                break;
+            }
+            tag => panic!("unknown record tag {tag:#04x} at {at}"),
+        }
+        check.update(&stream[start..at]);
+    }
+    hex::encode(check.finalize_reset())
+}
+
+/// [`stream_check`] as `tools/rbddiff-check.py` computes it from `path` (the tool an
+/// operator checks a stream with), and the length it counts.
+pub fn stream_check_by_tool(path: &Path) -> (String, u64) {
+    let tool = workspace_root().join("tools/rbddiff-check.py");
+    let out = std::process::Command::new("/usr/bin/python3").arg(tool).arg(path).output().expect("run rbddiff-check.py");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut words = text.split_whitespace();
+    let digest = words.next().unwrap().to_owned();
+    (digest, words.next().unwrap().parse().unwrap())
+}

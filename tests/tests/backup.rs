@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use rbd_wasm::backend::{Backend, CloneOptions, CreateOptions, Image};
-use rbd_wasm_tests::{ceph_conf, run_with_output, unique_prefix, JobRun};
+use rbd_wasm_tests::{ceph_conf, run_with_output, stream_check, stream_check_by_tool, unique_prefix, JobRun};
 use sha2::{Digest, Sha256};
 
 fn rbd(args: &[&str]) -> Vec<u8> {
@@ -84,8 +84,14 @@ fn make_chain(backend: &Arc<dyn Backend>, src: &str, out: &Path) -> PathBuf {
         assert_eq!(m["to_snapshot"], format!("backup-{n}"));
         let from = if n == 1 { serde_json::Value::Null } else { format!("backup-{}", n - 1).into() };
         assert_eq!(m["from_snapshot"], from);
-        let stream = std::fs::read(dir.join(format!("{n}.rbddiff"))).unwrap();
-        assert_eq!(m["stream_sha256"], hex::encode(Sha256::digest(&stream)), "stream checksum");
+        let stream_path = dir.join(format!("{n}.rbddiff"));
+        let stream = std::fs::read(&stream_path).unwrap();
+        assert_eq!(m["stream_check"]["method"], "chunked-sha256");
+        assert_eq!(m["stream_check"]["chunk_size"], 65536);
+        assert_eq!(m["stream_check"]["digest"], stream_check(&stream), "stream check");
+        assert_eq!(stream_check_by_tool(&stream_path), (stream_check(&stream), stream.len() as u64), "tools/rbddiff-check.py");
+        assert_eq!(m["stream_bytes"], stream.len() as u64);
+        assert!(m.get("stream_sha256").is_none(), "{m}");
         let image = contents(backend.as_ref(), "rbd", src, Some(&format!("backup-{n}")));
         assert_eq!(m["image_digest"], chunk_digest(&image), "image digest");
         let sums = std::fs::read(dir.join(format!("{n}.sums"))).unwrap();
@@ -227,7 +233,7 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     let mut wrong = good.clone();
     wrong[data_at] ^= 0xff;
     std::fs::write(&stream, &wrong).unwrap();
-    manifest["stream_sha256"] = hex::encode(Sha256::digest(&wrong)).into();
+    manifest["stream_check"]["digest"] = stream_check(&wrong).into();
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     assert!(failed(&restore(&["rbd", &src, &unverified])).contains("digest"));
     assert!(!backend.list("rbd").unwrap().contains(&unverified), "an unverified restore was left behind");
@@ -235,7 +241,7 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     // A restore killed before it verified leaves only `TARGET.restoring`, which the next
     // restore to TARGET removes before it starts.
     std::fs::write(&stream, &good).unwrap();
-    manifest["stream_sha256"] = hex::encode(Sha256::digest(&good)).into();
+    manifest["stream_check"]["digest"] = stream_check(&good).into();
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let killed = format!("{src}-killed");
     backend.create("rbd", &format!("{killed}.restoring"), 1 << 20, &Default::default()).unwrap();
@@ -272,8 +278,8 @@ fn verify_checks_a_backup_against_its_snapshot(backend: Arc<dyn Backend>) {
     std::fs::write(&stream, &wrong).unwrap();
     let m = dir.join("2.json");
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-    let right_sha = manifest["stream_sha256"].clone();
-    manifest["stream_sha256"] = hex::encode(Sha256::digest(&wrong)).into();
+    let right_check = manifest["stream_check"]["digest"].clone();
+    manifest["stream_check"]["digest"] = stream_check(&wrong).into();
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let found = failed(&verify(&["rbd", &src]));
     assert!(found.contains("differs at") && found.contains("1 difference(s)"), "{found}");
@@ -281,7 +287,7 @@ fn verify_checks_a_backup_against_its_snapshot(backend: Arc<dyn Backend>) {
     assert!(failed(&verify(&["rbd", &src, "--sample", "1"])).contains("differs at"));
 
     // A damaged stream (checksum off) is named before the image is read.
-    manifest["stream_sha256"] = right_sha;
+    manifest["stream_check"]["digest"] = right_check;
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     assert!(failed(&verify(&["rbd", &src])).contains("damaged"));
     std::fs::write(&stream, &original).unwrap();
@@ -319,10 +325,19 @@ fn chunk_digest_v1(image: &[u8]) -> String {
 }
 
 /// A backup an older job made (its manifest has no `digest_version`, its `image_digest` is
-/// of version 1) still restores verified and verifies; a wrong digest of that version is
-/// still caught.
+/// of version 1, its stream is checked by a plain `stream_sha256`) still restores verified
+/// and verifies; a wrong digest of that version, or a stream check of a method no job
+/// knows, is still caught.
 fn an_older_jobs_backup_restores_verified(backend: Arc<dyn Backend>) {
     let (src, out, dir) = two_backups(&backend);
+    for n in 1..=2 {
+        let m = dir.join(format!("{n}.json"));
+        let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+        manifest.as_object_mut().unwrap().remove("stream_check");
+        let stream = std::fs::read(dir.join(format!("{n}.rbddiff"))).unwrap();
+        manifest["stream_sha256"] = hex::encode(Sha256::digest(&stream)).into();
+        std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    }
     let m = dir.join("2.json");
     let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
     manifest.as_object_mut().unwrap().remove("digest_version");
@@ -339,6 +354,17 @@ fn an_older_jobs_backup_restores_verified(backend: Arc<dyn Backend>) {
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let wrong = run_with_output("restore", &["rbd", &src, &format!("{src}-v1b")], backend.clone(), out.path());
     assert!(failed(&wrong).contains("digest"), "{}", failed(&wrong));
+    // A plain sha256 that does not match is a damaged stream.
+    manifest["image_digest"] = chunk_digest_v1(&image).into();
+    manifest["stream_sha256"] = "0".repeat(64).into();
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let damaged = run_with_output("restore", &["rbd", &src, &format!("{src}-v1c")], backend.clone(), out.path());
+    assert!(failed(&damaged).contains("damaged"), "{}", failed(&damaged));
+    // A check of a method this job does not know is refused, not skipped.
+    manifest["stream_check"] = serde_json::json!({"method": "blake3", "chunk_size": 65536, "digest": "00"});
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let unknown = run_with_output("restore", &["rbd", &src, &format!("{src}-v1d")], backend.clone(), out.path());
+    assert!(failed(&unknown).contains("does not know"), "{}", failed(&unknown));
 }
 
 /// A chain of 34 backups: the sums of backup 33 are written whole (a chain of 32 files is
@@ -542,7 +568,7 @@ mod librbd {
                 if path.extension().is_some_and(|e| e == "json") {
                     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
                     let stream = std::fs::read(dir.join(m["stream"].as_str().unwrap())).expect("a manifest's stream exists");
-                    assert_eq!(m["stream_sha256"], hex::encode(Sha256::digest(&stream)), "kill {i}: {path:?} looks complete but is not");
+                    assert_eq!(m["stream_check"]["digest"], stream_check(&stream), "kill {i}: {path:?} looks complete but is not");
                 }
             }
         }

@@ -1,30 +1,46 @@
-//! SHA-256 for the backup jobs: inside a job the host's (native, and pipelined with the
-//! job's I/O; see `job-host.sha256` in wit/rbd.wit), elsewhere (these crates' native unit
-//! tests) the `sha2` crate. Both give the same digests.
+//! SHA-256 and the stream check for the backup jobs: inside a job the host's (native, and
+//! pipelined with the job's I/O; see `job-host.sha256` in wit/rbd.wit), elsewhere (these
+//! crates' native unit tests) the `rbddiff-check` crate, which the host uses too. Both give
+//! the same digests.
 
 use std::io;
 
-/// A SHA-256 being computed.
+/// A SHA-256, or a stream check (`chunked-sha256`), being computed.
 pub struct Hasher {
     #[cfg(target_family = "wasm")]
     inner: rbd_wasm_guest::Sha256,
     #[cfg(not(target_family = "wasm"))]
-    inner: sha2::Sha256,
+    inner: rbddiff_check::StreamCheck,
 }
 
 impl Hasher {
+    /// A plain SHA-256.
     pub fn new() -> Self {
         #[cfg(target_family = "wasm")]
         return Hasher { inner: rbd_wasm_guest::Sha256::new() };
         #[cfg(not(target_family = "wasm"))]
-        return Hasher { inner: <sha2::Sha256 as sha2::Digest>::new() };
+        return Hasher { inner: rbddiff_check::StreamCheck::plain() };
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    /// A stream's `chunked-sha256` check with chunks of `chunk` bytes (at least 4096).
+    pub fn chunked(chunk: u32) -> Self {
         #[cfg(target_family = "wasm")]
-        self.inner.update(data);
+        return Hasher { inner: rbd_wasm_guest::Sha256::chunked(chunk) };
         #[cfg(not(target_family = "wasm"))]
-        sha2::Digest::update(&mut self.inner, data);
+        return Hasher { inner: rbddiff_check::StreamCheck::chunked(u64::from(chunk)) };
+    }
+
+    /// Add bytes as they are.
+    pub fn update(&mut self, data: &[u8]) {
+        self.inner.update(data);
+    }
+
+    /// Add a `w` record's data (or the next part of it): the image's bytes at `offset`.
+    pub fn update_data(&mut self, offset: u64, data: &[u8]) {
+        #[cfg(target_family = "wasm")]
+        self.inner.update_data(offset, data);
+        #[cfg(not(target_family = "wasm"))]
+        self.inner.update_data(offset, data, None);
     }
 
     /// The digest of everything added; the hasher starts over.
@@ -32,7 +48,7 @@ impl Hasher {
         #[cfg(target_family = "wasm")]
         return self.inner.finish();
         #[cfg(not(target_family = "wasm"))]
-        return sha2::Digest::finalize_reset(&mut self.inner).into();
+        return self.inner.finalize_reset();
     }
 }
 

@@ -134,7 +134,13 @@ pub struct Manifest {
     /// The stream's file name, beside the manifest: `N.rbddiff`.
     pub stream: String,
     pub stream_bytes: u64,
-    pub stream_sha256: String,
+    /// The stream's check, which hashes each byte of a backup once (see [`StreamCheck`]).
+    /// Absent from the manifests of older jobs, which have `stream_sha256` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_check: Option<StreamCheck>,
+    /// The sha256 of the stream file (`sha256sum`), in an older job's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_sha256: Option<String>,
     /// The image's digest at the to-snapshot, of its `chunk_size`-byte chunks (see
     /// [`digest`]; the way it is computed is `digest_version`).
     pub image_digest: String,
@@ -149,6 +155,19 @@ pub struct Manifest {
     /// its sha256.
     pub sums: String,
     pub sums_sha256: String,
+}
+
+/// A stream's check as a manifest records it: `method` is [`rbddiff_check::METHOD`],
+/// `chunked-sha256`, the SHA-256 of the stream with each `w` record's data replaced by the
+/// SHA-256 of each of its pieces, cut at image offsets that are multiples of `chunk_size`
+/// (docs/backup-format.md; `tools/rbddiff-check.py` computes it from a file). The backup's
+/// reads hashed those chunks already, so the stream's data is not hashed a second time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamCheck {
+    pub method: String,
+    pub chunk_size: u64,
+    /// Hex.
+    pub digest: String,
 }
 
 /// The image digest's version that [`digest`] computes and its sums files hold.
@@ -434,6 +453,79 @@ pub fn pieces(offset: u64, length: u64) -> impl Iterator<Item = Range> {
     })
 }
 
+/// How a manifest's stream is checked: the hasher to feed and what it must give.
+pub enum Expected<'a> {
+    /// `chunked-sha256` with chunks of this size.
+    Chunked(u32, &'a str),
+    /// An older job's sha256 of the file.
+    Plain(&'a str),
+}
+
+impl Manifest {
+    /// How this backup's stream is checked; an error for a method this job does not know.
+    pub fn expected_check(&self) -> Result<Expected<'_>> {
+        match (&self.stream_check, &self.stream_sha256) {
+            (Some(c), _) if c.method == rbddiff_check::METHOD => {
+                let chunk = u32::try_from(c.chunk_size).ok().filter(|&n| n >= 4096).ok_or_else(|| {
+                    format!("backup {}: a stream check with chunks of {} bytes", self.to_snapshot, c.chunk_size)
+                })?;
+                Ok(Expected::Chunked(chunk, &c.digest))
+            }
+            (Some(c), _) => {
+                Err(format!("backup {}: a stream check of method {:?}, which this job does not know", self.to_snapshot, c.method).into())
+            }
+            (None, Some(sha)) => Ok(Expected::Plain(sha)),
+            (None, None) => Err(format!("backup {}: its manifest has no stream check", self.to_snapshot).into()),
+        }
+    }
+
+    /// A hasher of this backup's stream check, for the host's data plane (`write-from`).
+    #[cfg(target_family = "wasm")]
+    pub fn stream_hasher(&self) -> Result<rbd_wasm_guest::Sha256> {
+        Ok(match self.expected_check()? {
+            Expected::Chunked(chunk, _) => rbd_wasm_guest::Sha256::chunked(chunk),
+            Expected::Plain(_) => rbd_wasm_guest::Sha256::new(),
+        })
+    }
+}
+
+/// A stream file's check, of the kind `manifest` records, and its length. A chunked check
+/// needs the records: the job reads the headers, and the data goes to the hasher in parts
+/// (inside a job, the host hashes them); a plain sha256 is of the file's bytes, which
+/// inside a job never enter it.
+pub fn file_check(path: &Path, manifest: &Manifest) -> Result<(String, u64)> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let chunk = match manifest.expected_check()? {
+        Expected::Chunked(chunk, _) => chunk,
+        Expected::Plain(_) => return file_sha256(path),
+    };
+    let file = fs::File::open(path).map_err(|e| at(&e))?;
+    let mut reader = stream::StreamReader::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| at(&e))?.keeping_raw();
+    let mut hasher = hash::Hasher::chunked(chunk);
+    let mut data = Vec::new();
+    loop {
+        let record = reader.next_record().map_err(|e| at(&e))?;
+        hasher.update(&reader.take_raw());
+        match record {
+            stream::Record::Data { offset, length } => {
+                let mut done = 0;
+                while done < length {
+                    let part = READ_PIECE.min(length - done);
+                    data.resize(to_usize(part, "a part of a data record")?, 0);
+                    reader.read_data(&mut data).map_err(|e| at(&e))?;
+                    hasher.update_data(offset + done, &data);
+                    done += part;
+                }
+            }
+            stream::Record::End => break,
+            _ => {}
+        }
+    }
+    // Bytes after the `e` record are part of the file, not of the stream: a damaged file.
+    let bytes = reader.position() + reader.trailing_bytes().map_err(|e| at(&e))?;
+    Ok((hex::encode(hasher.finish()), bytes))
+}
+
 /// sha256 of a file, and its length.
 pub fn file_sha256(path: &Path) -> Result<(String, u64)> {
     // Inside a job the host reads and hashes the file: its bytes need not enter the job.
@@ -454,18 +546,22 @@ pub fn file_sha256(path: &Path) -> Result<(String, u64)> {
 /// Check a backup's stream against its manifest before anything trusts it.
 pub fn check_stream(repo: &Repo, manifest: &Manifest) -> Result<()> {
     let path = repo.stream_path(manifest)?;
-    let (sha, bytes) = file_sha256(&path)?;
-    check_stream_digest(&path, manifest, &sha, bytes)
+    let (check, bytes) = file_check(&path, manifest)?;
+    check_stream_digest(&path, manifest, &check, bytes)
 }
 
-/// Compare a stream's sha256 and length, however they were computed, with its manifest's.
-pub fn check_stream_digest(path: &Path, manifest: &Manifest, sha: &str, bytes: u64) -> Result<()> {
-    if bytes != manifest.stream_bytes || sha != manifest.stream_sha256 {
+/// Compare a stream's check (of the kind its manifest records) and length, however they
+/// were computed, with its manifest's.
+pub fn check_stream_digest(path: &Path, manifest: &Manifest, check: &str, bytes: u64) -> Result<()> {
+    let (method, want) = match manifest.expected_check()? {
+        Expected::Chunked(_, want) => (rbddiff_check::METHOD, want),
+        Expected::Plain(want) => ("sha256", want),
+    };
+    if bytes != manifest.stream_bytes || check != want {
         return Err(format!(
-            "{}: the stream is damaged ({bytes} bytes, sha256 {sha}; the manifest says {} bytes, sha256 {})",
+            "{}: the stream is damaged ({bytes} bytes, {method} {check}; the manifest says {} bytes, {method} {want})",
             path.display(),
             manifest.stream_bytes,
-            manifest.stream_sha256
         )
         .into());
     }
@@ -500,6 +596,49 @@ mod tests {
         }
     }
 
+    /// A stream file's chunked check, computed by reading its records, is the check of its
+    /// records fed one by one; trailing bytes count in its length; a method nobody knows,
+    /// or no check at all, is refused.
+    #[test]
+    fn a_stream_files_check_is_its_records_check() {
+        let dir = TempDir::new();
+        let path = dir.0.join("1.rbddiff");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = stream::StreamWriter::new(Vec::new(), Some("a"), "b", 1 << 20).unwrap();
+        w.data(1000, &data).unwrap();
+        w.zero(300_000, 5000).unwrap();
+        w.data(400_000, &data[..10]).unwrap();
+        let (bytes, _, len) = w.finish().unwrap();
+        fs::write(&path, &bytes).unwrap();
+
+        let mut want = rbddiff_check::StreamCheck::chunked(digest::CHUNK);
+        let header_end = bytes.len() - (17 + data.len() + 17 + 17 + 10 + 1);
+        want.update(&bytes[..header_end + 17]);
+        want.update_data(1000, &data, None);
+        want.update(&bytes[header_end + 17 + data.len()..header_end + 17 + data.len() + 34]);
+        want.update_data(400_000, &data[..10], None);
+        want.update(b"e");
+        let want = hex::encode(want.finalize_reset());
+
+        let mut m = manifest(1, None);
+        m.stream_sha256 = None;
+        m.stream_check = Some(StreamCheck { method: rbddiff_check::METHOD.into(), chunk_size: digest::CHUNK, digest: want.clone() });
+        m.stream_bytes = len;
+        assert_eq!(file_check(&path, &m).unwrap(), (want.clone(), len));
+        check_stream_digest(&path, &m, &want, len).unwrap();
+
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"junk");
+        fs::write(&path, &longer).unwrap();
+        assert_eq!(file_check(&path, &m).unwrap(), (want.clone(), len + 4), "trailing bytes count in the length");
+        assert!(check_stream_digest(&path, &m, &want, len + 4).unwrap_err().to_string().contains("damaged"));
+
+        m.stream_check.as_mut().unwrap().method = "blake3".into();
+        assert!(file_check(&path, &m).unwrap_err().to_string().contains("does not know"));
+        m.stream_check = None;
+        assert!(file_check(&path, &m).unwrap_err().to_string().contains("no stream check"));
+    }
+
     fn manifest(n: u64, from: Option<u64>) -> Manifest {
         Manifest {
             pool: "rbd".into(),
@@ -509,7 +648,8 @@ mod tests {
             size: 1 << 20,
             stream: stream_file(n),
             stream_bytes: 0,
-            stream_sha256: String::new(),
+            stream_check: None,
+            stream_sha256: Some(String::new()),
             image_digest: String::new(),
             digest_version: DIGEST_VERSION,
             chunk_size: digest::CHUNK,

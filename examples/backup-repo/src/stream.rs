@@ -115,7 +115,9 @@ impl<W: Write> StreamWriter<W> {
 
 /// Writes a stream through the host's data plane: the job lays out the records, the host
 /// writes them with the image's bytes from its reads (which never enter the job) and
-/// hashes the stream on the way (`pending-reads.write-to`). Records are gathered per group
+/// computes the stream's check on the way (`pending-reads.write-to`): `chunked-sha256`
+/// with the digest chunks, whose whole chunks the reads hashed already (see
+/// [`crate::StreamCheck`]). Records are gathered per group
 /// of reads ([`crate::digest::walk_diff`]) and written when the group's reads are taken.
 pub struct PlannedStream {
     out: OutputFile,
@@ -133,7 +135,8 @@ impl PlannedStream {
     /// The banner and the header records (written with the first group).
     pub fn new(out: OutputFile, from: Option<&str>, to: &str, size: u64) -> io::Result<Self> {
         let given = header(from, to, size)?;
-        Ok(PlannedStream { out, hash: rbd_wasm_guest::Sha256::new(), pieces: Vec::new(), given, bytes: 0 })
+        let hash = rbd_wasm_guest::Sha256::chunked(crate::digest::CHUNK as u32);
+        Ok(PlannedStream { out, hash, pieces: Vec::new(), given, bytes: 0 })
     }
 
     fn give(&mut self, bytes: &[u8]) {
@@ -174,8 +177,9 @@ impl PlannedStream {
         Ok(reads.write_to(&self.out, &pieces, Some(&self.hash))?)
     }
 
-    /// The `e` record; gives back the file, the stream's sha256 (hex) and its length.
-    pub fn finish(mut self) -> crate::Result<(OutputFile, String, u64)> {
+    /// The `e` record; gives back the file, the stream's check (see [`crate::StreamCheck`])
+    /// and its length.
+    pub fn finish(mut self) -> crate::Result<(OutputFile, crate::StreamCheck, u64)> {
         if !self.pieces.is_empty() {
             return Err("records gathered for reads that were never written".into());
         }
@@ -184,7 +188,12 @@ impl PlannedStream {
         self.hash.update(&self.given);
         self.out.flush()?;
         let bytes = self.bytes + self.given.len() as u64;
-        Ok((self.out, hex::encode(self.hash.finish()), bytes))
+        let check = crate::StreamCheck {
+            method: rbddiff_check::METHOD.into(),
+            chunk_size: crate::digest::CHUNK,
+            digest: hex::encode(self.hash.finish()),
+        };
+        Ok((self.out, check, bytes))
     }
 }
 
@@ -209,6 +218,9 @@ pub struct StreamReader<R: Read> {
     ended: bool,
     /// Bytes of the stream consumed so far.
     position: u64,
+    /// With [`StreamReader::keeping_raw`]: the bytes of records read since
+    /// [`StreamReader::take_raw`], but a `w` record's data (what a stream check adds as it is).
+    raw: Option<Vec<u8>>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -226,13 +238,40 @@ impl<R: Read> StreamReader<R> {
         if banner != BANNER {
             return Err(invalid("not an rbd diff stream (no `rbd diff v1` banner)".into()));
         }
-        Ok(StreamReader { input, data_left: 0, size: None, ended: false, position: BANNER.len() as u64 })
+        Ok(StreamReader { input, data_left: 0, size: None, ended: false, position: BANNER.len() as u64, raw: None })
     }
 
     fn take_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.input.read_exact(buf)?;
         self.position += buf.len() as u64;
         Ok(())
+    }
+
+    /// A record's bytes, kept for [`StreamReader::take_raw`].
+    fn take_record(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.take_exact(buf)?;
+        if let Some(raw) = &mut self.raw {
+            raw.extend_from_slice(buf);
+        }
+        Ok(())
+    }
+
+    /// Keep what [`StreamReader::take_raw`] gives (right after [`StreamReader::new`]).
+    pub fn keeping_raw(mut self) -> Self {
+        self.raw = Some(BANNER.to_vec());
+        self
+    }
+
+    /// With [`StreamReader::keeping_raw`], the bytes of the stream read since the last call
+    /// (the banner first) that are not a `w` record's data: tags, names, sizes, offsets and
+    /// lengths, as they are. A caller takes them after each record.
+    pub fn take_raw(&mut self) -> Vec<u8> {
+        self.raw.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// After the `e` record: how many bytes the input still has (none, in a sound file).
+    pub fn trailing_bytes(&mut self) -> io::Result<u64> {
+        io::copy(&mut self.input, &mut io::sink())
     }
 
     /// Where the reader is: the bytes of the stream consumed (read or skipped) so far.
@@ -242,7 +281,7 @@ impl<R: Read> StreamReader<R> {
 
     fn le64(&mut self) -> io::Result<u64> {
         let mut b = [0u8; 8];
-        self.take_exact(&mut b)?;
+        self.take_record(&mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
@@ -271,17 +310,17 @@ impl<R: Read> StreamReader<R> {
             self.data_left = 0;
         }
         let mut tag = [0u8; 1];
-        self.take_exact(&mut tag).map_err(|e| invalid(format!("the stream ends without its `e` record: {e}")))?;
+        self.take_record(&mut tag).map_err(|e| invalid(format!("the stream ends without its `e` record: {e}")))?;
         let record = match tag[0] {
             b'f' | b't' => {
                 let mut len = [0u8; 4];
-                self.take_exact(&mut len)?;
+                self.take_record(&mut len)?;
                 let len = u32::from_le_bytes(len);
                 if len > MAX_NAME {
                     return Err(invalid(format!("a snapshot name of {len} bytes")));
                 }
                 let mut name = vec![0u8; len as usize];
-                self.take_exact(&mut name)?;
+                self.take_record(&mut name)?;
                 let name = String::from_utf8(name).map_err(|_| invalid("a snapshot name that is not UTF-8".into()))?;
                 if tag[0] == b'f' {
                     Record::From(name)

@@ -378,7 +378,7 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         &mut out,
         |done| report_progress(&label, done, Some(size)),
     )?;
-    let (file, stream_sha256, stream_bytes) = out.0.finish()?;
+    let (file, stream_check, stream_bytes) = out.0.finish()?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, repo.dir().join(&stream_name)).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
@@ -421,7 +421,8 @@ fn backup_image(pool: &Pool, args: &Args, image_name: &str) -> Result<Outcome> {
         size,
         stream: stream_name,
         stream_bytes,
-        stream_sha256,
+        stream_check: Some(stream_check),
+        stream_sha256: None,
         image_digest,
         digest_version: DIGEST_VERSION,
         chunk_size: CHUNK,

@@ -131,7 +131,9 @@ fn apply(repo: &Repo, manifest: &Manifest, image: &Image, base: Option<&str>) ->
     // its own reader of the same file (`write-from`).
     let mut stream = StreamReader::new(BufReader::with_capacity(16 << 10, file))?;
     let data = InputFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let hash = Sha256::new();
+    // The check its manifest records: the host computes it from the bytes it reads (the
+    // written ones as data, the skipped ones as they are).
+    let hash = manifest.stream_hasher()?;
     let mut batch = Batch { data: &data, hash: &hash, writes: Vec::new(), bytes: 0, at: 0 };
     let mut to = None;
     loop {

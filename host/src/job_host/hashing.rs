@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use rbddiff_check::{KnownSums, StreamCheck};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use wasmtime_wasi::p2::{DynInputStream, StreamError};
@@ -33,8 +34,10 @@ pub struct Sha256Job {
 }
 
 impl Sha256Job {
-    pub fn new(meter: Arc<Meter>, slot: HandleSlot) -> Self {
-        Sha256Job { hash: Pipelined::new(Sha256::new()), meter, spoiled: false, _slot: slot }
+    /// A hasher of `state`'s kind: a plain SHA-256, or an rbd diff stream's check
+    /// (`sha256.chunked`).
+    pub fn new(state: StreamCheck, meter: Arc<Meter>, slot: HandleSlot) -> Self {
+        Sha256Job { hash: Pipelined::new(state), meter, spoiled: false, _slot: slot }
     }
 
     fn usable(&self) -> wasmtime::Result<()> {
@@ -47,25 +50,26 @@ impl Sha256Job {
     }
 
     /// The hash state, once the update in flight (if any) is done; the hasher is left empty.
-    async fn settle(&mut self) -> wasmtime::Result<Sha256> {
+    async fn settle(&mut self) -> wasmtime::Result<StreamCheck> {
         self.usable()?;
-        let hash = std::mem::replace(&mut self.hash, Pipelined::new(Sha256::new()));
+        let hash = std::mem::replace(&mut self.hash, Pipelined::new(StreamCheck::plain()));
         hash.finish().await.ok_or_else(|| wasmtime::Error::msg("hashing failed"))
     }
 
     /// Lend the state to the host's data plane (`write-to`), which hashes what it writes
     /// and gives it back with [`Sha256Job::give_back`].
-    pub async fn lend(&mut self) -> wasmtime::Result<Sha256> {
+    pub async fn lend(&mut self) -> wasmtime::Result<StreamCheck> {
         self.settle().await
     }
 
     /// The state lent, after the bytes it hashed were all written (`written`), or not.
-    pub fn give_back(&mut self, state: Sha256, written: bool) {
+    pub fn give_back(&mut self, state: StreamCheck, written: bool) {
         self.hash = Pipelined::new(state);
         self.spoiled |= !written;
     }
 
-    pub async fn update(&mut self, data: Vec<u8>) -> wasmtime::Result<()> {
+    /// Add `data`: as it is, or (`Some(offset)`) as the image's bytes at `offset`.
+    pub async fn update(&mut self, data: Vec<u8>, offset: Option<u64>) -> wasmtime::Result<()> {
         self.usable()?;
         // The bytes stay in the job's host-memory budget until they are hashed (small ones
         // are hashed at once).
@@ -74,12 +78,57 @@ impl Sha256Job {
         } else {
             Some(self.meter.reserve(data.len() as u64).map_err(|e| wasmtime::Error::msg(e.to_string()))?)
         };
-        self.hash.add_held(Bytes::from(data), memory).await;
+        let data = Bytes::from(data);
+        let feed = match offset {
+            None => Feed::Raw(data),
+            Some(offset) => Feed::Data { offset, data, known: None },
+        };
+        self.hash.add_held(feed, memory).await;
         Ok(())
     }
 
     pub async fn finish(&mut self) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.settle().await?.finalize().to_vec())
+        let mut state = self.settle().await?;
+        let digest = state.finalize_reset().to_vec();
+        // It starts over, of the same kind.
+        self.hash = Pipelined::new(state);
+        Ok(digest)
+    }
+}
+
+/// Bytes for a hasher.
+pub enum Feed {
+    /// Added as they are (a stream's record headers).
+    Raw(Bytes),
+    /// The image's bytes at `offset` (a `w` record's data), with the digests of its chunks
+    /// if a read computed them already (a check then does not hash those chunks again).
+    Data { offset: u64, data: Bytes, known: Option<Known> },
+}
+
+/// A read's chunk digests: see [`KnownSums`].
+#[derive(Clone)]
+pub struct Known {
+    pub start: u64,
+    pub length: u64,
+    pub chunk: u64,
+    pub sums: Bytes,
+}
+
+impl Feed {
+    fn len(&self) -> usize {
+        match self {
+            Feed::Raw(data) | Feed::Data { data, .. } => data.len(),
+        }
+    }
+
+    fn add_to(&self, state: &mut StreamCheck) {
+        match self {
+            Feed::Raw(data) => state.update(data),
+            Feed::Data { offset, data, known } => {
+                let known = known.as_ref().map(|k| KnownSums { start: k.start, length: k.length, chunk: k.chunk, sums: &k.sums });
+                state.update_data(*offset, data, known.as_ref());
+            }
+        }
     }
 }
 
@@ -87,42 +136,42 @@ impl Sha256Job {
 /// on (reads the next batch, writes this one); one batch in flight at most. What the data
 /// plane uses (`write-to`, `write-from`, `update-from`).
 pub struct Pipelined {
-    state: Option<Sha256>,
-    pending: Option<JoinHandle<Sha256>>,
+    state: Option<StreamCheck>,
+    pending: Option<JoinHandle<StreamCheck>>,
 }
 
 impl Pipelined {
-    pub fn new(state: Sha256) -> Self {
+    pub fn new(state: StreamCheck) -> Self {
         Pipelined { state: Some(state), pending: None }
     }
 
-    /// Add `bytes` (cheap to clone: shared with whoever writes them).
-    pub async fn add(&mut self, bytes: Bytes) {
-        self.add_held(bytes, None).await
+    /// Add `feed` (its bytes are cheap to clone: shared with whoever writes them).
+    pub async fn add(&mut self, feed: Feed) {
+        self.add_held(feed, None).await
     }
 
-    /// Add `bytes`, holding `held` (their share of the job's host-memory budget) until they
-    /// are hashed.
-    pub async fn add_held(&mut self, bytes: Bytes, held: Option<Reservation>) {
+    /// Add `feed`, holding `held` (its share of the job's host-memory budget) until it is
+    /// hashed.
+    pub async fn add_held(&mut self, feed: Feed, held: Option<Reservation>) {
         if let Some(task) = self.pending.take() {
             // A failed task leaves no state: the hash is lost, and `finish` says so.
             self.state = task.await.ok();
         }
         let Some(mut state) = self.state.take() else { return };
-        if bytes.len() < INLINE_BYTES {
-            state.update(&bytes);
+        if feed.len() < INLINE_BYTES {
+            feed.add_to(&mut state);
             self.state = Some(state);
         } else {
             self.pending = Some(tokio::task::spawn_blocking(move || {
                 let _held = held;
-                state.update(&bytes);
+                feed.add_to(&mut state);
                 state
             }));
         }
     }
 
     /// The state once every batch is hashed; none if a hashing task failed.
-    pub async fn finish(mut self) -> Option<Sha256> {
+    pub async fn finish(mut self) -> Option<StreamCheck> {
         if let Some(task) = self.pending.take() {
             self.state = task.await.ok();
         }
@@ -140,7 +189,7 @@ pub const MAX_STREAM_BYTES: u64 = 64 << 20;
 /// [`MAX_STREAM_BYTES`], each batch hashed while the next is read. Gives back the state
 /// (none if a hashing task failed) and the bytes added (0 once the stream has ended), or
 /// the stream's error (what was read before it is added). Holds two batches.
-pub async fn hash_stream(stream: &mut DynInputStream, state: Sha256) -> (Option<Sha256>, Result<u64, StreamError>) {
+pub async fn hash_stream(stream: &mut DynInputStream, state: StreamCheck) -> (Option<StreamCheck>, Result<u64, StreamError>) {
     let mut hash = Pipelined::new(state);
     let mut added = 0u64;
     let mut batch = BytesMut::new();
@@ -158,7 +207,7 @@ pub async fn hash_stream(stream: &mut DynInputStream, state: Sha256) -> (Option<
         if batch.len() >= STREAM_BATCH || ((end.is_some() || full) && !batch.is_empty()) {
             let data = batch.split().freeze();
             added += data.len() as u64;
-            hash.add(data).await;
+            hash.add(Feed::Raw(data)).await;
         }
         if let Some(end) = end {
             break end;
@@ -198,14 +247,34 @@ mod tests {
     async fn pipelined_updates_hash_like_one_pass() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         let meter = Arc::new(Meter::new(Default::default()));
-        let mut job = Sha256Job::new(meter.clone(), meter.handle_slot().unwrap());
+        let mut job = Sha256Job::new(StreamCheck::plain(), meter.clone(), meter.handle_slot().unwrap());
         for piece in [&data[..10], &data[10..200_000], &data[200_000..]] {
-            job.update(piece.to_vec()).await.unwrap();
+            job.update(piece.to_vec(), None).await.unwrap();
         }
         assert_eq!(job.finish().await.unwrap(), Sha256::digest(&data).to_vec());
         assert_eq!(job.finish().await.unwrap(), Sha256::digest(b"").to_vec(), "finish starts over");
         let chunks = sha256_chunks(data.clone(), 65536, meter.reserve(0).unwrap()).await.unwrap();
         assert_eq!(chunks.len(), 5 * 32);
         assert_eq!(&chunks[4 * 32..], Sha256::digest(&data[4 * 65536..]).as_slice());
+    }
+
+    /// A check fed in pieces, some hashed on the blocking pool, with a read's digests for
+    /// part of it, is the check computed at once.
+    #[tokio::test]
+    async fn a_pipelined_check_is_the_check() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13) as u8).collect();
+        let mut want = StreamCheck::chunked(65536);
+        want.update(b"header");
+        want.update_data(1000, &data, None);
+        let sums = Bytes::from(chunk_digests(&data[64536..], 65536));
+        let meter = Arc::new(Meter::new(Default::default()));
+        let mut job = Sha256Job::new(StreamCheck::chunked(65536), meter.clone(), meter.handle_slot().unwrap());
+        job.update(b"header".to_vec(), None).await.unwrap();
+        job.update(data[..64536].to_vec(), Some(1000)).await.unwrap();
+        let mut state = job.lend().await.unwrap();
+        let known = Known { start: 65536, length: (data.len() - 64536) as u64, chunk: 65536, sums };
+        Feed::Data { offset: 65536, data: Bytes::copy_from_slice(&data[64536..]), known: Some(known) }.add_to(&mut state);
+        job.give_back(state, true);
+        assert_eq!(job.finish().await.unwrap(), want.finalize_reset().to_vec());
     }
 }

@@ -13,6 +13,7 @@ use wasmtime::component::Resource;
 use crate::bindings::ceph::rbd::{job_host, types};
 use crate::rbd::{trap_on_quota, RbdView};
 use hashing::Sha256Job;
+use rbddiff_check::StreamCheck;
 
 /// The longest progress label kept (longer ones are cut).
 pub const MAX_LABEL_BYTES: usize = 120;
@@ -72,18 +73,39 @@ impl job_host::Host for RbdView<'_> {
     }
 }
 
-/// Hashers are pure computation, but each holds host memory: they count as handles.
-impl job_host::HostSha256 for RbdView<'_> {
-    async fn new(&mut self) -> wasmtime::Result<Resource<Sha256Job>> {
+impl RbdView<'_> {
+    fn new_hasher(&mut self, state: StreamCheck) -> wasmtime::Result<Resource<Sha256Job>> {
         let meter = self.ctx.meter().clone();
         trap_on_quota(meter.operation())?;
         let slot = meter.handle_slot().map_err(|e| wasmtime::Error::msg(format!("cannot make a hasher: {e}")))?;
-        Ok(self.table.push(Sha256Job::new(meter, slot))?)
+        Ok(self.table.push(Sha256Job::new(state, meter, slot))?)
+    }
+}
+
+/// Hashers are pure computation, but each holds host memory: they count as handles.
+impl job_host::HostSha256 for RbdView<'_> {
+    async fn new(&mut self) -> wasmtime::Result<Resource<Sha256Job>> {
+        self.new_hasher(StreamCheck::plain())
+    }
+
+    async fn chunked(&mut self, chunk_size: u32) -> wasmtime::Result<Resource<Sha256Job>> {
+        if chunk_size < hashing::MIN_CHUNK {
+            return Err(wasmtime::Error::msg(format!(
+                "sha256.chunked: a chunk size of {chunk_size} bytes; it must be at least {}",
+                hashing::MIN_CHUNK
+            )));
+        }
+        self.new_hasher(StreamCheck::chunked(u64::from(chunk_size)))
     }
 
     async fn update(&mut self, hasher: Resource<Sha256Job>, data: Vec<u8>) -> wasmtime::Result<()> {
         trap_on_quota(self.ctx.meter().operation())?;
-        self.table.get_mut(&hasher)?.update(data).await
+        self.table.get_mut(&hasher)?.update(data, None).await
+    }
+
+    async fn update_data(&mut self, hasher: Resource<Sha256Job>, offset: u64, data: Vec<u8>) -> wasmtime::Result<()> {
+        trap_on_quota(self.ctx.meter().operation())?;
+        self.table.get_mut(&hasher)?.update(data, Some(offset)).await
     }
 
     async fn update_from(

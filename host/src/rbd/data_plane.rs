@@ -22,7 +22,7 @@ use super::io::WriteBatch;
 use super::{outcome, HostError, HostResult, ImageHandle, PendingReads, RbdView};
 use crate::capability::Operation;
 use crate::bindings::ceph::rbd::{rbd, types};
-use crate::job_host::hashing::{Pipelined, Sha256Job};
+use crate::job_host::hashing::{Feed, Known, Pipelined, Sha256Job};
 use crate::output_dir::OutputQuotaExceeded;
 
 /// Most pieces in one call.
@@ -64,15 +64,19 @@ pub(super) async fn write_to(
     let _memory = view.ctx.meter().reserve(given + BATCH_BYTES as u64)?;
     let pending = view.table.get_mut(&reads)?;
     let offsets = std::mem::take(&mut pending.offsets);
+    let chunk = pending.chunk.map(u64::from);
     let results = pending.take().await?;
     let mut sums = Vec::with_capacity(results.len());
     let mut read = Vec::with_capacity(results.len());
-    for (offset, result) in offsets.into_iter().zip(results) {
-        read.push((offset, Bytes::from(result.data)));
+    for (start, result) in offsets.into_iter().zip(results) {
+        let data = Bytes::from(result.data);
+        // A check reuses these digests for the whole chunks it is fed (`Feed::Data`).
+        let known = chunk.map(|chunk| Known { start, length: data.len() as u64, chunk, sums: Bytes::copy_from_slice(&result.chunk_sha256) });
+        read.push(Read { start, data, known });
         sums.push(result.chunk_sha256);
     }
     // Each byte read is written once at most: the reads were charged once.
-    let read_bytes = read.iter().fold(0u64, |n, (_, data)| n + data.len() as u64);
+    let read_bytes = read.iter().fold(0u64, |n, r| n + r.data.len() as u64);
     let used = pieces.iter().fold(0u64, |n, p| match p {
         rbd::Piece::Read(r) => n.saturating_add(r.length),
         rbd::Piece::Bytes(_) => n,
@@ -109,14 +113,38 @@ async fn give_back(view: &mut RbdView<'_>, hash: Option<Resource<Sha256Job>>, ha
     Ok(())
 }
 
+/// A range read, with its chunk digests if it was hashed.
+struct Read {
+    start: u64,
+    data: Bytes,
+    known: Option<Known>,
+}
+
+/// A piece to write: bytes the guest gave, or the image's bytes at an offset.
+struct Planned {
+    bytes: Bytes,
+    image: Option<(u64, Option<Known>)>,
+}
+
+impl Planned {
+    /// What a hasher is fed: the image's bytes as a stream check's data (with the read's
+    /// digests), the rest as they are.
+    fn feed(&self) -> Feed {
+        match &self.image {
+            None => Feed::Raw(self.bytes.clone()),
+            Some((offset, known)) => Feed::Data { offset: *offset, data: self.bytes.clone(), known: known.clone() },
+        }
+    }
+}
+
 /// The bytes of every piece, in order: given bytes as they are, a read piece as a slice of
 /// the one range read that holds it.
-fn place(read: &mut [(u64, Bytes)], pieces: Vec<rbd::Piece>) -> HostResult<Vec<Bytes>> {
-    read.sort_by_key(|(offset, _)| *offset);
+fn place(read: &mut [Read], pieces: Vec<rbd::Piece>) -> HostResult<Vec<Planned>> {
+    read.sort_by_key(|r| r.start);
     pieces
         .into_iter()
         .map(|piece| match piece {
-            rbd::Piece::Bytes(b) => Ok(Bytes::from(b)),
+            rbd::Piece::Bytes(b) => Ok(Planned { bytes: Bytes::from(b), image: None }),
             rbd::Piece::Read(r) => slice_of(read, r),
         })
         .collect()
@@ -124,46 +152,48 @@ fn place(read: &mut [(u64, Bytes)], pieces: Vec<rbd::Piece>) -> HostResult<Vec<B
 
 /// `r` as a slice of a range read (sorted by offset); ranges may overlap, so every range
 /// that starts at or before `r` is tried, latest first.
-fn slice_of(read: &[(u64, Bytes)], r: types::Range) -> HostResult<Bytes> {
+fn slice_of(read: &[Read], r: types::Range) -> HostResult<Planned> {
     let refuse = || Error::InvalidArgument(format!("the piece {}+{} is not inside one range read", r.offset, r.length));
     let end = r.offset.checked_add(r.length).ok_or_else(refuse)?;
-    let upto = read.partition_point(|(offset, _)| *offset <= r.offset);
-    for (offset, data) in read[..upto].iter().rev() {
-        if end <= offset.saturating_add(data.len() as u64) {
+    let upto = read.partition_point(|read| read.start <= r.offset);
+    for range in read[..upto].iter().rev() {
+        if end <= range.start.saturating_add(range.data.len() as u64) {
             // Both inside `data`, whose length is a usize.
-            let from = (r.offset - offset) as usize;
-            return Ok(data.slice(from..from + r.length as usize));
+            let from = (r.offset - range.start) as usize;
+            let bytes = range.data.slice(from..from + r.length as usize);
+            return Ok(Planned { bytes, image: Some((r.offset, range.known.clone())) });
         }
     }
     Err(refuse().into())
 }
 
-async fn write_all(stream: &mut DynOutputStream, plan: Vec<Bytes>, state: &mut Option<Pipelined>) -> HostResult<()> {
+/// Write the pieces in order, small ones gathered into one write; each is handed to the
+/// hasher (on another thread when large) before it is written, so the two overlap.
+async fn write_all(stream: &mut DynOutputStream, plan: Vec<Planned>, hash: &mut Option<Pipelined>) -> HostResult<()> {
     let mut batch = BytesMut::new();
     for piece in plan {
-        if piece.len() < COALESCE_BELOW {
-            batch.extend_from_slice(&piece);
+        if let Some(hash) = hash {
+            hash.add(piece.feed()).await;
+        }
+        if piece.bytes.len() < COALESCE_BELOW {
+            batch.extend_from_slice(&piece.bytes);
             if batch.len() >= BATCH_BYTES {
-                write_one(stream, batch.split().freeze(), state).await?;
+                write_one(stream, batch.split().freeze()).await?;
             }
         } else {
             if !batch.is_empty() {
-                write_one(stream, batch.split().freeze(), state).await?;
+                write_one(stream, batch.split().freeze()).await?;
             }
-            write_one(stream, piece, state).await?;
+            write_one(stream, piece.bytes).await?;
         }
     }
     if !batch.is_empty() {
-        write_one(stream, batch.freeze(), state).await?;
+        write_one(stream, batch.freeze()).await?;
     }
     Ok(())
 }
 
-/// Write `bytes` and add them to the hash, the two at once on two threads.
-async fn write_one(stream: &mut DynOutputStream, bytes: Bytes, hash: &mut Option<Pipelined>) -> HostResult<()> {
-    if let Some(hash) = hash {
-        hash.add(bytes.clone()).await;
-    }
+async fn write_one(stream: &mut DynOutputStream, bytes: Bytes) -> HostResult<()> {
     stream.blocking_write_and_flush(bytes).await.map_err(stream_error)
 }
 
@@ -217,7 +247,7 @@ async fn feed(
                 Some(hash) => {
                     let bytes = stream.blocking_read(want.min(SKIP_PIECE)).await.map_err(|e| read_error(e, w))?;
                     let n = bytes.len();
-                    hash.add(bytes).await;
+                    hash.add(Feed::Raw(bytes)).await;
                     n
                 }
                 None => stream.blocking_skip(want).await.map_err(|e| read_error(e, w))?,
@@ -241,7 +271,7 @@ async fn feed(
             data.freeze()
         };
         if let Some(hash) = hash {
-            hash.add(data.clone()).await;
+            hash.add(Feed::Data { offset: w.offset, data: data.clone(), known: None }).await;
         }
         batch.spawn(w.offset, data);
     }
@@ -271,9 +301,12 @@ fn stream_error(e: StreamError) -> HostError {
 mod tests {
     use super::*;
 
-    fn read() -> Vec<(u64, Bytes)> {
-        let mut read = vec![(100, Bytes::from(vec![1u8; 50])), (0, Bytes::from(vec![0u8; 120]))];
-        read.sort_by_key(|(o, _)| *o);
+    fn read() -> Vec<Read> {
+        let mut read = vec![
+            Read { start: 100, data: Bytes::from(vec![1u8; 50]), known: None },
+            Read { start: 0, data: Bytes::from(vec![0u8; 120]), known: None },
+        ];
+        read.sort_by_key(|r| r.start);
         read
     }
 
@@ -281,11 +314,12 @@ mod tests {
     fn pieces_are_found_in_the_range_that_holds_them() {
         let read = read();
         let s = slice_of(&read, types::Range { offset: 110, length: 40 }).unwrap();
-        assert_eq!(&s[..], &[1u8; 40][..], "in the later range");
+        assert_eq!(&s.bytes[..], &[1u8; 40][..], "in the later range");
+        assert_eq!(s.image.map(|(at, _)| at), Some(110));
         let s = slice_of(&read, types::Range { offset: 90, length: 30 }).unwrap();
-        assert_eq!(&s[..], &[0u8; 30][..], "in the earlier range, which overlaps the later");
+        assert_eq!(&s.bytes[..], &[0u8; 30][..], "in the earlier range, which overlaps the later");
         assert!(slice_of(&read, types::Range { offset: 110, length: 41 }).is_err(), "past the end of both");
         assert!(slice_of(&read, types::Range { offset: u64::MAX, length: 2 }).is_err(), "overflows");
-        assert_eq!(slice_of(&read, types::Range { offset: 150, length: 0 }).unwrap().len(), 0);
+        assert_eq!(slice_of(&read, types::Range { offset: 150, length: 0 }).unwrap().bytes.len(), 0);
     }
 }

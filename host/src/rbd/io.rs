@@ -31,6 +31,8 @@ pub const MIN_HASH_CHUNK: u32 = 4096;
 pub struct PendingReads {
     /// Where each range starts (what `write-to` places the bytes by), in the order asked.
     pub(super) offsets: Vec<u64>,
+    /// The size of the chunks each range was hashed in, if it was.
+    pub(super) chunk: Option<u32>,
     /// None once waited for.
     tasks: Option<Vec<JoinHandle<HostResult<types::ReadResult>>>>,
     meter: Arc<Meter>,
@@ -243,7 +245,7 @@ impl ImageHandle {
                 hashed.await.map_err(|join| HostError::Trap(wasmtime::Error::msg(format!("hashing failed: {join}"))))
             }));
         }
-        Ok(PendingReads { offsets, tasks: Some(tasks), meter, charged: total, _memory: memory, _slot: None })
+        Ok(PendingReads { offsets, chunk, tasks: Some(tasks), meter, charged: total, _memory: memory, _slot: None })
     }
 
     /// Charge a write of `bytes` (quota, memory, bandwidth) before it starts.
