@@ -454,6 +454,8 @@ macro_rules! measured_attacks {
 measured_attacks! {
     hash_in_tiny_chunks => setup(Ending::Trap),
     hash_more_than_the_host_budget => Setup { check: host_memory_within_budget, ..setup(Ending::Trap) },
+    check_in_tiny_chunks => setup(Ending::Trap),
+    feed_the_check_more_than_the_host_budget => Setup { check: host_memory_within_budget, ..setup(Ending::Trap) },
     start_reads_and_never_wait => Setup { check: host_memory_within_budget, ..setup(Ending::Refused) },
     drop_reads_past_the_read_quota => Setup {
         limits: "read_bytes = 16777216",

@@ -311,6 +311,18 @@ fn hash_more_than_the_host_budget(_: &Ctx) -> R {
     Err(format!("200 MiB hashed at once: {} bytes", digests.len()))
 }
 
+fn check_in_tiny_chunks(_: &Ctx) -> R {
+    let check = rbd_wasm_guest::Sha256::chunked(1);
+    check.update_data(0, &vec![7u8; 40 << 20]);
+    Err(format!("40 MiB checked in 1-byte chunks: {:?}", check.finish()))
+}
+
+fn feed_the_check_more_than_the_host_budget(_: &Ctx) -> R {
+    let check = rbd_wasm_guest::Sha256::chunked(65536);
+    check.update_data(0, &vec![7u8; 200 << 20]);
+    Err(format!("200 MiB of stream data handed over at once: {:?}", check.finish()))
+}
+
 fn start_reads_and_never_wait(c: &Ctx) -> R {
     c.pool.create(&c.job("ra"), 1 << 30).map_err(|e| e.to_string())?;
     let img = c.pool.open(&c.job("ra")).map_err(|e| e.to_string())?;
@@ -846,6 +858,8 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("grow_a_file_by_writing_past_its_end", grow_a_file_by_writing_past_its_end),
     ("read_after_the_image_grew_under_reads_in_flight", read_after_the_image_grew_under_reads_in_flight),
     ("hash_in_tiny_chunks", hash_in_tiny_chunks),
+    ("check_in_tiny_chunks", check_in_tiny_chunks),
+    ("feed_the_check_more_than_the_host_budget", feed_the_check_more_than_the_host_budget),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
     ("start_reads_and_never_wait", start_reads_and_never_wait),
     ("drop_reads_past_the_read_quota", drop_reads_past_the_read_quota),
