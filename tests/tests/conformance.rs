@@ -138,6 +138,8 @@ conformance_cases! {
     writable_opens_watch_the_image,
     exclusive_lock_twice_same_cookie_is_exists,
     advisory_lock_makes_writes_busy_with_the_exclusive_lock_feature,
+    a_write_takes_the_exclusive_lock_features_lock,
+    breaking_ones_own_lock_ends_the_jobs_connection,
     exclusive_lock_other_cookie_is_busy,
     shared_locks_share_a_tag,
     unlock_not_held_is_not_found,
@@ -156,6 +158,27 @@ fn break_lock_case(backend: Arc<dyn Backend>, other: Arc<dyn Backend>, prefix: &
     image.lock_exclusive("theirs").unwrap();
     drop(image);
     run("conformance", &["break_lock_releases_another_clients_lock", prefix], backend).assert_ok();
+}
+
+/// The error kind of a backend call's result (`ok` for none).
+fn kind<T>(r: Result<T, rbd_wasm::backend::Error>) -> &'static str {
+    r.err().map(|e| e.kind()).unwrap_or("ok")
+}
+
+/// Another client writes to `PREFIX-written` and keeps it open (holding the exclusive-lock
+/// feature's lock); the guest breaks that lock; the writer is blocklisted: its next write,
+/// and its next call on the pool, answer `connection-shutdown`.
+fn blocklist_case(backend: Arc<dyn Backend>, writer: Arc<dyn Backend>, prefix: &str) {
+    let name = format!("{prefix}-written");
+    writer.create("rbd", &name, 1 << 20, &CreateOptions::default()).unwrap();
+    let image = writer.open("rbd", &name, None, false).unwrap();
+    image.write(0, b"theirs").unwrap();
+    run("conformance", &["breaking_the_writers_lock_blocklists_it", prefix], backend.clone()).assert_ok();
+    assert_eq!(kind(image.write(0, b"again")), "connection-shutdown", "the writer's next write");
+    assert_eq!(kind(writer.list("rbd")), "connection-shutdown", "the writer's next call");
+    drop(image);
+    let mine = backend.open("rbd", &name, None, true).unwrap();
+    assert_eq!(mine.read(0, 4).unwrap(), b"mine", "the breaker's write stands");
 }
 
 /// The host makes `PREFIX-ro`; the job is granted only `read` on pool `rbd`.
@@ -267,11 +290,23 @@ mod with_setup {
     fn librbd_break_lock_releases_another_clients_lock() {
         break_lock_case(librbd_backend(), librbd_backend(), &unique_prefix("c"));
     }
+
+    #[test]
+    fn embedded_breaking_the_writers_lock_blocklists_it() {
+        let store = embedded_store();
+        blocklist_case(store.backend.clone(), store.second_client(), "t");
+    }
+
+    #[test]
+    fn librbd_breaking_the_writers_lock_blocklists_it() {
+        blocklist_case(librbd_backend(), librbd_backend(), &unique_prefix("c"));
+    }
 }
 
 /// Cases that need the host to prepare something first (tested in `with_setup`).
 const WITH_SETUP: &[&str] = &[
     "break_lock_releases_another_clients_lock",
+    "breaking_the_writers_lock_blocklists_it",
     "operations_outside_the_grant_are_permission_denied",
     "read_of_a_damaged_object_is_io",
     "job_leaves_locks_behind",

@@ -87,6 +87,7 @@ impl ImageHandle {
     /// Charge one operation and check `op` against the capability; a denial is audited.
     pub(super) async fn require(&self, method: &str, op: Operation) -> HostResult<()> {
         self.scope.meter().operation()?;
+        self.scope.connected()?;
         if let Err(denied) = self.cap.require(op) {
             self.audit(method, op, &Err(denied.clone())).await;
             return Err(denied.into());
@@ -104,7 +105,10 @@ impl ImageHandle {
     {
         match op {
             Some(op) => self.require(method, op).await?,
-            None => self.scope.meter().operation()?,
+            None => {
+                self.scope.meter().operation()?;
+                self.scope.connected()?;
+            }
         }
         let open = self.open.clone();
         let result = blocking(self.scope.watch(), move || open.with(f)).await;

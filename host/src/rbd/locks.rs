@@ -185,13 +185,27 @@ impl ImageHandle {
         Ok(())
     }
 
+    /// Break another client's lock (librbd blocklists that client). A lock of the host's
+    /// own client is not broken: that would blocklist the host's client, which every job of
+    /// the host shares. The job gets librbd's answer to breaking one's own lock instead
+    /// (`connection-shutdown`, the lock stays) and its connection alone ends
+    /// ([`JobScope::shut_down`]).
     pub(super) async fn break_lock(&self, client: String, cookie: String) -> HostResult<()> {
-        let held = self.held(cookie.clone());
-        let own = client == self.lock_client();
-        self.call("break-lock", Some(Operation::BreakLock), move |i| i.break_lock(&client, &cookie)).await?;
-        if own {
-            self.scope.locks().remove(&held);
+        if client != self.lock_client() {
+            return self.call("break-lock", Some(Operation::BreakLock), move |i| i.break_lock(&client, &cookie)).await;
         }
-        Ok(())
+        let result = self
+            .call("break-lock", Some(Operation::BreakLock), move |i| {
+                // As librbd: a lock that is not there is `not-found`, before any blocklisting.
+                if !i.list_lockers()?.lockers.iter().any(|l| l.client == client && l.cookie == cookie) {
+                    return Err(Error::NotFound(format!("no lock held by {client} with cookie {cookie:?}")));
+                }
+                Err(Error::ConnectionShutdown(format!("{client} broke its own lock, which blocklists it on a cluster")))
+            })
+            .await;
+        if matches!(&result, Err(HostError::Rbd(Error::ConnectionShutdown(_)))) {
+            self.scope.shut_down();
+        }
+        result
     }
 }

@@ -24,6 +24,7 @@ impl PoolHandle {
     /// Mint a pool handle: the grant decides, the backend confirms the pool exists.
     pub(super) async fn open(scope: &Arc<JobScope>, name: &str) -> HostResult<PoolHandle> {
         scope.meter().operation()?;
+        scope.connected()?;
         let cap = match scope.grants().pool(name) {
             Ok(cap) => cap,
             Err(denied) => {
@@ -43,6 +44,7 @@ impl PoolHandle {
     /// grant, or an operation it does not allow) is audited.
     pub(super) async fn require(&self, method: &str, image: &str, op: Operation) -> HostResult<ImageCapability> {
         self.scope.meter().operation()?;
+        self.scope.connected()?;
         match self.cap.require(image, op) {
             Ok(cap) => Ok(cap),
             Err(denied) => {
@@ -105,6 +107,7 @@ impl PoolHandle {
 
     async fn list(&self) -> HostResult<Vec<String>> {
         self.scope.meter().operation()?;
+        self.scope.connected()?;
         let cap = self.cap.clone();
         let backend = self.scope.backend().clone();
         blocking(self.scope.watch(), move || {

@@ -24,9 +24,29 @@ pub(crate) struct JobScope {
     /// Set when the job has ended (returned, trapped, timed out, cancelled): long host work
     /// it started (flatten, copy) stops at its next step.
     ended: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the job broke a lock of its own client (see [`JobScope::shut_down`]).
+    shut_down: std::sync::atomic::AtomicBool,
 }
 
 impl JobScope {
+    /// End the job's connection: every later call answers `connection-shutdown`. On a
+    /// cluster, breaking a lock of one's own client blocklists that client, and every job of
+    /// a host shares the host's client: the host ends the breaking job's calls alone, so the
+    /// job sees what python-rbd would and no other job is touched.
+    pub fn shut_down(&self) {
+        self.shut_down.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `connection-shutdown` once the job is shut down ([`JobScope::shut_down`]).
+    pub fn connected(&self) -> Result<(), rbd_backend::Error> {
+        if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(rbd_backend::Error::ConnectionShutdown(
+                "this job broke a lock of its own client, which blocklists it on a cluster".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(backend: Arc<dyn Backend>, grants: Grants, reads_in_flight: usize, audit: Audit, meter: Arc<Meter>) -> Self {
         JobScope {
             backend,
@@ -37,6 +57,7 @@ impl JobScope {
             locks: HeldLocks::default(),
             watch: Arc::default(),
             ended: Arc::default(),
+            shut_down: Default::default(),
         }
     }
 

@@ -32,6 +32,29 @@ pub struct EmbeddedImage {
     snap: Mutex<Option<u64>>,
     read_only: bool,
     _watch: Option<(File, super::watchers::Watch)>,
+    /// The cookie this handle takes the exclusive-lock feature's lock with (`auto <watch
+    /// cookie>`, as librbd names it); none for a read-only open.
+    cookie: Option<String>,
+}
+
+/// Closing releases the exclusive-lock feature's lock if this handle holds it, as librbd's
+/// close does.
+impl Drop for EmbeddedImage {
+    fn drop(&mut self) {
+        let Some(cookie) = self.cookie.as_deref() else { return };
+        let client = &self.shared.store.me.client;
+        let owns = |header: &Header| header.locks.owns_managed(client, cookie);
+        if !self.shared.current().is_ok_and(|h| owns(&h)) {
+            return;
+        }
+        let released = self.shared.modify(false, |txn| match owns(&txn.header) {
+            true => txn.header.locks.unlock(client, cookie),
+            false => Ok(()),
+        });
+        if let Err(e) = released {
+            tracing::warn!(image = %self.shared.id, error = %e, "cannot release the exclusive lock at close");
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedImage {
@@ -48,15 +71,8 @@ fn invalid(what: impl Into<String>) -> Error {
     Error::InvalidArgument(what.into())
 }
 
-/// With the exclusive-lock feature, librbd's writes wait while anyone (the writer too)
-/// holds an advisory lock: for ever, for a crashed holder. The embedded store answers
-/// `busy` instead, and the librbd backend looks first and does the same
-/// (docs/librbd-semantics.md).
-fn not_blocked(header: &Header) -> Result<()> {
-    if header.features & crate::features::EXCLUSIVE_LOCK != 0 && !header.locks.holders.is_empty() {
-        return Err(Error::Busy("the image holds an advisory lock; with the exclusive-lock feature a write would wait for it".into()));
-    }
-    Ok(())
+fn has_exclusive_lock(header: &Header) -> bool {
+    header.features & crate::features::EXCLUSIVE_LOCK != 0
 }
 
 impl EmbeddedImage {
@@ -66,7 +82,26 @@ impl EmbeddedImage {
         read_only: bool,
         watch: Option<(File, super::watchers::Watch)>,
     ) -> Self {
-        EmbeddedImage { shared, snap: Mutex::new(snap), read_only, _watch: watch }
+        let cookie = watch.as_ref().map(|(_, w)| format!("auto {}", w.cookie));
+        EmbeddedImage { shared, snap: Mutex::new(snap), read_only, _watch: watch, cookie }
+    }
+
+    /// Whether a write may go ahead without changing the header's lock: no exclusive-lock
+    /// feature, or this handle holds its lock.
+    fn owns_write_lock(&self, header: &Header) -> bool {
+        !has_exclusive_lock(header)
+            || self.cookie.as_deref().is_some_and(|c| header.locks.owns_managed(&self.shared.store.me.client, c))
+    }
+
+    /// Before a write, with the exclusive-lock feature: take its lock, from whichever handle
+    /// holds it (librbd hands it over on request). An advisory lock held by anyone makes
+    /// librbd's write wait for ever; here it answers `Busy` (docs/librbd-semantics.md).
+    fn take_write_lock(&self, header: &mut Header) -> Result<()> {
+        if self.owns_write_lock(header) {
+            return Ok(());
+        }
+        let cookie = self.cookie.as_deref().ok_or_else(|| Error::ReadOnly("image was opened read-only".into()))?;
+        header.locks.take_managed(&self.shared.store.me, cookie)
     }
 
     fn selected(&self) -> MutexGuard<'_, Option<u64>> {
@@ -185,14 +220,17 @@ impl Image for EmbeddedImage {
         let in_place = {
             let _lock = self.shared.lock_image(false)?;
             let header = self.shared.current()?;
-            not_blocked(&header)?;
-            let n = fits(&header)?;
-            self.shared.write_in_place(&header, offset, &data[..n as usize])?.then_some(n)
+            if self.owns_write_lock(&header) {
+                let n = fits(&header)?;
+                self.shared.write_in_place(&header, offset, &data[..n as usize])?.then_some(n)
+            } else {
+                None
+            }
         };
         let written = match in_place {
             Some(n) => n,
             None => self.shared.modify(false, |txn| {
-                not_blocked(&txn.header)?;
+                self.take_write_lock(&mut txn.header)?;
                 let n = fits(&txn.header)?;
                 txn.write(offset, &data[..n as usize])?;
                 Ok(n)
@@ -210,7 +248,7 @@ impl Image for EmbeddedImage {
             return Ok(());
         }
         self.shared.modify(false, |txn| {
-            not_blocked(&txn.header)?;
+            self.take_write_lock(&mut txn.header)?;
             let end = Self::clip(offset, length, txn.header.size)?;
             txn.discard(offset, end)
         })
@@ -443,7 +481,8 @@ impl Image for EmbeddedImage {
     fn list_watchers(&self) -> Result<Vec<Watcher>> {
         // The image must still exist, as for librbd.
         self.shared.current()?;
-        super::watchers::list(&self.shared.dir)
+        let root = &self.shared.store.root;
+        super::watchers::list(&self.shared.dir, |client| super::blocklist::contains(root, client))
     }
 
     fn lock_exclusive(&self, cookie: &str) -> Result<()> {
@@ -461,8 +500,14 @@ impl Image for EmbeddedImage {
         self.shared.modify(true, |txn| txn.header.locks.unlock(&me.client, cookie))
     }
 
+    /// As librbd: find the lock (`NotFound`), blocklist its holder, then remove it. A client
+    /// that breaks its own lock blocklists itself, so the removal fails and the lock stays.
     fn break_lock(&self, client: &str, cookie: &str) -> Result<()> {
         locks::check_entity(client)?;
+        if !self.shared.current()?.locks.holds(client, cookie) {
+            return Err(Error::NotFound(format!("no lock held by {client} with cookie {cookie:?}")));
+        }
+        super::blocklist::add(&self.shared.store.root, client)?;
         self.shared.modify(true, |txn| txn.header.locks.unlock(client, cookie))
     }
 }

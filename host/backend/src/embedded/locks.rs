@@ -4,6 +4,12 @@
 //! crashed client's lock in Ceph), and these functions are `cls_lock`'s rules over that
 //! data, checked in `cls_lock`'s order: a tag conflict first, then "this locker already",
 //! then exclusivity.
+//!
+//! The exclusive-lock feature's lock is the same lock on a cluster (`rbd_lock`, exclusive,
+//! tag `internal`, cookie `auto <n>`): a handle takes it when it first writes, hands it to
+//! another handle that writes, and releases it when it closes. So after a write, advisory
+//! `lock_exclusive` and `lock_shared` answer `Busy` (the writer's own too), and
+//! `list_lockers` shows it; breaking it blocklists the writer.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +38,45 @@ pub(crate) struct Locks {
     pub holders: Vec<Holder>,
 }
 
+/// The tag of the exclusive-lock feature's lock.
+pub(crate) const MANAGED_TAG: &str = "internal";
+
 impl Locks {
+    /// The holder of the exclusive-lock feature's lock, if that is what is held.
+    pub fn managed(&self) -> Option<&Holder> {
+        match self.holders.as_slice() {
+            [h] if self.exclusive && self.tag == MANAGED_TAG && h.cookie.starts_with("auto ") => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Take the exclusive-lock feature's lock for `me`'s handle `cookie`: free, or handed
+    /// over by the handle that holds it (librbd's owner releases it on request). `Busy` if
+    /// an advisory lock is held: librbd's write would wait for it for ever.
+    pub fn take_managed(&mut self, me: &Identity, cookie: &str) -> Result<()> {
+        if !self.holders.is_empty() && self.managed().is_none() {
+            return Err(Error::Busy(
+                "the image holds an advisory lock; with the exclusive-lock feature a write would wait for it".into(),
+            ));
+        }
+        *self = Locks {
+            tag: MANAGED_TAG.into(),
+            exclusive: true,
+            holders: vec![Holder { client: me.client.clone(), cookie: cookie.into(), address: me.address.clone() }],
+        };
+        Ok(())
+    }
+
+    /// Whether `client`'s handle `cookie` holds the exclusive-lock feature's lock.
+    pub fn owns_managed(&self, client: &str, cookie: &str) -> bool {
+        self.managed().is_some_and(|h| h.client == client && h.cookie == cookie)
+    }
+
+    /// Whether `client` holds the lock with `cookie`.
+    pub fn holds(&self, client: &str, cookie: &str) -> bool {
+        self.held_by(client, cookie).is_some()
+    }
+
     fn held_by(&self, client: &str, cookie: &str) -> Option<usize> {
         self.holders.iter().position(|h| h.client == client && h.cookie == cookie)
     }
@@ -116,5 +160,21 @@ mod tests {
         l.unlock("client.1", "c").unwrap();
         l.unlock("client.2", "c").unwrap();
         assert_eq!(l.info(), LockInfo::default());
+    }
+
+    #[test]
+    fn the_managed_lock_is_handed_over_and_shuts_out_advisory_locks() {
+        let mut l = Locks::default();
+        l.take_managed(&who(1), "auto 7").unwrap();
+        assert!(l.owns_managed("client.1", "auto 7"));
+        assert_eq!(l.info().tag, "internal");
+        assert!(matches!(l.lock(&who(1), "c", true, ""), Err(Error::Busy(_))), "even the writer's");
+        assert!(matches!(l.lock(&who(2), "c", false, "internal"), Err(Error::Busy(_))));
+        l.take_managed(&who(2), "auto 3").unwrap();
+        assert!(!l.owns_managed("client.1", "auto 7") && l.owns_managed("client.2", "auto 3"));
+        l.unlock("client.2", "auto 3").unwrap();
+        l.lock(&who(1), "c", true, "").unwrap();
+        assert!(matches!(l.take_managed(&who(2), "auto 3"), Err(Error::Busy(_))), "an advisory lock blocks writes");
+        assert!(l.managed().is_none());
     }
 }

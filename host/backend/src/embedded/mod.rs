@@ -19,9 +19,11 @@
 //! - `shared`: the per-process state of an image and the transaction that changes it;
 //! - `image`: the `Image` trait and its argument rules;
 //! - `diff`: allocated ranges and diffs from the object maps;
-//! - `locks`: advisory locks (`cls_lock`'s rules);
+//! - `locks`: advisory locks (`cls_lock`'s rules) and the exclusive-lock feature's lock;
+//! - `blocklist`: clients whose lock was broken, whose calls fail from then on;
 //! - `watchers`: who has an image open for writing, and lives.
 
+mod blocklist;
 mod diff;
 mod header;
 mod image;
@@ -80,8 +82,11 @@ impl EmbeddedBackend {
         store::make_pool(root, name)
     }
 
-    fn root(&self) -> &Root {
-        &self.store.root
+    /// The store's root, for a call of this client: `ConnectionShutdown` once it is
+    /// blocklisted (`blocklist`), as every call of a blocklisted librados client answers.
+    fn root(&self) -> Result<&Root> {
+        blocklist::check(&self.store.root, &self.store.me.client)?;
+        Ok(&self.store.root)
     }
 }
 
@@ -100,15 +105,15 @@ impl Backend for EmbeddedBackend {
     }
 
     fn list_pools(&self) -> Result<Vec<String>> {
-        pool::list_pools(self.root())
+        pool::list_pools(self.root()?)
     }
 
     fn open_pool(&self, pool: &str) -> Result<()> {
-        pool::existing(self.root(), pool).map(drop)
+        pool::existing(self.root()?, pool).map(drop)
     }
 
     fn create(&self, pool: &str, name: &str, size: u64, options: &CreateOptions) -> Result<()> {
-        let dir = pool::existing(self.root(), pool)?;
+        let dir = pool::existing(self.root()?, pool)?;
         validate::new_name("image", name)?;
         validate::old_format(options)?;
         let mut txn = PoolTxn::begin(dir)?;
@@ -129,10 +134,10 @@ impl Backend for EmbeddedBackend {
         options: &CloneOptions,
     ) -> Result<()> {
         validate::clone_features(options)?;
-        let parent_dir = pool::existing(self.root(), parent_pool)?;
+        let parent_dir = pool::existing(self.root()?, parent_pool)?;
         let parent_id = pool::lookup(&parent_dir, parent)?;
         let parent_shared = self.store.image(parent_pool, &parent_id)?;
-        let child_dir = pool::existing(self.root(), child_pool)?;
+        let child_dir = pool::existing(self.root()?, child_pool)?;
         validate::new_name("image", child)?;
         if snap.is_empty() {
             return Err(Error::InvalidArgument("the image to clone must be a snapshot".into()));
@@ -160,12 +165,12 @@ impl Backend for EmbeddedBackend {
     }
 
     fn list(&self, pool: &str) -> Result<Vec<String>> {
-        let dir = pool::existing(self.root(), pool)?;
+        let dir = pool::existing(self.root()?, pool)?;
         Ok(pool::read_directory(&dir)?.images.into_keys().collect())
     }
 
     fn remove(&self, pool: &str, name: &str) -> Result<()> {
-        let dir = pool::existing(self.root(), pool)?;
+        let dir = pool::existing(self.root()?, pool)?;
         validate::lookup_name("image", name)?;
         let mut txn = PoolTxn::begin(dir)?;
         let id = txn
@@ -195,7 +200,7 @@ impl Backend for EmbeddedBackend {
     }
 
     fn rename(&self, pool: &str, src: &str, dest: &str) -> Result<()> {
-        let dir = pool::existing(self.root(), pool)?;
+        let dir = pool::existing(self.root()?, pool)?;
         validate::lookup_name("image", src)?;
         validate::new_name("image", dest)?;
         let mut txn = PoolTxn::begin(dir)?;
@@ -213,7 +218,7 @@ impl Backend for EmbeddedBackend {
     }
 
     fn open(&self, pool: &str, name: &str, snapshot: Option<&str>, read_only: bool) -> Result<Box<dyn Image>> {
-        let dir = pool::existing(self.root(), pool)?;
+        let dir = pool::existing(self.root()?, pool)?;
         let id = pool::lookup(&dir, name)?;
         let shared = self.store.image(pool, &id)?;
         // Like librbd, only a writable open registers a watch (and so blocks remove).

@@ -176,6 +176,8 @@ pub(crate) fn obj_end(objno: u64, obj_size: u64) -> u64 {
 impl ImageShared {
     /// The current header, reread if another handle or process changed it.
     pub fn current(&self) -> Result<Arc<Header>> {
+        // Every call of a blocklisted client fails, as librados answers it.
+        super::blocklist::check(&self.store.root, &self.store.me.client)?;
         let path = self.dir.header();
         let stamp = match fs::metadata(&path) {
             Ok(m) => (m.dev(), m.ino()),

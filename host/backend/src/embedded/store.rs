@@ -63,6 +63,10 @@ impl Root {
     pub fn pools(&self) -> PathBuf {
         self.0.join("pools")
     }
+    /// Blocklisted clients (`blocklist`).
+    pub fn blocklist(&self) -> PathBuf {
+        self.0.join("blocklist")
+    }
     /// The directory of a pool; the name must have passed the pool-name rule.
     pub fn pool(&self, name: &str) -> PoolDir {
         PoolDir(self.pools().join(name))

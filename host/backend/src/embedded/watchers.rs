@@ -34,6 +34,8 @@ struct Record {
 pub(crate) struct Watch {
     path: PathBuf,
     _file: File,
+    /// Its cookie: the handle's, as librbd's watch handle names an open image.
+    pub cookie: u64,
 }
 
 impl Drop for Watch {
@@ -57,14 +59,15 @@ pub(crate) fn register(dir: &ImageDir, me: &Identity) -> Result<Watch> {
     let record = Record { client: me.client.clone(), address: me.address.clone(), cookie };
     file.write_all(&serde_json::to_vec(&record).map_err(|e| Error::Io(format!("cannot encode a watcher: {e}")))?)?;
     fs::rename(&tmp, &path)?;
-    Ok(Watch { path, _file: file })
+    Ok(Watch { path, _file: file, cookie })
 }
 
 /// A temporary file older than this is a registration its process died in.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The live watchers of `dir`'s image, sorted; the files of dead ones are removed.
-pub(crate) fn list(dir: &ImageDir) -> Result<Vec<Watcher>> {
+/// The live watchers of `dir`'s image, sorted; the files of dead ones are removed. A
+/// blocklisted client's watch is gone, as Ceph drops it.
+pub(crate) fn list(dir: &ImageDir, blocklisted: impl Fn(&str) -> Result<bool>) -> Result<Vec<Watcher>> {
     let entries = match fs::read_dir(dir.watchers()) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -100,7 +103,9 @@ pub(crate) fn list(dir: &ImageDir) -> Result<Vec<Watcher>> {
                 file.read_to_end(&mut bytes)?;
                 let record: Record = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Io(format!("a damaged watcher file {}: {e}", path.display())))?;
-                live.push(Watcher { client: record.client, address: record.address, cookie: record.cookie });
+                if !blocklisted(&record.client)? {
+                    live.push(Watcher { client: record.client, address: record.address, cookie: record.cookie });
+                }
             }
             Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }

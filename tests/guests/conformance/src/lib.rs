@@ -928,6 +928,61 @@ fn advisory_lock_makes_writes_busy_with_the_exclusive_lock_feature(c: &Ctx) -> R
     ok(plain.unlock("adv"), "unlock")
 }
 
+/// With the exclusive-lock feature, a write takes the feature's lock (the same RADOS lock as
+/// advisory locks: exclusive, tag `internal`, cookie `auto <n>`); another handle's write
+/// takes it over; closing the holder releases it.
+fn a_write_takes_the_exclusive_lock_features_lock(c: &Ctx) -> R {
+    let img = c.image("img", MIB)?;
+    ok(img.write(0, b"x"), "write")?;
+    expect_err(img.lock_exclusive("adv"), "busy", "the writer's own lock_exclusive")?;
+    expect_err(img.lock_shared("adv", "t"), "busy", "lock_shared")?;
+    // librbd shows it to handles opened after it was taken.
+    let second = ok(c.pool.open(&c.n("img")), "open after the write")?;
+    let info = ok(second.list_lockers(), "list")?;
+    eq((info.exclusive, info.tag.clone(), info.lockers.len()), (true, "internal".to_string(), 1), "the feature's lock")?;
+    let first = info.lockers[0].clone();
+    eq(first.client.clone(), img.lock_client(), "held by this client")?;
+    check(first.cookie.starts_with("auto "), "its cookie is `auto <n>`")?;
+    ok(second.write(4096, b"y"), "another handle writes")?;
+    let info = ok(ok(c.pool.open(&c.n("img")), "open")?.list_lockers(), "list")?;
+    eq(info.lockers.len(), 1, "one holder")?;
+    check(info.lockers[0].cookie != first.cookie, "handed over to the second handle")?;
+    drop(second);
+    drop(img);
+    let after = ok(c.pool.open(&c.n("img")), "open after both closed")?;
+    eq(ok(after.list_lockers(), "list")?.lockers.len(), 0, "released by the holder's close")?;
+    ok(after.lock_exclusive("adv"), "an advisory lock once it is gone")?;
+    ok(after.unlock("adv"), "unlock")
+}
+
+/// Breaking a lock of one's own client blocklists it on a cluster: librbd answers
+/// `connection-shutdown` and the lock stays. Through the host the job's calls end alone.
+fn breaking_ones_own_lock_ends_the_jobs_connection(c: &Ctx) -> R {
+    let img = c.image("img", MIB)?;
+    expect_err(img.break_lock(&img.lock_client(), "none"), "not-found", "a lock that is not there")?;
+    ok(img.lock_exclusive("mine"), "lock")?;
+    expect_err(img.break_lock(&img.lock_client(), "mine"), "connection-shutdown", "break one's own lock")?;
+    expect_err(img.list_lockers(), "connection-shutdown", "a later call on the image")?;
+    expect_err(img.read(0, 1), "connection-shutdown", "a read")?;
+    expect_err(c.pool.list(), "connection-shutdown", "a call on the pool")
+}
+
+/// The host made `PREFIX-written` and another client wrote to it (and keeps it open): it
+/// holds the exclusive-lock feature's lock. Breaking that lock blocklists the writer.
+fn breaking_the_writers_lock_blocklists_it(c: &Ctx) -> R {
+    let img = ok(c.pool.open(&c.n("written")), "open")?;
+    let info = ok(img.list_lockers(), "list")?;
+    eq((info.tag.clone(), info.lockers.len()), ("internal".to_string(), 1), "the writer's lock")?;
+    let holder = info.lockers[0].clone();
+    check(holder.client != img.lock_client(), "another client's")?;
+    expect_err(img.lock_exclusive("mine"), "busy", "an advisory lock over it")?;
+    ok(img.break_lock(&holder.client, &holder.cookie), "break")?;
+    eq(ok(img.list_lockers(), "list")?.lockers.len(), 0, "broken")?;
+    let watchers = ok(img.list_watchers(), "watchers")?;
+    check(!watchers.iter().any(|w| w.client == holder.client), "the blocklisted writer's watch is gone")?;
+    ok(img.write(0, b"mine"), "this client writes and takes the lock").map(drop)
+}
+
 fn exclusive_lock_twice_same_cookie_is_exists(c: &Ctx) -> R {
     let img = c.image("img", MIB)?;
     ok(img.lock_exclusive("c"), "lock")?;
@@ -1128,6 +1183,9 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("shared_locks_share_a_tag", shared_locks_share_a_tag),
     ("unlock_not_held_is_not_found", unlock_not_held_is_not_found),
     ("break_lock_releases_another_clients_lock", break_lock_releases_another_clients_lock),
+    ("a_write_takes_the_exclusive_lock_features_lock", a_write_takes_the_exclusive_lock_features_lock),
+    ("breaking_ones_own_lock_ends_the_jobs_connection", breaking_ones_own_lock_ends_the_jobs_connection),
+    ("breaking_the_writers_lock_blocklists_it", breaking_the_writers_lock_blocklists_it),
     ("break_lock_missing_is_not_found", break_lock_missing_is_not_found),
     ("name_with_nul_is_type_error", name_with_nul_is_type_error),
     ("image_names_follow_librbd", image_names_follow_librbd),

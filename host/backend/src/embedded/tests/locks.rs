@@ -76,6 +76,73 @@ fn break_lock_removes_another_clients_lock() {
     a.lock_exclusive("mine").unwrap();
 }
 
+/// `break_lock` blocklists the holder, as `rbd_blocklist_on_break_lock` makes librbd do:
+/// its every later call answers `ConnectionShutdown`, its watch is gone; a client that
+/// breaks its own lock blocklists itself and the lock stays.
+#[test]
+fn break_lock_blocklists_the_holder_and_breaking_ones_own_blocklists_oneself() {
+    let fx = Fx::new();
+    let a = fx.image("img", MIB, 22);
+    let other = fx.client();
+    let b = other.open("rbd", "img", None, false).unwrap();
+    b.lock_exclusive("theirs").unwrap();
+    a.break_lock(&other.client_name(), "theirs").unwrap();
+    for (what, k) in [
+        ("read", kind(b.read(0, 1))),
+        ("write", kind(b.write(0, b"x"))),
+        ("list_lockers", kind(b.list_lockers())),
+        ("unlock", kind(b.unlock("theirs"))),
+        ("list", kind(other.list("rbd"))),
+        ("open", kind(other.open("rbd", "img", None, true))),
+    ] {
+        assert_eq!(k, "connection-shutdown", "{what}");
+    }
+    let watchers: Vec<String> = a.list_watchers().unwrap().into_iter().map(|w| w.client).collect();
+    assert_eq!(watchers, [fx.be.client_name()], "the blocklisted client's watch is gone");
+    let third = fx.client();
+    let c = third.open("rbd", "img", None, false).unwrap();
+    c.lock_exclusive("mine").unwrap();
+    assert_eq!(kind(c.break_lock(&third.client_name(), "mine")), "connection-shutdown");
+    assert_eq!(a.list_lockers().unwrap().lockers.len(), 1, "the lock stays");
+    assert_eq!(kind(c.read(0, 1)), "connection-shutdown", "the breaker blocklisted itself");
+    a.break_lock(&third.client_name(), "mine").unwrap();
+    a.write(0, b"a").unwrap();
+}
+
+/// With the exclusive-lock feature a write takes the feature's lock: advisory locks are busy
+/// then (the writer's own too); another handle's write takes it over; the holder's close
+/// releases it. Without the feature nothing is taken.
+#[test]
+fn a_write_takes_the_exclusive_lock_features_lock_until_close() {
+    let fx = Fx::new();
+    let a = fx.image("img", MIB, 22);
+    a.write(0, b"a").unwrap();
+    let info = a.list_lockers().unwrap();
+    assert_eq!((info.tag.as_str(), info.exclusive, info.lockers.len()), ("internal", true, 1));
+    assert!(info.lockers[0].cookie.starts_with("auto "), "{:?}", info.lockers[0]);
+    assert_eq!(kind(a.lock_exclusive("c")), "busy", "the writer's own");
+    let other = fx.client();
+    let b = other.open("rbd", "img", None, false).unwrap();
+    b.discard(0, 4096).unwrap();
+    let after = a.list_lockers().unwrap();
+    assert_eq!(after.lockers[0].client, other.client_name(), "handed over");
+    a.write(1, b"a").unwrap();
+    assert_eq!(a.list_lockers().unwrap().lockers[0].cookie, info.lockers[0].cookie, "and back");
+    drop(b);
+    assert_eq!(a.list_lockers().unwrap().lockers.len(), 1, "a close that does not hold it keeps it");
+    drop(a);
+    let c = fx.be.open("rbd", "img", None, false).unwrap();
+    assert_eq!(c.list_lockers().unwrap(), LockInfo::default(), "released at close");
+    c.lock_exclusive("c").unwrap();
+    assert_eq!(kind(c.write(0, b"x")), "busy", "an advisory lock still shuts writes out");
+
+    let plain = CreateOptions { features: crate::features::LAYERING, ..order_opts(22) };
+    fx.be.create("rbd", "plain", MIB, &plain).unwrap();
+    let p = fx.be.open("rbd", "plain", None, false).unwrap();
+    p.write(0, b"x").unwrap();
+    assert_eq!(p.list_lockers().unwrap(), LockInfo::default(), "no feature, no lock");
+}
+
 #[test]
 fn locks_outlive_their_clients() {
     let fx = Fx::new();

@@ -365,8 +365,12 @@ fn everything_persists_across_reopening_the_store() {
     img.create_snap("s").unwrap();
     img.protect_snap("s").unwrap();
     img.write(0, b"head").unwrap();
-    img.lock_shared("cookie", "tag").unwrap();
     img.flush().unwrap();
+    // A writer holds the exclusive-lock feature's lock until it closes; then an advisory
+    // lock can be taken (by another handle of the same client).
+    drop(img);
+    let img = fx.be.open("rbd", "img", None, false).unwrap();
+    img.lock_shared("cookie", "tag").unwrap();
     fx.be.clone_image("rbd", "img", "s", "two", "child", &Default::default()).unwrap();
     let client = fx.be.client_name();
     drop(img);
