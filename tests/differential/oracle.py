@@ -2,6 +2,7 @@
 """The reference half of the differential test: run an operation script through python-rbd.
 
 Usage: oracle.py CEPH_CONF PREFIX OP...
+       oracle.py --two-clients CEPH_CONF PREFIX OP...   (see TwoClients)
 
 This is the reference for the operation language that tests/guests/differential
 implements too. Each OP is one string of space-separated words; image aliases become
@@ -249,21 +250,122 @@ class Runner:
         return "ok " + " ".join(parts)
 
 
+def run_op(runner, line):
+    try:
+        return runner.op(line)
+    except rbd.Error as e:
+        return "err " + KINDS.get(type(e).__name__, "other")
+    except rados.Error as e:
+        return "err " + KINDS.get(type(e).__name__, "other")
+    except TypeError:
+        return "err type-error"
+
+
+class TwoClients:
+    """`--two-clients`: each OP starts with the client that runs it, `a` or `b`, each its own
+    connection with its own image handles. Ops that name a client or show lock holders
+    use the symbols instead of client ids, and `auto` for the exclusive-lock feature's
+    cookies (`auto <n>`, different on every run):
+
+      lockers A            from a new read-only handle (librbd's handles cache the lock
+                           list): `ok exclusive=E tag=T holders=X:COOKIE,...`
+      watchers A           from a new read-only handle: `ok X,...`
+      breaklock A X COOKIE COOKIE `auto` is X's exclusive-lock feature cookie
+      write/discard        `err busy` where python-rbd would wait for ever (an advisory
+                           lock held, the exclusive-lock feature on), as both backends do
+    """
+
+    def __init__(self, clusters, prefix):
+        self.runners = {}
+        self.names = {}
+        for sym, cluster in clusters.items():
+            self.runners[sym] = Runner(cluster.open_ioctx("rbd"), prefix)
+            self.names["client.%d" % cluster.get_instance_id()] = sym
+
+    def sym(self, client):
+        return self.names.get(client, "?")
+
+    def fresh(self, runner, alias):
+        return rbd.Image(runner.ioctx, runner.name(alias), read_only=True)
+
+    def advisory_lock_held(self, runner, alias):
+        try:
+            with self.fresh(runner, alias) as img:
+                info = img.list_lockers()
+        except rbd.Error:
+            return False  # the write answers for itself (not-found, connection-shutdown)
+        lockers = info.get("lockers", []) if info else []
+        managed = info and info.get("tag") == "internal" and all(k.startswith("auto ") for _, k, _ in lockers)
+        return bool(lockers) and not managed and bool(runner.image(alias).features() & rbd.RBD_FEATURE_EXCLUSIVE_LOCK)
+
+    def op(self, line):
+        w = line.split()
+        runner, op = self.runners[w[0]], w[1]
+        if op == "lockers":
+            with self.fresh(runner, w[2]) as img:
+                info = img.list_lockers()
+            lockers = info.get("lockers", []) if info else []
+            holders = sorted("%s:%s" % (self.sym(c), "auto" if k.startswith("auto ") else k) for c, k, _ in lockers)
+            exclusive = bool(holders) and bool(info.get("exclusive"))
+            tag = info.get("tag", "") if info else ""
+            return "ok exclusive=%s tag=%s holders=%s" % (str(exclusive).lower(), tag, ",".join(holders))
+        if op == "watchers":
+            with self.fresh(runner, w[2]) as img:
+                ids = [self.sym("client.%d" % x["id"]) for x in img.watchers_list()]
+            return "ok " + ",".join(sorted(ids))
+        if op in ("write", "discard") and self.advisory_lock_held(runner, w[2]):
+            # python-rbd's write would wait for ever (an advisory lock on an image with the
+            # exclusive-lock feature); both backends answer `busy` there
+            # (docs/librbd-semantics.md), and so does this oracle, so the scripts can be random.
+            return "err busy"
+        if op == "breaklock":
+            client = next((c for c, s in self.names.items() if s == w[3]), w[3])
+            cookie = w[4]
+            if cookie == "auto":
+                with self.fresh(runner, w[2]) as img:
+                    info = img.list_lockers()
+                autos = [k for c, k, _ in (info.get("lockers", []) if info else []) if c == client and k.startswith("auto ")]
+                cookie = autos[0] if autos else "auto ?"
+            runner.image(w[2]).break_lock(client, cookie)
+            return "ok"
+        return runner.op(" ".join(w[1:]))
+
+
+def main_two_clients(conf, prefix, ops):
+    clusters = {sym: rados.Rados(conffile=conf) for sym in ("a", "b")}
+    for cluster in clusters.values():
+        cluster.connect()
+    two = TwoClients(clusters, prefix)
+    for line in ops:
+        print(run_op(two, line), flush=True)
+    # A blocklisted client cannot close cleanly: whatever it answers, go on.
+    for runner in two.runners.values():
+        for alias in list(runner.images):
+            try:
+                runner.drop(alias)
+            except Exception:
+                pass
+        try:
+            runner.ioctx.close()
+        except Exception:
+            pass
+    for cluster in clusters.values():
+        try:
+            cluster.shutdown()
+        except Exception:
+            pass
+
+
 def main():
+    if sys.argv[1] == "--two-clients":
+        main_two_clients(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return
     conf, prefix, ops = sys.argv[1], sys.argv[2], sys.argv[3:]
     with rados.Rados(conffile=conf) as cluster:
         with cluster.open_ioctx("rbd") as ioctx:
             runner = Runner(ioctx, prefix)
             for line in ops:
-                try:
-                    out = runner.op(line)
-                except rbd.Error as e:
-                    out = "err " + KINDS.get(type(e).__name__, "other")
-                except rados.Error as e:
-                    out = "err " + KINDS.get(type(e).__name__, "other")
-                except TypeError:
-                    out = "err type-error"
-                print(out, flush=True)
+                print(run_op(runner, line), flush=True)
             for alias in list(runner.images):
                 runner.drop(alias)
 

@@ -8,10 +8,15 @@
 //! Fixed scripts cover each operation and error path; random scripts come from seeds
 //! (`RBD_WASM_DIFF_SEEDS=N` runs N of them from `RBD_WASM_DIFF_SEED_BASE`, default 16 from
 //! 1), and a failure prints its seed. `scripts/differential-soak.sh` runs seeds for hours.
+//! Scripts with two clients (locks, writes, break-lock between two connections) run on the
+//! backends directly, since a job has one client; `RBD_WASM_DIFF_TRACE=1` prints their
+//! every line beside python-rbd's.
 
 use std::process::Command;
 
+use rbd_wasm::backend::{Backend, CreateOptions, Image};
 use rbd_wasm_tests::{ceph_conf, embedded_store, librbd_backend, run, unique_prefix, workspace_root};
+use sha2::Digest;
 
 /// Run `ops` three ways and compare each line with python-rbd's.
 fn differential(label: &str, ops: &[String]) {
@@ -401,5 +406,255 @@ fn random_scripts_match() {
     for seed in base..base + count {
         let script = random_script(seed);
         differential(&format!("seed {seed} (rerun with RBD_WASM_DIFF_SEED_BASE={seed} RBD_WASM_DIFF_SEEDS=1)"), &script);
+    }
+}
+
+// ---- Two clients: locks, writes and break-lock between two connections -----------------
+//
+// A job has one client, so these scripts run on the backends directly (two connections to
+// the cluster; two clients of one embedded store) and through python-rbd with two
+// connections (`oracle.py --two-clients`, which documents the ops). The host's own rule for
+// a job breaking its own client's lock is a conformance case.
+
+/// Byte `i` of a `write`'s data: ((i + seed) * 31) mod 251, as the oracle writes.
+fn pattern(len: u64, seed: u64) -> Vec<u8> {
+    (0..len).map(|i| ((i + seed) * 31 % 251) as u8).collect()
+}
+
+/// One client of the two, with its image handles by alias.
+struct Client {
+    backend: std::sync::Arc<dyn Backend>,
+    images: std::collections::HashMap<String, Box<dyn Image>>,
+}
+
+struct TwoClients {
+    prefix: String,
+    clients: [Client; 2],
+}
+
+impl TwoClients {
+    fn new(prefix: &str, a: std::sync::Arc<dyn Backend>, b: std::sync::Arc<dyn Backend>) -> Self {
+        let client = |backend| Client { backend, images: Default::default() };
+        TwoClients { prefix: prefix.to_owned(), clients: [client(a), client(b)] }
+    }
+
+    fn name(&self, alias: &str) -> String {
+        format!("{}-{alias}", self.prefix)
+    }
+
+    /// `a` or `b` for a client name, `?` for another.
+    fn sym(&self, client: &str) -> &'static str {
+        match client {
+            c if c == self.clients[0].backend.client_name() => "a",
+            c if c == self.clients[1].backend.client_name() => "b",
+            _ => "?",
+        }
+    }
+
+    fn op(&mut self, line: &str) -> String {
+        match self.try_op(line) {
+            Ok(out) => out,
+            Err(e) => format!("err {}", e.kind()),
+        }
+    }
+
+    fn try_op(&mut self, line: &str) -> Result<String, rbd_wasm::backend::Error> {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let who = if w[0] == "a" { 0 } else { 1 };
+        let (op, alias) = (w[1], w[2]);
+        let num = |i: usize| w[i].parse::<u64>().expect("a number");
+        let name = self.name(alias);
+        let backend = self.clients[who].backend.clone();
+        let fresh = || backend.open("rbd", &name, None, true);
+        match op {
+            "create" => {
+                let options = CreateOptions { order: Some(num(4) as u8), ..CreateOptions::default() };
+                backend.create("rbd", &name, num(3), &options)?;
+                return Ok("ok".into());
+            }
+            "close" => {
+                return Ok(if self.clients[who].images.remove(alias).is_some() { "ok" } else { "ok not-open" }.into());
+            }
+            "lockers" => {
+                let info = fresh()?.list_lockers()?;
+                let mut holders: Vec<String> = info
+                    .lockers
+                    .iter()
+                    .map(|l| format!("{}:{}", self.sym(&l.client), if l.cookie.starts_with("auto ") { "auto" } else { &l.cookie }))
+                    .collect();
+                holders.sort();
+                let exclusive = !holders.is_empty() && info.exclusive;
+                return Ok(format!("ok exclusive={exclusive} tag={} holders={}", info.tag, holders.join(",")));
+            }
+            "watchers" => {
+                let mut syms: Vec<&str> = fresh()?.list_watchers()?.iter().map(|x| self.sym(&x.client)).collect();
+                syms.sort();
+                return Ok(format!("ok {}", syms.join(",")));
+            }
+            _ => {}
+        }
+        if !self.clients[who].images.contains_key(alias) {
+            let image = backend.open("rbd", &name, None, false)?;
+            self.clients[who].images.insert(alias.to_owned(), image);
+        }
+        let image = &self.clients[who].images[alias];
+        Ok(match op {
+            "write" => format!("ok {}", image.write(num(3), &pattern(num(4), num(5)))?),
+            "read" => {
+                let data = image.read(num(3), num(4))?;
+                format!("ok {} {}", data.len(), hex::encode(sha2::Sha256::digest(&data)))
+            }
+            "discard" => image.discard(num(3), num(4)).map(|()| "ok".into())?,
+            "lockx" => image.lock_exclusive(w[3]).map(|()| "ok".into())?,
+            "locks" => image.lock_shared(w[3], w[4]).map(|()| "ok".into())?,
+            "unlock" => image.unlock(w[3]).map(|()| "ok".into())?,
+            "breaklock" => {
+                let target = match w[3] {
+                    "a" => self.clients[0].backend.client_name(),
+                    "b" => self.clients[1].backend.client_name(),
+                    other => other.to_owned(),
+                };
+                let cookie = match w[4] {
+                    "auto" => fresh()?
+                        .list_lockers()?
+                        .lockers
+                        .into_iter()
+                        .find(|l| l.client == target && l.cookie.starts_with("auto "))
+                        .map_or_else(|| "auto ?".to_owned(), |l| l.cookie),
+                    cookie => cookie.to_owned(),
+                };
+                image.break_lock(&target, &cookie).map(|()| "ok".into())?
+            }
+            other => panic!("two-client op {other} is not known here"),
+        })
+    }
+}
+
+/// Run a two-client script through python-rbd and on both backends; every line must match.
+fn two_clients(label: &str, ops: &[String]) {
+    let py_prefix = unique_prefix("py2");
+    let oracle = Command::new("/usr/bin/python3")
+        .arg(workspace_root().join("tests/differential/oracle.py"))
+        .arg("--two-clients")
+        .arg(ceph_conf())
+        .arg(&py_prefix)
+        .args(ops)
+        .output()
+        .expect("run /usr/bin/python3 with the oracle");
+    assert!(oracle.status.success(), "{label}: the oracle failed: {}", String::from_utf8_lossy(&oracle.stderr));
+    let expected: Vec<String> = String::from_utf8_lossy(&oracle.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(expected.len(), ops.len(), "{label}: the oracle printed {} lines for {} ops", expected.len(), ops.len());
+
+    let run = |mut two: TwoClients| ops.iter().map(|op| two.op(op)).collect::<Vec<String>>().join("\n");
+    // Fresh connections: a script may blocklist either.
+    let on_librbd = run(TwoClients::new(&unique_prefix("w2"), librbd_backend(), librbd_backend()));
+    compare(label, "librbd, two connections", ops, &expected, &on_librbd);
+    let store = embedded_store();
+    let on_embedded = run(TwoClients::new("w2", store.backend.clone(), store.second_client()));
+    if std::env::var_os("RBD_WASM_DIFF_TRACE").is_some() {
+        for (i, (op, (want, have))) in ops.iter().zip(expected.iter().zip(on_embedded.lines())).enumerate() {
+            eprintln!("{i:3} {op:40} | {want:50} | {have}");
+        }
+    }
+    compare(label, "the embedded store, two clients", ops, &expected, &on_embedded);
+}
+
+#[test]
+fn two_clients_hand_over_the_writers_lock_and_break_locks() {
+    two_clients(
+        "two clients",
+        &ops(&[
+            "a create i 4194304 20",
+            "a write i 0 100 1",
+            "a lockers i",
+            "b write i 50 100 2",
+            "a lockers i",
+            "a lockx i c",
+            "a write i 4096 10 3",
+            "a lockers i",
+            "b close i",
+            "a close i",
+            "a lockers i",
+            "a lockx i c",
+            "b lockx i d",
+            "b locks i d t",
+            "a locks i e t",
+            "b lockers i",
+            "b watchers i",
+            "b breaklock i a c",
+            "a read i 0 10",
+            "a lockers i",
+            "b lockers i",
+            "b watchers i",
+            "b write i 0 10 3",
+            "b lockers i",
+            "b read i 0 200",
+        ]),
+    );
+}
+
+#[test]
+fn two_clients_shared_locks_and_breaking_ones_own() {
+    two_clients(
+        "shared locks",
+        &ops(&[
+            "a create j 2097152 20",
+            "b locks j k t",
+            "a locks j k t",
+            "a locks j k t",
+            "b lockers j",
+            "a unlock j k",
+            "a unlock j k",
+            "b lockx j x",
+            "b breaklock j a k",
+            "b breaklock j b k",
+            "b lockers j",
+            "b read j 0 10",
+            "a lockers j",
+            "a breaklock j b k",
+            "a lockers j",
+            "a write j 0 10 5",
+            "a lockers j",
+            "a watchers j",
+        ]),
+    );
+}
+
+/// A random two-client script from `seed`: writes, discards, reads, advisory locks,
+/// unlocks, closes and breaks (of advisory locks and of the writer's lock) between clients
+/// `a` and `b`, with `lockers` after each step.
+fn random_two_client_script(seed: u64) -> Vec<String> {
+    let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    let size = 2 * MIB;
+    let mut out = vec![format!("a create i {size} 20")];
+    for _ in 0..30 {
+        let who = rng.below(2) as usize;
+        let (sym, other) = (["a", "b"][who], ["b", "a"][who]);
+        let cookie = format!("c{}", rng.below(2));
+        out.push(match rng.below(12) {
+            0..=2 => format!("{sym} write i {} {} {}", rng.below(size), 1 + rng.below(100_000), rng.below(1000)),
+            3 => format!("{sym} discard i {} {}", rng.below(size), rng.below(200_000)),
+            4 => format!("{sym} read i {} {}", rng.below(size), rng.below(100_000)),
+            5 => format!("{sym} lockx i {cookie}"),
+            6 => format!("{sym} locks i {cookie} t"),
+            7 => format!("{sym} unlock i {cookie}"),
+            8 => format!("{sym} breaklock i {other} {cookie}"),
+            9 => format!("{sym} breaklock i {other} auto"),
+            10 => format!("{sym} close i"),
+            _ => format!("{sym} watchers i"),
+        });
+        out.push("a lockers i".into());
+    }
+    out.push("b watchers i".into());
+    out
+}
+
+#[test]
+fn random_two_client_scripts_match() {
+    let count: u64 = std::env::var("RBD_WASM_DIFF_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let base: u64 = std::env::var("RBD_WASM_DIFF_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    for seed in base..base + count {
+        let script = random_two_client_script(seed);
+        two_clients(&format!("two clients, seed {seed} (rerun with RBD_WASM_DIFF_SEED_BASE={seed} RBD_WASM_DIFF_SEEDS=1)"), &script);
     }
 }

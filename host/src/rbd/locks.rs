@@ -196,9 +196,10 @@ impl ImageHandle {
         }
         let result = self
             .call("break-lock", Some(Operation::BreakLock), move |i| {
-                // As librbd: a lock that is not there is `not-found`, before any blocklisting.
-                if !i.list_lockers()?.lockers.iter().any(|l| l.client == client && l.cookie == cookie) {
-                    return Err(Error::NotFound(format!("no lock held by {client} with cookie {cookie:?}")));
+                // As librbd: a client that holds no lock of the image is `not-found`; one
+                // that holds any (with this cookie or another) is blocklisted.
+                if !i.list_lockers()?.lockers.iter().any(|l| l.client == client) {
+                    return Err(Error::NotFound(format!("{client} holds no lock of the image (cookie {cookie:?})")));
                 }
                 Err(Error::ConnectionShutdown(format!("{client} broke its own lock, which blocklists it on a cluster")))
             })

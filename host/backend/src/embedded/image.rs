@@ -500,12 +500,15 @@ impl Image for EmbeddedImage {
         self.shared.modify(true, |txn| txn.header.locks.unlock(&me.client, cookie))
     }
 
-    /// As librbd: find the lock (`NotFound`), blocklist its holder, then remove it. A client
-    /// that breaks its own lock blocklists itself, so the removal fails and the lock stays.
+    /// As librbd (Pacific's `librbd::break_lock`): a client that holds no lock of the image
+    /// is `NotFound`; one that holds any (the cookie asked for or another, the writer's lock
+    /// included) is blocklisted first, and then the lock with that cookie is removed, or
+    /// `NotFound`. A client that breaks its own lock blocklists itself, so the removal fails
+    /// and the lock stays.
     fn break_lock(&self, client: &str, cookie: &str) -> Result<()> {
         locks::check_entity(client)?;
-        if !self.shared.current()?.locks.holds(client, cookie) {
-            return Err(Error::NotFound(format!("no lock held by {client} with cookie {cookie:?}")));
+        if !self.shared.current()?.locks.holders.iter().any(|h| h.client == client) {
+            return Err(Error::NotFound(format!("{client} holds no lock of the image")));
         }
         super::blocklist::add(&self.shared.store.root, client)?;
         self.shared.modify(true, |txn| txn.header.locks.unlock(client, cookie))

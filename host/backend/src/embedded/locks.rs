@@ -72,11 +72,6 @@ impl Locks {
         self.managed().is_some_and(|h| h.client == client && h.cookie == cookie)
     }
 
-    /// Whether `client` holds the lock with `cookie`.
-    pub fn holds(&self, client: &str, cookie: &str) -> bool {
-        self.held_by(client, cookie).is_some()
-    }
-
     fn held_by(&self, client: &str, cookie: &str) -> Option<usize> {
         self.holders.iter().position(|h| h.client == client && h.cookie == cookie)
     }
