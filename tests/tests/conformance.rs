@@ -115,6 +115,7 @@ conformance_cases! {
     diff_from_beginning_covers_the_data,
     diff_between_snapshots_reproduces_newer,
     diff_of_unchanged_image_is_empty,
+    diff_extents_are_librbds_exact_ones,
     diff_iterator_after_close_is_not_found,
     diff_over_huge_range_is_clipped_to_the_image,
     clone_reads_parent_data,

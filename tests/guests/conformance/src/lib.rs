@@ -695,6 +695,24 @@ fn diff_between_snapshots_reproduces_newer(c: &Ctx) -> R {
     Ok(())
 }
 
+/// The extents librbd reports (issue 13's example, on the test cluster): from the beginning,
+/// each object new since then from its start to its end (an object written up to its end is
+/// whole); since a snapshot, exactly what changed in an object that existed.
+fn diff_extents_are_librbds_exact_ones(c: &Ctx) -> R {
+    let o = CreateOptions { order: Some(20), ..Default::default() };
+    ok(c.pool.create_with(&c.n("img"), 10 * MIB, &o), "create")?;
+    let img = ok(c.pool.open(&c.n("img")), "open")?;
+    ok(img.write(MIB - 1000, &[b'a'; 3000]), "write across objects 0 and 1")?;
+    ok(img.write(3 * MIB + 7, &[b'b'; 5000]), "write in object 3")?;
+    let got: Vec<(u64, u64, bool)> = diff(&img, None, false)?.iter().map(|e| (e.offset, e.length, e.exists)).collect();
+    eq(got, vec![(0, MIB, true), (MIB, 2000, true), (3 * MIB, 5007, true)], "from the beginning")?;
+    ok(img.create_snap("s"), "snap")?;
+    ok(img.write(5 * MIB + 50, &[b'c'; 100]), "write in a new object")?;
+    ok(img.write(3 * MIB + 100, &[b'd'; 10]), "write in an object that existed")?;
+    let got: Vec<(u64, u64, bool)> = diff(&img, Some("s"), false)?.iter().map(|e| (e.offset, e.length, e.exists)).collect();
+    eq(got, vec![(3 * MIB + 100, 10, true), (5 * MIB, 150, true)], "since the snapshot")
+}
+
 fn diff_of_unchanged_image_is_empty(c: &Ctx) -> R {
     let img = c.image("img", 2 * OBJ)?;
     ok(img.write(0, b"x"), "write")?;
@@ -1183,6 +1201,7 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("shared_locks_share_a_tag", shared_locks_share_a_tag),
     ("unlock_not_held_is_not_found", unlock_not_held_is_not_found),
     ("break_lock_releases_another_clients_lock", break_lock_releases_another_clients_lock),
+    ("diff_extents_are_librbds_exact_ones", diff_extents_are_librbds_exact_ones),
     ("a_write_takes_the_exclusive_lock_features_lock", a_write_takes_the_exclusive_lock_features_lock),
     ("breaking_ones_own_lock_ends_the_jobs_connection", breaking_ones_own_lock_ends_the_jobs_connection),
     ("breaking_the_writers_lock_blocklists_it", breaking_the_writers_lock_blocklists_it),
