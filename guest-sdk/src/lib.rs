@@ -285,7 +285,27 @@ impl Sha256 {
     /// with [`Sha256::update_data`], by `PendingReads::write_to` (the image's bytes) and by
     /// [`Image::write_from`] (the bytes written); everything else as it is.
     pub fn chunked(chunk_size: u32) -> Self {
-        Sha256 { inner: job_host::Sha256::chunked(chunk_size) }
+        Sha256 { inner: job_host::Sha256::chunked(chunk_size, false) }
+    }
+
+    /// [`Sha256::chunked`], keeping the digest of every whole chunk added as data for
+    /// [`Sha256::take_chunk_sums`]: a restore learns the digests of the chunks it wrote
+    /// (`Image::write_from`) without reading them back.
+    pub fn chunked_keeping_sums(chunk_size: u32) -> Self {
+        Sha256 { inner: job_host::Sha256::chunked(chunk_size, true) }
+    }
+
+    /// The digests of the whole chunks added as data since the last call, as (image
+    /// offset, SHA-256), in the order added. The host keeps at most 16384 (`quota-exceeded`
+    /// if more were dropped): take them after each `write_from`.
+    pub fn take_chunk_sums(&self) -> Result<Vec<(u64, [u8; 32])>> {
+        let sums = lift(self.inner.take_chunk_sums())?;
+        sums.into_iter()
+            .map(|s| match <[u8; 32]>::try_from(s.sha256) {
+                Ok(d) => Ok((s.offset, d)),
+                Err(d) => Err(Error::Io(format!("a chunk digest of {} bytes", d.len()))),
+            })
+            .collect()
     }
 
     pub fn update(&self, data: &[u8]) {

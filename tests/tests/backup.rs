@@ -108,6 +108,15 @@ fn restore_every_backup_with_the_job(backend: &Arc<dyn Backend>, src: &str, out:
         let job = run_with_output("restore", &["rbd", src, &restored, "--backup", &n.to_string()], backend.clone(), out);
         job.assert_ok();
         assert!(job.stdout.contains("verified"), "{}", job.stdout);
+        // Checked from the digests of what it wrote, reading back only chunks written in part.
+        let compared: u64 = job
+            .stdout
+            .split("checked from what was written: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not checked from what was written:\n{}", job.stdout));
+        assert!(compared > 0, "{}", job.stdout);
         let snap = format!("backup-{n}");
         let want = contents(backend.as_ref(), "rbd", src, Some(&snap));
         assert!(contents(backend.as_ref(), "rbd", &restored, Some(&snap)) == want, "backup-{n}: restored bytes differ");
@@ -250,6 +259,30 @@ fn restore_refuses_what_is_wrong(backend: Arc<dyn Backend>) {
     assert!(again.stdout.contains(&format!("removing rbd/{killed}.restoring")), "{}", again.stdout);
     assert!(!backend.list("rbd").unwrap().contains(&format!("{killed}.restoring")));
     assert!(contents(backend.as_ref(), "rbd", &killed, None) == contents(backend.as_ref(), "rbd", &src, Some("backup-2")));
+
+    // Chunk digests that disagree with the stream, their file's checksum recomputed: the
+    // restore compares what it writes with them, and refuses.
+    let sums = dir.join("2.sums");
+    let good_sums = std::fs::read(&sums).unwrap();
+    let mut wrong_sums = good_sums.clone();
+    let last_record = wrong_sums.len() - 1; // a digest byte of the last record
+    wrong_sums[last_record] ^= 1;
+    std::fs::write(&sums, &wrong_sums).unwrap();
+    manifest["sums_sha256"] = hex::encode(Sha256::digest(&wrong_sums)).into();
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let wrong = format!("{src}-wrongsums");
+    assert!(failed(&restore(&["rbd", &src, &wrong])).contains("digest"));
+    assert!(!backend.list("rbd").unwrap().contains(&wrong));
+    // A damaged chunk digests file (its checksum off): the restore reads the image back
+    // whole instead, and verifies it against the manifest's image digest.
+    manifest["sums_sha256"] = hex::encode(Sha256::digest(&good_sums)).into();
+    std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let read_back = format!("{src}-readback");
+    let job = restore(&["rbd", &src, &read_back]);
+    job.assert_ok();
+    assert!(job.stdout.contains("damaged") && job.stdout.contains("checked by reading the restored image back"), "{}", job.stdout);
+    assert!(contents(backend.as_ref(), "rbd", &read_back, None) == contents(backend.as_ref(), "rbd", &src, Some("backup-2")));
+    std::fs::write(&sums, &good_sums).unwrap();
 }
 
 /// The verify job: a deep scrub, a sample, and what it finds when the backup is wrong.
@@ -345,7 +378,9 @@ fn an_older_jobs_backup_restores_verified(backend: Arc<dyn Backend>) {
     manifest["image_digest"] = chunk_digest_v1(&image).into();
     std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let restored = format!("{src}-v1");
-    run_with_output("restore", &["rbd", &src, &restored], backend.clone(), out.path()).assert_ok();
+    let job = run_with_output("restore", &["rbd", &src, &restored], backend.clone(), out.path());
+    job.assert_ok();
+    assert!(job.stdout.contains("checked by reading the restored image back"), "{}", job.stdout);
     assert_eq!(contents(backend.as_ref(), "rbd", &restored, None), image);
     let verify = run_with_output("verify", &["rbd", &src], backend.clone(), out.path());
     verify.assert_ok();

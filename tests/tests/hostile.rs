@@ -455,6 +455,7 @@ measured_attacks! {
     hash_in_tiny_chunks => setup(Ending::Trap),
     hash_more_than_the_host_budget => Setup { check: host_memory_within_budget, ..setup(Ending::Trap) },
     check_in_tiny_chunks => setup(Ending::Trap),
+    keep_chunk_sums_and_never_take_them => Setup { check: host_memory_within_budget, ..setup(Ending::Refused) },
     feed_the_check_more_than_the_host_budget => Setup { check: host_memory_within_budget, ..setup(Ending::Trap) },
     start_reads_and_never_wait => Setup { check: host_memory_within_budget, ..setup(Ending::Refused) },
     drop_reads_past_the_read_quota => Setup {

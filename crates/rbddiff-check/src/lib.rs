@@ -32,10 +32,30 @@ pub struct StreamCheck {
     chunk: u64,
     /// A piece that the last data ended inside of.
     open: Option<Open>,
+    /// With [`StreamCheck::keeping_chunk_sums`]: the digests of the whole chunks added as
+    /// data since [`StreamCheck::take_chunk_sums`].
+    kept: Option<Kept>,
+}
+
+#[derive(Clone)]
+struct Kept {
+    /// (image offset, SHA-256), in the order added.
+    sums: Vec<(u64, [u8; 32])>,
+    limit: usize,
+    /// More than `limit` were added since the last take: they were dropped.
+    dropped: bool,
+}
+
+/// [`StreamCheck::take_chunk_sums`]: more digests were added than kept, and were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub limit: usize,
 }
 
 #[derive(Clone)]
 struct Open {
+    /// Where the piece starts.
+    start: u64,
     /// Where the piece goes on: the image offset after its last byte.
     next: u64,
     /// Where it ends: the next multiple of the chunk size.
@@ -78,12 +98,48 @@ impl StreamCheck {
     /// The `chunked-sha256` check with chunks of `chunk` bytes (more than 0).
     pub fn chunked(chunk: u64) -> StreamCheck {
         assert!(chunk > 0, "a chunk size of 0");
-        StreamCheck { outer: Sha256::new(), chunk, open: None }
+        StreamCheck { outer: Sha256::new(), chunk, open: None, kept: None }
     }
 
     /// A plain SHA-256 of every byte.
     pub fn plain() -> StreamCheck {
-        StreamCheck { outer: Sha256::new(), chunk: 0, open: None }
+        StreamCheck { outer: Sha256::new(), chunk: 0, open: None, kept: None }
+    }
+
+    /// Keep the digest of every whole chunk added as data (a piece from a multiple of the
+    /// chunk size, a chunk long), for [`StreamCheck::take_chunk_sums`]: a restore compares
+    /// them with the backup's chunk digests instead of reading the image back. At most
+    /// `limit` are kept between two takes; past that they are all dropped, and the next
+    /// take says so.
+    pub fn keeping_chunk_sums(mut self, limit: usize) -> StreamCheck {
+        self.kept = Some(Kept { sums: Vec::new(), limit, dropped: false });
+        self
+    }
+
+    /// The whole chunks' digests kept since the last call, in the order added; `Dropped`
+    /// if more than the limit were added (they are gone; keeping starts over).
+    pub fn take_chunk_sums(&mut self) -> Result<Vec<(u64, [u8; 32])>, Dropped> {
+        let Some(kept) = &mut self.kept else { return Ok(Vec::new()) };
+        let sums = std::mem::take(&mut kept.sums);
+        if std::mem::take(&mut kept.dropped) {
+            return Err(Dropped { limit: kept.limit });
+        }
+        Ok(sums)
+    }
+
+    /// Add a piece's digest in its place, and keep it if it is of a whole chunk.
+    fn piece(&mut self, start: u64, len: u64, digest: &[u8]) {
+        self.outer.update(digest);
+        if let Some(kept) = &mut self.kept {
+            if start % self.chunk == 0 && len == self.chunk && !kept.dropped {
+                if kept.sums.len() >= kept.limit {
+                    kept.sums = Vec::new();
+                    kept.dropped = true;
+                } else if let Ok(d) = <[u8; 32]>::try_from(digest) {
+                    kept.sums.push((start, d));
+                }
+            }
+        }
     }
 
     /// The chunk size; 0 for a plain SHA-256.
@@ -118,7 +174,8 @@ impl StreamCheck {
                     self.open = Some(open);
                     return;
                 }
-                self.outer.update(open.hash.finalize());
+                let digest = open.hash.finalize();
+                self.piece(open.start, open.end - open.start, &digest);
             } else {
                 self.outer.update(open.hash.finalize());
             }
@@ -129,14 +186,14 @@ impl StreamCheck {
             if (rest.len() as u64) < whole {
                 let mut hash = Sha256::new();
                 hash.update(rest);
-                self.open = Some(Open { next: at + rest.len() as u64, end, hash });
+                self.open = Some(Open { start: at, next: at + rest.len() as u64, end, hash });
                 return;
             }
             // `whole <= rest.len()`, so it is a usize.
             let (piece, tail) = rest.split_at(whole as usize);
             match known.and_then(|k| k.of(at, whole)) {
-                Some(sum) => self.outer.update(sum),
-                None => self.outer.update(Sha256::digest(piece)),
+                Some(sum) => self.piece(at, whole, sum),
+                None => self.piece(at, whole, &Sha256::digest(piece)),
             }
             (at, rest) = (end, tail);
         }
@@ -246,6 +303,36 @@ mod tests {
         let mut wrong = sums.clone();
         wrong[40] ^= 1;
         assert_ne!(check(&wrong), want, "the known digests are used, not recomputed");
+    }
+
+    #[test]
+    fn whole_chunks_are_kept_when_asked_however_the_data_is_split() {
+        for split in [1000usize, 4096, 1 << 20] {
+            let mut check = StreamCheck::chunked(C).keeping_chunk_sums(100);
+            for (offset, bytes) in records() {
+                match offset {
+                    None => check.update(&bytes),
+                    Some(o) => {
+                        for (i, part) in bytes.chunks(split).enumerate() {
+                            check.update_data(o + (i * split) as u64, part, None);
+                        }
+                    }
+                }
+            }
+            // Whole chunks: of the first record (100 + 3C + 7 bytes from 100) chunks 1 and 2;
+            // of the second (2C from 5C) chunks 5 and 6; the third is 10 bytes.
+            let kept = check.take_chunk_sums().unwrap();
+            let offsets: Vec<u64> = kept.iter().map(|(o, _)| *o).collect();
+            assert_eq!(offsets, [C, 2 * C, 5 * C, 6 * C], "split {split}");
+            let second = data(2 * C as usize, 2);
+            assert_eq!(kept[2].1, <[u8; 32]>::from(Sha256::digest(&second[..C as usize])));
+            assert_eq!(check.take_chunk_sums(), Ok(Vec::new()), "taken");
+        }
+        let mut check = StreamCheck::chunked(C).keeping_chunk_sums(3);
+        check.update_data(0, &data(5 * C as usize, 1), None);
+        assert_eq!(check.take_chunk_sums(), Err(Dropped { limit: 3 }), "five kept of three");
+        check.update_data(0, &data(2 * C as usize, 1), None);
+        assert_eq!(check.take_chunk_sums().map(|s| s.len()), Ok(2), "keeping starts over");
     }
 
     #[test]

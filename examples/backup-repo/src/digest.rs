@@ -88,7 +88,7 @@ pub enum Change {
 }
 
 impl Change {
-    fn first(&self) -> u64 {
+    pub fn first(&self) -> u64 {
         match *self {
             Change::Data { index, .. } => index,
             Change::Zero { first, .. } => first,
@@ -96,7 +96,7 @@ impl Change {
     }
 
     /// One past its last chunk.
-    fn end(&self) -> u64 {
+    pub fn end(&self) -> u64 {
         match *self {
             Change::Data { index, .. } => index.saturating_add(1),
             Change::Zero { first, count } => first.saturating_add(count),

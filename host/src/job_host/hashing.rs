@@ -20,6 +20,10 @@ use crate::meter::{HandleSlot, Meter, Reservation};
 /// digest per piece, so smaller pieces make the answer a large multiple of the data.
 pub const MIN_CHUNK: u32 = 4096;
 
+/// Most whole-chunk digests a hasher keeps for `take-chunk-sums` (1 GiB of data in 64 KiB
+/// chunks, 640 KiB of memory): a job that never takes them cannot make the host hold more.
+pub const MAX_KEPT_SUMS: usize = 16384;
+
 /// Below this, hashing inline costs less than a trip to the blocking pool.
 const INLINE_BYTES: usize = 64 << 10;
 
@@ -30,6 +34,7 @@ pub struct Sha256Job {
     /// Set when a `write-to` that fed this hasher failed: its state may hold bytes that were
     /// not written, so its digest would be of nothing real.
     spoiled: bool,
+
     _slot: HandleSlot,
 }
 
@@ -66,6 +71,14 @@ impl Sha256Job {
     pub fn give_back(&mut self, state: StreamCheck, written: bool) {
         self.hash = Pipelined::new(state);
         self.spoiled |= !written;
+    }
+
+    /// `take-chunk-sums`: the whole-chunk digests kept since the last take.
+    pub async fn take_chunk_sums(&mut self) -> wasmtime::Result<Result<Vec<(u64, [u8; 32])>, String>> {
+        let mut state = self.settle().await?;
+        let sums = state.take_chunk_sums();
+        self.hash = Pipelined::new(state);
+        Ok(sums.map_err(|d| format!("more than {} chunk digests were not taken: they were dropped", d.limit)))
     }
 
     /// Add `data`: as it is, or (`Some(offset)`) as the image's bytes at `offset`.

@@ -88,14 +88,27 @@ impl job_host::HostSha256 for RbdView<'_> {
         self.new_hasher(StreamCheck::plain())
     }
 
-    async fn chunked(&mut self, chunk_size: u32) -> wasmtime::Result<Resource<Sha256Job>> {
+    async fn chunked(&mut self, chunk_size: u32, keep_chunk_sums: bool) -> wasmtime::Result<Resource<Sha256Job>> {
         if chunk_size < hashing::MIN_CHUNK {
             return Err(wasmtime::Error::msg(format!(
                 "sha256.chunked: a chunk size of {chunk_size} bytes; it must be at least {}",
                 hashing::MIN_CHUNK
             )));
         }
-        self.new_hasher(StreamCheck::chunked(u64::from(chunk_size)))
+        let check = StreamCheck::chunked(u64::from(chunk_size));
+        self.new_hasher(if keep_chunk_sums { check.keeping_chunk_sums(hashing::MAX_KEPT_SUMS) } else { check })
+    }
+
+    async fn take_chunk_sums(
+        &mut self,
+        hasher: Resource<Sha256Job>,
+    ) -> Result<Vec<job_host::ChunkSum>, crate::rbd::HostError> {
+        use crate::rbd::HostError;
+        trap_on_quota(self.ctx.meter().operation()).map_err(HostError::Trap)?;
+        match self.table.get_mut(&hasher)?.take_chunk_sums().await.map_err(HostError::Trap)? {
+            Ok(sums) => Ok(sums.into_iter().map(|(offset, sum)| job_host::ChunkSum { offset, sha256: sum.to_vec() }).collect()),
+            Err(message) => Err(rbd_backend::Error::QuotaExceeded(message).into()),
+        }
     }
 
     async fn update(&mut self, hasher: Resource<Sha256Job>, data: Vec<u8>) -> wasmtime::Result<()> {

@@ -323,6 +323,22 @@ fn feed_the_check_more_than_the_host_budget(_: &Ctx) -> R {
     Err(format!("200 MiB of stream data handed over at once: {:?}", check.finish()))
 }
 
+/// Feed a chunk-keeping hasher 100 MiB of whole 4 KiB chunks (25600 digests) and take
+/// none: the host keeps at most 16384 and says so.
+fn keep_chunk_sums_and_never_take_them(_: &Ctx) -> R {
+    let check = rbd_wasm_guest::Sha256::chunked_keeping_sums(4096);
+    let data = vec![7u8; 1 << 20];
+    for i in 0..100u64 {
+        check.update_data(i << 20, &data);
+    }
+    refused(check.take_chunk_sums(), &["quota-exceeded"], "take 25600 kept digests")?;
+    check.update_data(0, &data[..8192]);
+    match check.take_chunk_sums() {
+        Ok(sums) if sums.len() == 2 => Ok(()),
+        other => Err(format!("after the refusal, two new digests: got {other:?}")),
+    }
+}
+
 fn start_reads_and_never_wait(c: &Ctx) -> R {
     c.pool.create(&c.job("ra"), 1 << 30).map_err(|e| e.to_string())?;
     let img = c.pool.open(&c.job("ra")).map_err(|e| e.to_string())?;
@@ -859,6 +875,7 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("read_after_the_image_grew_under_reads_in_flight", read_after_the_image_grew_under_reads_in_flight),
     ("hash_in_tiny_chunks", hash_in_tiny_chunks),
     ("check_in_tiny_chunks", check_in_tiny_chunks),
+    ("keep_chunk_sums_and_never_take_them", keep_chunk_sums_and_never_take_them),
     ("feed_the_check_more_than_the_host_budget", feed_the_check_more_than_the_host_budget),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
     ("start_reads_and_never_wait", start_reads_and_never_wait),
