@@ -22,6 +22,11 @@
 #   RBD_WASM_CEPH_MEMSTORE_BYTES  memstore capacity, default 8 GiB (RAM, used as written)
 #   RBD_WASM_CEPH_BLUESTORE_BYTES bluestore's file size, default 16 GiB (sparse)
 #   RBD_WASM_CEPH_TIMEOUT         seconds to wait for active+clean, default 60
+#   RBD_WASM_CEPH_RGW_PORT        also start Ceph's S3 gateway (radosgw, beast) on
+#                                 127.0.0.1:PORT, with a user and a bucket whose
+#                                 endpoint and keys go to DIR/s3.env (sourceable:
+#                                 RBD_WASM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY,
+#                                 _BUCKET, _REGION); unset or empty: no gateway
 #
 # Needs the packages from scripts/install-ceph.sh.
 set -euo pipefail
@@ -82,7 +87,7 @@ is_our_daemon() {
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [[ -r "/proc/$pid/cmdline" ]] || return 1
     cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ "$cmdline" == *ceph-* && "$cmdline" == *"$DIR/ceph.conf"* ]]
+    [[ ("$cmdline" == *ceph-* || "$cmdline" == radosgw*) && "$cmdline" == *"$DIR/ceph.conf"* ]]
 }
 
 # Print "name pid" for every recorded daemon (from daemons.pids, falling back
@@ -204,6 +209,19 @@ pid file = $DIR/run/\$name.pid
 admin socket = $DIR/run/\$cluster-\$name.asok
 log file = $DIR/log/\$cluster-\$name.log
 
+[client.rgw.x]
+# The S3 gateway (RBD_WASM_CEPH_RGW_PORT): its own key, log and pid file under DIR.
+keyring = $DIR/rgw/keyring
+rgw data = $DIR/rgw
+pid file = $DIR/run/\$name.pid
+log file = $DIR/log/\$cluster-\$name.log
+log to file = true
+admin socket = $DIR/run/\$cluster-\$name.asok
+rgw frontends = beast endpoint=127.0.0.1:${rgw_port:-7480}
+# Two cores: few threads.
+rgw thread pool size = 16
+rgw enable usage log = false
+
 [client]
 # client.admin's key, so \`rbd -c DIR/ceph.conf ...\` and
 # rados.Rados(conffile=DIR/ceph.conf) work without further arguments.
@@ -247,6 +265,8 @@ EOF
 
 cmd_start() {
     local port=${RBD_WASM_CEPH_PORT:-6789}
+    # Read by write_conf too.
+    local rgw_port=${RBD_WASM_CEPH_RGW_PORT:-}
     local store=${RBD_WASM_CEPH_OSD_STORE:-memstore}
     local bytes
     case "$store" in
@@ -258,6 +278,7 @@ cmd_start() {
     local t0=$SECONDS fsid osd_uuid osd_id
 
     [[ "$port" =~ ^[0-9]+$ ]] || die "RBD_WASM_CEPH_PORT must be a number"
+    [[ -z "$rgw_port" || "$rgw_port" =~ ^[0-9]+$ ]] || die "RBD_WASM_CEPH_RGW_PORT must be a number"
     [[ "$bytes" =~ ^[0-9]+$ ]] || die "the store size must be a number of bytes"
     for tool in ceph ceph-mon ceph-osd ceph-mgr ceph-authtool monmaptool rbd uuidgen; do
         command -v "$tool" >/dev/null 2>&1 ||
@@ -348,10 +369,50 @@ cmd_start() {
     quiet rbdc pool init rbd2
 
     wait_active_clean "$deadline"
+    if [[ -n "$rgw_port" ]]; then
+        start_rgw "$rgw_port"
+    fi
 
     log "cluster up in $((SECONDS - t0)) s (fsid $fsid, mon 127.0.0.1:$port)"
     log "use: export CEPH_CONF=$DIR/ceph.conf   stop: $0 stop $DIR"
     echo "$DIR/ceph.conf"
+}
+
+# Start the S3 gateway on 127.0.0.1:PORT, make a user with fresh keys and a bucket,
+# wait until it answers, and write DIR/s3.env.
+start_rgw() {
+    local port=$1 deadline access secret bucket=rbd-wasm-test code
+    command -v radosgw >/dev/null 2>&1 || fail_start "radosgw not found; run scripts/install-ceph.sh first"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        fail_start "127.0.0.1:$port is in use; set RBD_WASM_CEPH_RGW_PORT"
+    fi
+    mkdir -p "$DIR/rgw"
+    quiet cephc auth get-or-create client.rgw.x mon 'allow rw' osd 'allow rwx' -o "$DIR/rgw/keyring"
+    radosgw -c "$DIR/ceph.conf" -n client.rgw.x 2>>"$DIR/log/startup.log" ||
+        fail_start "radosgw failed to start"
+    record_pid client.rgw.x
+    # Its first start creates its pools; until then it does not answer.
+    deadline=$((SECONDS + 120))
+    until code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/") && [[ "$code" == 200 ]]; do
+        ((SECONDS < deadline)) || fail_start "radosgw did not answer on 127.0.0.1:$port (last: ${code:-none})"
+        sleep 0.5
+    done
+    access=$(head -c 10 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F)
+    secret=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    quiet radosgw-admin -c "$DIR/ceph.conf" user create --uid=rbd-wasm --display-name=rbd-wasm \
+        --access-key="$access" --secret-key="$secret"
+    # The bucket, through the S3 API itself (SigV4, as any client signs; radosgw wants
+    # the payload's hash signed too, which curl 7.88 signs only if it is given).
+    local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+    code=$(curl -s -o "$DIR/log/rgw-bucket.out" -w '%{http_code}' -X PUT -H "x-amz-content-sha256: $empty" \
+        --aws-sigv4 "aws:amz:default:s3" --user "$access:$secret" "http://127.0.0.1:$port/$bucket") || code=none
+    [[ "$code" == 200 ]] || fail_start "creating bucket $bucket answered $code: $(cat "$DIR/log/rgw-bucket.out" 2>/dev/null)"
+    (
+        umask 077
+        printf '%s\n' "RBD_WASM_S3_ENDPOINT=http://127.0.0.1:$port" "RBD_WASM_S3_ACCESS_KEY=$access" \
+            "RBD_WASM_S3_SECRET_KEY=$secret" "RBD_WASM_S3_BUCKET=$bucket" "RBD_WASM_S3_REGION=default" >"$DIR/s3.env"
+    )
+    log "S3 gateway on http://127.0.0.1:$port, bucket $bucket (endpoint and keys: $DIR/s3.env)"
 }
 
 # Wait until every PG reported by the manager is active+clean. `ceph pg stat`

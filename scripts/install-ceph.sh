@@ -11,7 +11,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Daemons for the throwaway cluster, the CLI (ceph, rbd) for setup and interop
 # checks, the C headers for the Rust FFI layer, and the Python bindings that
-# serve as the reference implementation.
+# serve as the reference implementation; Ceph's S3 gateway (radosgw) for the
+# offsite jobs' tests.
 packages=(
     ceph-mon
     ceph-osd
@@ -21,6 +22,7 @@ packages=(
     librados-dev
     python3-rbd
     python3-rados
+    radosgw
 )
 # uuidgen gives each cluster a fresh fsid.
 if ! command -v uuidgen >/dev/null 2>&1; then
