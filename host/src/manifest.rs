@@ -16,6 +16,10 @@
 //! images = "vm-*"                  # `*` matches any run of characters; default "*"
 //! operations = ["read", "snapshot-create", "snapshot-remove"]   # or ["all"]
 //!
+//! [[outbound]]                     # HTTP endpoints the job may reach; none: no network
+//! url = "http://127.0.0.1:7480/backups/"   # scheme, host, port, path prefix
+//! addresses = ["127.0.0.1"]        # optional: what the name may resolve to
+//!
 //! [limits]
 //! memory_mib = 512
 //! deadline_secs = 3600             # wall clock
@@ -30,6 +34,7 @@
 //! host_memory_mib = 128            # host memory held for the job (reads in flight...)
 //! output_dir_bytes = 1099511627776 # bytes the job may write to /out
 //! output_dir_files = 100000        # files and directories it may create there
+//! http_response_bytes = 1073741824 # largest response body of one outbound request
 //! ```
 //!
 //! Deny by default: a manifest without grants grants nothing. Unknown keys are errors, so a
@@ -41,6 +46,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capability::{Grant, Grants, ImagePattern, Operation, Operations};
+use crate::policy::endpoints::{Endpoint, Endpoints};
 use crate::meter::Quotas;
 use crate::runtime::JobLimits;
 
@@ -64,7 +70,17 @@ struct Raw {
     #[serde(default)]
     grants: Vec<RawGrant>,
     #[serde(default)]
+    outbound: Vec<RawEndpoint>,
+    #[serde(default)]
     limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    url: String,
+    #[serde(default)]
+    addresses: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +124,7 @@ struct RawLimits {
     host_memory_mib: Option<u64>,
     output_dir_bytes: Option<u64>,
     output_dir_files: Option<u64>,
+    http_response_bytes: Option<u64>,
 }
 
 /// A checked manifest.
@@ -121,6 +138,8 @@ pub struct Manifest {
     pub output_dir: Option<PathBuf>,
     pub output_read_only: bool,
     pub grants: Grants,
+    /// The HTTP endpoints the job may reach.
+    pub outbound: Endpoints,
     pub limits: JobLimits,
 }
 
@@ -154,6 +173,12 @@ impl Manifest {
             };
             grants.push(Grant { pool: g.pool, images: ImagePattern::new(g.images), operations });
         }
+        let outbound = raw
+            .outbound
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Endpoint::parse(&e.url, &e.addresses).map_err(|why| format!("outbound[{i}]: {why}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let d = JobLimits::default();
         let l = raw.limits;
         let field = |name: &str, e: String| format!("limits.{name}: {e}");
@@ -176,6 +201,7 @@ impl Manifest {
             cpu: l.cpu_secs.map(limit::cpu_secs).transpose().map_err(|e| field("cpu_secs", e))?,
             output_dir_bytes: l.output_dir_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("output_dir_bytes", e))?.unwrap_or(d.output_dir_bytes),
             output_dir_files: l.output_dir_files.map(|n| limit::range(n, 0, 1 << 32)).transpose().map_err(|e| field("output_dir_files", e))?.unwrap_or(d.output_dir_files),
+            http_response_bytes: l.http_response_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("http_response_bytes", e))?.unwrap_or(d.http_response_bytes),
         };
         Ok(Manifest {
             component: raw.job.component.map(|p| base.join(p)),
@@ -184,6 +210,7 @@ impl Manifest {
             output_dir: raw.job.output_dir.map(|p| base.join(p)),
             output_read_only: raw.job.output_read_only,
             grants: Grants::new(grants),
+            outbound: Endpoints(outbound),
             limits,
         })
     }
@@ -281,6 +308,19 @@ bandwidth_mib_per_sec = 2
         assert!(vm.require(Operation::SnapshotCreate).is_ok());
         assert_eq!(vm.require(Operation::Write).unwrap_err().kind(), "permission-denied");
         assert!(m.grants.pool("backups").unwrap().image("x").unwrap().require(Operation::Remove).is_ok());
+    }
+
+    #[test]
+    fn outbound_endpoints_are_granted_by_url_and_none_means_no_network() {
+        let text = "schema = 1\n[job]\n[[outbound]]\nurl = \"http://127.0.0.1:7480/backups/\"\n[[outbound]]\nurl = \"https://s3.example.com\"\naddresses = [\"203.0.113.7\"]\n[limits]\nhttp_response_bytes = 1000\n";
+        let m = Manifest::parse(text, Path::new(".")).unwrap();
+        assert_eq!(m.outbound.0.len(), 2);
+        assert_eq!((m.outbound.0[0].port, m.outbound.0[0].path_prefix.as_str()), (7480, "/backups/"));
+        assert_eq!(m.outbound.0[1].addresses, Some(vec!["203.0.113.7".parse().unwrap()]));
+        assert_eq!(m.limits.http_response_bytes, 1000);
+        assert!(Manifest::parse("schema = 1\n[job]\n", Path::new(".")).unwrap().outbound.0.is_empty());
+        let bad = Manifest::parse("schema = 1\n[job]\n[[outbound]]\nurl = \"http://u:p@host/\"\n", Path::new(".")).unwrap_err();
+        assert!(bad.contains("outbound[0]") && bad.contains("user info"), "{bad}");
     }
 
     #[test]

@@ -20,7 +20,11 @@ use crate::capability::Grants;
 use crate::meter::{Meter, Quotas, Usage, DEFAULT_HOST_MEMORY_BYTES};
 use crate::output::{terminal_safe, JobOutput, OutputSink};
 use crate::output_dir::{overlaps, GuardedFs, HasGuardedFs, OutputQuota};
+use crate::outbound::OutboundHooks;
+use crate::policy::endpoints::Endpoints;
 use crate::rbd::{HasRbd, RbdCtx, RbdView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::WasiHttpCtx;
 
 /// How often the epoch advances: the granularity of yielding and of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -144,6 +148,8 @@ pub struct JobLimits {
     pub output_dir_bytes: u64,
     /// Most files and directories the job may create in its output directory.
     pub output_dir_files: u64,
+    /// Largest response body of one outbound HTTP request.
+    pub http_response_bytes: u64,
 }
 
 impl Default for JobLimits {
@@ -161,6 +167,7 @@ impl Default for JobLimits {
             cpu: None,
             output_dir_bytes: crate::output_dir::DEFAULT_OUTPUT_BYTES,
             output_dir_files: crate::output_dir::DEFAULT_OUTPUT_FILES,
+            http_response_bytes: crate::outbound::DEFAULT_RESPONSE_BYTES,
         }
     }
 }
@@ -187,6 +194,8 @@ pub struct JobConfig {
     pub cancel: Option<Arc<tokio::sync::Notify>>,
     /// Filled with what the job used when it ends, however it ends.
     pub usage: Option<Arc<std::sync::Mutex<Usage>>>,
+    /// The HTTP endpoints the job may reach (`wasi:http`); none: no network.
+    pub outbound: Endpoints,
 }
 
 /// A loaded component that has been checked against the job world, ready to instantiate.
@@ -198,6 +207,8 @@ pub struct JobComponent {
 /// The store data of one job.
 pub struct JobState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outbound: OutboundHooks,
     table: ResourceTable,
     rbd: RbdCtx,
     limits: JobLimiter,
@@ -264,6 +275,12 @@ impl WasiView for JobState {
     }
 }
 
+impl WasiHttpView for JobState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
 /// The engine, the linker, the component cache, and the epoch ticker.
 pub struct Runtime {
     engine: Engine,
@@ -312,6 +329,8 @@ impl Runtime {
         types::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         rbd::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         job_host::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        // Outbound HTTP: every request goes through the job's endpoint grants (`outbound`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
         // Epochs drive both cooperative yielding (a busy guest cannot starve other jobs on
         // the executor) and deadlines. A plain thread: it must tick even if tokio is busy.
@@ -394,7 +413,16 @@ impl Runtime {
         let limits = JobLimiter { memory_limit: job.limits.memory_bytes, memory: 0, table_elements: 0 };
         let mut store = Store::new(
             &self.engine,
-            JobState { wasi: wasi.build(), table: ResourceTable::new(), rbd, limits, out_quota: out_quota.clone(), cpu_ticks: 0 },
+            JobState {
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                outbound: OutboundHooks::new(job.outbound, audit.clone(), job.limits.http_response_bytes),
+                table: ResourceTable::new(),
+                rbd,
+                limits,
+                out_quota: out_quota.clone(),
+                cpu_ticks: 0,
+            },
         );
         store.limiter(|s| &mut s.limits);
         store.set_hostcall_fuel(MAX_CALL_COPY_BYTES);

@@ -14,6 +14,7 @@ use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::Backend;
 use rbd_wasm::audit::AuditSink;
 use rbd_wasm::capability::{Grant, Grants};
+use rbd_wasm::Endpoints;
 use rbd_wasm::output::OutputSink;
 use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
 
@@ -240,7 +241,7 @@ pub fn run_loaded_component(
     output_dir: Option<&Path>,
 ) -> JobRun {
     let grants = Grants::new(pools.iter().map(|p| Grant::full(*p)).collect());
-    run_loaded(component.clone(), job_id, args, backend, grants, JobLimits::default(), AuditSink::Off, output_dir)
+    run_loaded(component.clone(), job_id, args, backend, grants, JobLimits::default(), AuditSink::Off, output_dir, Endpoints::default())
 }
 
 /// Run the component at `path` (a job that is not one of [`GUESTS`], such as one built from
@@ -260,7 +261,14 @@ fn run_job(
     audit: AuditSink,
     output_dir: Option<&Path>,
 ) -> JobRun {
-    run_loaded(component(guest), guest, args, backend, grants, limits, audit, output_dir)
+    run_loaded(component(guest), guest, args, backend, grants, limits, audit, output_dir, Endpoints::default())
+}
+
+/// Run `guest` granted every operation on `rbd`, the HTTP endpoints `outbound`, with its
+/// audit log captured.
+pub fn run_with_outbound(guest: &str, args: &[&str], backend: Arc<dyn Backend>, outbound: Endpoints, audit: AuditSink) -> JobRun {
+    let grants = Grants::new(vec![Grant::full("rbd")]);
+    run_loaded(component(guest), guest, args, backend, grants, JobLimits::default(), audit, None, outbound)
 }
 
 /// The one place the harness builds a job: output captured, no cancellation.
@@ -274,6 +282,7 @@ fn run_loaded(
     limits: JobLimits,
     audit: AuditSink,
     output_dir: Option<&Path>,
+    outbound: Endpoints,
 ) -> JobRun {
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -291,6 +300,7 @@ fn run_loaded(
         audit,
         cancel: None,
         usage: None,
+        outbound,
     };
     let result = tokio().block_on(runtime().run(&component, job));
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();

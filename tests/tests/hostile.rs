@@ -565,9 +565,65 @@ fn every_attack_has_a_test() {
     listing.assert_ok();
     let listed: Vec<&str> = listing.stdout.lines().collect();
     // `hold_a_lock_and_write_forever` is the fault suite's (tests/tests/faults.rs).
-    let tested: Vec<&str> = ATTACKS.iter().chain(MEASURED).copied().chain(["unlock_another_jobs_lock", "hold_a_lock_and_write_forever"]).collect();
+    let by_hand = ["unlock_another_jobs_lock", "hold_a_lock_and_write_forever"].into_iter().chain(NETWORK.iter().copied());
+    let tested: Vec<&str> = ATTACKS.iter().chain(MEASURED).copied().chain(by_hand).collect();
     let (mut listed, mut tested) = (listed, tested);
     listed.sort_unstable();
     tested.sort_unstable();
     assert_eq!(listed, tested, "the hostile guest's attacks and this suite's tests differ");
+}
+
+// ---- Outbound HTTP: deny by default, and only the granted endpoints, paths and addresses.
+// The endpoint reached is the test command's S3 gateway (scripts/test.sh exports it).
+
+const NETWORK: &[&str] = &["http_without_a_grant", "http_to_the_granted_endpoint_only", "http_to_a_name_resolving_elsewhere"];
+
+/// The S3 gateway's `address:port`.
+fn gateway_authority() -> String {
+    let endpoint = std::env::var("RBD_WASM_S3_ENDPOINT")
+        .expect("RBD_WASM_S3_ENDPOINT is not set: run the tests through scripts/test.sh, which starts the S3 gateway");
+    endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned()
+}
+
+fn network_case(case: &str, extra: &[&str], outbound: rbd_wasm::Endpoints) -> Vec<serde_json::Value> {
+    let store = embedded_store();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut args = vec![case, "n"];
+    args.extend_from_slice(extra);
+    let job = rbd_wasm_tests::run_with_outbound("hostile", &args, store.backend.clone(), outbound, rbd_wasm::AuditSink::Capture(lines.clone()));
+    job.assert_ok();
+    let lines = lines.lock().unwrap().clone();
+    lines.iter().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v["method"] == "http").collect()
+}
+
+#[test]
+fn http_without_a_grant() {
+    let gateway = gateway_authority();
+    let audited = network_case("http_without_a_grant", &[&gateway, "127.0.0.1:1"], Default::default());
+    assert_eq!(audited.len(), 4, "every request audited: {audited:?}");
+    assert!(audited.iter().all(|a| a["result"] == "denied-or-failed" && a["status"].is_null()), "{audited:?}");
+}
+
+#[test]
+fn http_to_the_granted_endpoint_only() {
+    let gateway = gateway_authority();
+    let bucket = std::env::var("RBD_WASM_S3_BUCKET").unwrap();
+    let prefix = format!("/{bucket}/");
+    let grant = rbd_wasm::Endpoint::parse(&format!("http://{gateway}{prefix}"), &[]).unwrap();
+    let audited = network_case("http_to_the_granted_endpoint_only", &[&gateway, &prefix, "1"], rbd_wasm::Endpoints(vec![grant]));
+    let reached: Vec<&serde_json::Value> = audited.iter().filter(|a| a["result"] == "ok").collect();
+    assert_eq!(reached.len(), 1, "one request reached the gateway: {audited:?}");
+    assert!(reached[0]["endpoint"].as_str().unwrap().ends_with(&prefix) && reached[0]["status"].is_u64(), "{reached:?}");
+    assert_eq!(audited.len(), 7, "each denial audited with what was asked: {audited:?}");
+}
+
+#[test]
+fn http_to_a_name_resolving_elsewhere() {
+    let gateway = gateway_authority();
+    let port = gateway.rsplit_once(':').unwrap().1;
+    // `localhost` resolves to 127.0.0.1 (and ::1); the grant allows only 127.0.0.2.
+    let grant = rbd_wasm::Endpoint::parse(&format!("http://localhost:{port}/"), &["127.0.0.2".into()]).unwrap();
+    let audited = network_case("http_to_a_name_resolving_elsewhere", &[&format!("localhost:{port}")], rbd_wasm::Endpoints(vec![grant]));
+    assert_eq!(audited.len(), 1);
+    assert!(audited[0]["message"].as_str().unwrap().contains("none of them an address the grant allows"), "{audited:?}");
 }

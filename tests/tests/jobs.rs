@@ -246,6 +246,7 @@ fn a_cancelled_job_stops_and_leaves_no_lock() {
         audit: Default::default(),
         cancel: Some(cancel.clone()),
         usage: None,
+        outbound: Default::default(),
     };
     let conformance = component("conformance");
     let started = Instant::now();

@@ -126,6 +126,35 @@ impl Audit {
             "message": message,
         })
         .to_string();
+        self.write(line).await;
+    }
+
+    /// Record an outbound HTTP request (`crate::outbound`): its method, the endpoint and
+    /// path asked for, and its response's status or why it was denied or failed.
+    pub async fn record_http(&self, method: &str, target: &str, outcome: Result<u16, &str>) {
+        if matches!(self.sink, AuditSink::Off) {
+            return;
+        }
+        let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let (result, status, message) = match outcome {
+            Ok(status) => ("ok", Some(status), String::new()),
+            Err(why) => ("denied-or-failed", None, cut(why, 4 * MAX_FIELD_BYTES).into_owned()),
+        };
+        let line = serde_json::json!({
+            "ts": ts,
+            "job": cut(&self.job, MAX_FIELD_BYTES),
+            "method": "http",
+            "operation": cut(method, MAX_FIELD_BYTES),
+            "endpoint": cut(target, 4 * MAX_FIELD_BYTES),
+            "status": status,
+            "result": result,
+            "message": message,
+        })
+        .to_string();
+        self.write(line).await;
+    }
+
+    async fn write(&self, line: String) {
         match &self.sink {
             AuditSink::Off => {}
             AuditSink::File(file) => {

@@ -8,8 +8,8 @@
 //! granted name cannot be pointed at another host (DNS rebinding), and loopback or private
 //! addresses are reached only when the operator named them.
 //!
-//! This module is the policy alone (pure, tested here); the `wasi:http` hooks that apply it
-//! to every request are the next step of issue 14, and no manifest reaches it yet.
+//! This module is the policy alone (pure, tested here); `crate::outbound` applies it to
+//! every `wasi:http` request, and a manifest's `[[outbound]]` tables grant it.
 
 use std::fmt;
 use std::net::IpAddr;

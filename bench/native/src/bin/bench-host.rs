@@ -111,6 +111,7 @@ fn job(id: String, args: Vec<String>, backend: Arc<dyn Backend>, pool: &str, out
         audit: AuditSink::Off,
         cancel: None,
         usage: None,
+        outbound: Default::default(),
     }
 }
 

@@ -13,7 +13,7 @@ use rbd_wasm::manifest::{limit, Manifest};
 use rbd_wasm::runtime::{JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};
 use rbd_wasm::audit::cut;
 use rbd_wasm::output::terminal_safe;
-use rbd_wasm::{AuditSink, Grant, Grants, OutputSink, Usage};
+use rbd_wasm::{AuditSink, Endpoints, Grant, Grants, OutputSink, Usage};
 
 use crate::progress::{ProgressEntry, ProgressMode, ProgressView};
 use crate::{open_backend, StoreArgs};
@@ -97,6 +97,8 @@ struct JobPlan {
     args: Vec<String>,
     id: Option<String>,
     grants: Grants,
+    /// Outbound HTTP endpoints: the manifest's only (no command-line way to grant them).
+    outbound: Endpoints,
     limits: JobLimits,
     output_dir: Option<PathBuf>,
     output_read_only: bool,
@@ -137,6 +139,7 @@ fn job_plan(args: &RunArgs) -> Result<JobPlan, JobError> {
         args: job_args,
         id: args.job_id.clone().or_else(|| manifest.as_ref().and_then(|m| m.id.clone())),
         grants,
+        outbound: manifest.as_ref().map(|m| m.outbound.clone()).unwrap_or_default(),
         limits,
         output_dir: args.output_dir.clone().or_else(|| manifest.as_ref().and_then(|m| m.output_dir.clone())),
         output_read_only: args.output_read_only || manifest.as_ref().is_some_and(|m| m.output_read_only),
@@ -194,6 +197,7 @@ pub fn run_job(args: RunArgs) -> ExitCode {
             args: plan.args,
             backend,
             grants: plan.grants,
+            outbound: plan.outbound,
             limits: plan.limits,
             output_dir: plan.output_dir,
             output_read_only: plan.output_read_only,

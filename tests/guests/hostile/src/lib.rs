@@ -14,6 +14,8 @@ type R = Result<(), String>;
 struct Ctx {
     prefix: String,
     pool: Pool,
+    /// Arguments after the prefix (an endpoint to reach, for the network cases).
+    extra: Vec<String>,
 }
 
 impl Ctx {
@@ -336,6 +338,88 @@ fn keep_chunk_sums_and_never_take_them(_: &Ctx) -> R {
     match check.take_chunk_sums() {
         Ok(sums) if sums.len() == 2 => Ok(()),
         other => Err(format!("after the refusal, two new digests: got {other:?}")),
+    }
+}
+
+// ---- The network: outbound HTTP only to granted endpoints (tests/tests/hostile.rs,
+// "Outbound HTTP"). Each request's outcome is `status N` or the wasi:http error code.
+
+/// GET `scheme://authority/path` through wasi:http; `status N` or the error's name.
+fn http_get(scheme: &str, authority: &str, path: &str) -> String {
+    use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    let req = OutgoingRequest::new(Fields::new());
+    let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+    if req.set_method(&Method::Get).is_err()
+        || req.set_scheme(Some(&scheme)).is_err()
+        || req.set_authority(Some(authority)).is_err()
+        || req.set_path_with_query(Some(path)).is_err()
+    {
+        return "bad request".into();
+    }
+    let pending = match wasip2::http::outgoing_handler::handle(req, None) {
+        Ok(p) => p,
+        Err(wasip2::http::types::ErrorCode::HttpRequestDenied) => return "HttpRequestDenied".into(),
+        Err(e) => return format!("{e:?}"),
+    };
+    pending.subscribe().block();
+    match pending.get() {
+        Some(Ok(Ok(response))) => format!("status {}", response.status()),
+        Some(Ok(Err(wasip2::http::types::ErrorCode::HttpRequestDenied))) => "HttpRequestDenied".into(),
+        Some(Ok(Err(e))) => format!("{e:?}"),
+        other => format!("no response: {other:?}"),
+    }
+}
+
+/// Every request is denied: `extra` = [authority of a listening server, another one].
+fn http_without_a_grant(c: &Ctx) -> R {
+    let mut seen = Vec::new();
+    for (scheme, authority, path) in [
+        ("http", c.extra[0].as_str(), "/"),
+        ("http", c.extra[1].as_str(), "/"),
+        ("https", "example.com", "/"),
+        ("http", "localhost", "/"),
+    ] {
+        let got = http_get(scheme, authority, path);
+        if got != "HttpRequestDenied" {
+            seen.push(format!("{scheme}://{authority}{path}: {got}"));
+        }
+    }
+    if seen.is_empty() { Ok(()) } else { Err(format!("reached without a grant: {seen:?}")) }
+}
+
+/// Only the granted endpoint answers: `extra` = [the granted authority (an address:port),
+/// its granted path prefix, an ungranted port on the same address].
+fn http_to_the_granted_endpoint_only(c: &Ctx) -> R {
+    let (granted, prefix, other) = (c.extra[0].as_str(), c.extra[1].as_str(), c.extra[2].as_str());
+    let reached = http_get("http", granted, prefix);
+    if !reached.starts_with("status ") {
+        return Err(format!("the granted endpoint {granted}{prefix}: {reached}"));
+    }
+    let host = granted.rsplit_once(':').map_or(granted, |(h, _)| h);
+    let port = granted.rsplit_once(':').map_or("80", |(_, p)| p);
+    let mut seen = Vec::new();
+    for (scheme, authority, path) in [
+        ("http", granted.to_owned(), "/".to_owned()),
+        ("http", granted.to_owned(), format!("{prefix}../other")),
+        ("http", granted.to_owned(), format!("{}-other/", prefix.trim_end_matches('/'))),
+        ("http", format!("{host}:{other}"), prefix.to_owned()),
+        ("https", granted.to_owned(), prefix.to_owned()),
+        ("http", format!("localhost:{port}"), prefix.to_owned()),
+    ] {
+        let got = http_get(scheme, &authority, &path);
+        if got != "HttpRequestDenied" {
+            seen.push(format!("{scheme}://{authority}{path}: {got}"));
+        }
+    }
+    if seen.is_empty() { Ok(()) } else { Err(format!("reached outside the grant: {seen:?}")) }
+}
+
+/// A granted name that resolves elsewhere than its granted addresses is denied: `extra` =
+/// [the granted `name:port`].
+fn http_to_a_name_resolving_elsewhere(c: &Ctx) -> R {
+    match http_get("http", &c.extra[0], "/") {
+        got if got == "HttpRequestDenied" => Ok(()),
+        got => Err(format!("{}: {got}", c.extra[0])),
     }
 }
 
@@ -875,6 +959,9 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("read_after_the_image_grew_under_reads_in_flight", read_after_the_image_grew_under_reads_in_flight),
     ("hash_in_tiny_chunks", hash_in_tiny_chunks),
     ("check_in_tiny_chunks", check_in_tiny_chunks),
+    ("http_without_a_grant", http_without_a_grant),
+    ("http_to_the_granted_endpoint_only", http_to_the_granted_endpoint_only),
+    ("http_to_a_name_resolving_elsewhere", http_to_a_name_resolving_elsewhere),
     ("keep_chunk_sums_and_never_take_them", keep_chunk_sums_and_never_take_them),
     ("feed_the_check_more_than_the_host_budget", feed_the_check_more_than_the_host_budget),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
@@ -925,7 +1012,7 @@ fn run(args: Vec<String>) -> R {
     let prefix = args.get(1).cloned().unwrap_or_else(|| "t".into());
     let f = ATTACKS.iter().find(|(n, _)| n == attack).map(|(_, f)| *f).ok_or_else(|| format!("no attack `{attack}`"))?;
     let pool = open_pool("rbd").map_err(|e| format!("open pool rbd: {e}"))?;
-    f(&Ctx { prefix, pool })
+    f(&Ctx { prefix, pool, extra: args.get(2..).map(<[String]>::to_vec).unwrap_or_default() })
 }
 
 rbd_wasm_guest::job!(run);
