@@ -261,21 +261,26 @@ mod tests {
         ]
     }
 
+    /// Feed [`records`] to `check`, each record's data in parts of `split` bytes.
+    fn feed_split(check: &mut StreamCheck, split: usize) {
+        for (offset, bytes) in records() {
+            match offset {
+                None => check.update(&bytes),
+                Some(o) => {
+                    for (i, part) in bytes.chunks(split).enumerate() {
+                        check.update_data(o + (i * split) as u64, part, None);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn however_the_data_is_split_the_check_is_the_definitions() {
         let want = by_definition(&records());
         for split in [1usize, 7, 100, 4095, 4096, 5000, 1 << 20] {
             let mut check = StreamCheck::chunked(C);
-            for (offset, bytes) in records() {
-                match offset {
-                    None => check.update(&bytes),
-                    Some(o) => {
-                        for (i, part) in bytes.chunks(split).enumerate() {
-                            check.update_data(o + (i * split) as u64, part, None);
-                        }
-                    }
-                }
-            }
+            feed_split(&mut check, split);
             assert_eq!(check.finalize_reset(), want, "split {split}");
         }
     }
@@ -309,16 +314,7 @@ mod tests {
     fn whole_chunks_are_kept_when_asked_however_the_data_is_split() {
         for split in [1000usize, 4096, 1 << 20] {
             let mut check = StreamCheck::chunked(C).keeping_chunk_sums(100);
-            for (offset, bytes) in records() {
-                match offset {
-                    None => check.update(&bytes),
-                    Some(o) => {
-                        for (i, part) in bytes.chunks(split).enumerate() {
-                            check.update_data(o + (i * split) as u64, part, None);
-                        }
-                    }
-                }
-            }
+            feed_split(&mut check, split);
             // Whole chunks: of the first record (100 + 3C + 7 bytes from 100) chunks 1 and 2;
             // of the second (2C from 5C) chunks 5 and 6; the third is 10 bytes.
             let kept = check.take_chunk_sums().unwrap();
