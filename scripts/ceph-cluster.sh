@@ -448,7 +448,8 @@ cmd_stop() {
     while read -r name pid; do
         is_our_daemon "$pid" || continue
         case "$name" in
-            osd.*) kill -KILL "$pid" 2>/dev/null || true ;;
+            # radosgw too: it has nothing to keep, and takes more than 10 s over SIGTERM.
+            osd.* | client.rgw.*) kill -KILL "$pid" 2>/dev/null || true ;;
             *) kill -TERM "$pid" 2>/dev/null || true ;;
         esac
         killed+=("$pid")
