@@ -264,11 +264,18 @@ fn run_job(
     run_loaded(component(guest), guest, args, backend, grants, limits, audit, output_dir, Endpoints::default())
 }
 
-/// Run `guest` granted every operation on `rbd`, the HTTP endpoints `outbound`, with its
-/// audit log captured.
-pub fn run_with_outbound(guest: &str, args: &[&str], backend: Arc<dyn Backend>, outbound: Endpoints, audit: AuditSink) -> JobRun {
+/// Run `guest` granted every operation on `rbd` and the HTTP endpoints `outbound`, under
+/// `limits`, with its audit log going to `audit`.
+pub fn run_with_outbound(
+    guest: &str,
+    args: &[&str],
+    backend: Arc<dyn Backend>,
+    outbound: Endpoints,
+    limits: JobLimits,
+    audit: AuditSink,
+) -> JobRun {
     let grants = Grants::new(vec![Grant::full("rbd")]);
-    run_loaded(component(guest), guest, args, backend, grants, JobLimits::default(), audit, None, outbound)
+    run_loaded(component(guest), guest, args, backend, grants, limits, audit, None, outbound)
 }
 
 /// The one place the harness builds a job: output captured, no cancellation.

@@ -576,7 +576,12 @@ fn every_attack_has_a_test() {
 // ---- Outbound HTTP: deny by default, and only the granted endpoints, paths and addresses.
 // The endpoint reached is the test command's S3 gateway (scripts/test.sh exports it).
 
-const NETWORK: &[&str] = &["http_without_a_grant", "http_to_the_granted_endpoint_only", "http_to_a_name_resolving_elsewhere"];
+const NETWORK: &[&str] = &[
+    "http_without_a_grant",
+    "http_to_the_granted_endpoint_only",
+    "http_to_a_name_resolving_elsewhere",
+    "http_response_larger_than_the_limit",
+];
 
 /// The S3 gateway's `address:port`.
 fn gateway_authority() -> String {
@@ -586,11 +591,15 @@ fn gateway_authority() -> String {
 }
 
 fn network_case(case: &str, extra: &[&str], outbound: rbd_wasm::Endpoints) -> Vec<serde_json::Value> {
+    network_case_limited(case, extra, outbound, JobLimits::default())
+}
+
+fn network_case_limited(case: &str, extra: &[&str], outbound: rbd_wasm::Endpoints, limits: JobLimits) -> Vec<serde_json::Value> {
     let store = embedded_store();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut args = vec![case, "n"];
     args.extend_from_slice(extra);
-    let job = rbd_wasm_tests::run_with_outbound("hostile", &args, store.backend.clone(), outbound, rbd_wasm::AuditSink::Capture(lines.clone()));
+    let job = rbd_wasm_tests::run_with_outbound("hostile", &args, store.backend.clone(), outbound, limits, rbd_wasm::AuditSink::Capture(lines.clone()));
     job.assert_ok();
     let lines = lines.lock().unwrap().clone();
     lines.iter().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v["method"] == "http").collect()
@@ -626,4 +635,35 @@ fn http_to_a_name_resolving_elsewhere() {
     let audited = network_case("http_to_a_name_resolving_elsewhere", &[&format!("localhost:{port}")], rbd_wasm::Endpoints(vec![grant]));
     assert_eq!(audited.len(), 1);
     assert!(audited[0]["message"].as_str().unwrap().contains("none of them an address the grant allows"), "{audited:?}");
+}
+
+#[test]
+fn http_response_larger_than_the_limit() {
+    let gateway = gateway_authority();
+    let bucket = std::env::var("RBD_WASM_S3_BUCKET").unwrap();
+    let (access, secret) = (std::env::var("RBD_WASM_S3_ACCESS_KEY").unwrap(), std::env::var("RBD_WASM_S3_SECRET_KEY").unwrap());
+    // A 3 MiB object, put with curl's SigV4; then read anonymously-granted through the job,
+    // whose limit is 1 MiB. (The gateway answers a private object 403 to an unsigned GET,
+    // so the object is made public-read.)
+    let key = format!("/{bucket}/big-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&file).unwrap()))
+    };
+    let put = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", &format!("x-amz-content-sha256: {hash}")])
+        .args(["-H", "x-amz-acl: public-read", "--aws-sigv4", "aws:amz:default:s3", "--user", &format!("{access}:{secret}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{gateway}{key}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&put.stdout), "200", "put the object");
+    let grant = rbd_wasm::Endpoint::parse(&format!("http://{gateway}/{bucket}/"), &[]).unwrap();
+    let limits = JobLimits { http_response_bytes: 1 << 20, ..JobLimits::default() };
+    let audited = network_case_limited("http_response_larger_than_the_limit", &[&gateway, &key], rbd_wasm::Endpoints(vec![grant]), limits);
+    assert_eq!(audited.len(), 1, "{audited:?}");
 }

@@ -414,6 +414,15 @@ fn http_to_the_granted_endpoint_only(c: &Ctx) -> R {
     if seen.is_empty() { Ok(()) } else { Err(format!("reached outside the grant: {seen:?}")) }
 }
 
+/// A response larger than the job's `http_response_bytes` never reaches it whole: `extra` =
+/// [the granted authority, the path of an object larger than the limit].
+fn http_response_larger_than_the_limit(c: &Ctx) -> R {
+    match http_get("http", &c.extra[0], &c.extra[1]) {
+        got if got.contains("HttpResponseBodySize") => Ok(()),
+        got => Err(format!("{}{}: {got}", c.extra[0], c.extra[1])),
+    }
+}
+
 /// A granted name that resolves elsewhere than its granted addresses is denied: `extra` =
 /// [the granted `name:port`].
 fn http_to_a_name_resolving_elsewhere(c: &Ctx) -> R {
@@ -962,6 +971,7 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("http_without_a_grant", http_without_a_grant),
     ("http_to_the_granted_endpoint_only", http_to_the_granted_endpoint_only),
     ("http_to_a_name_resolving_elsewhere", http_to_a_name_resolving_elsewhere),
+    ("http_response_larger_than_the_limit", http_response_larger_than_the_limit),
     ("keep_chunk_sums_and_never_take_them", keep_chunk_sums_and_never_take_them),
     ("feed_the_check_more_than_the_host_budget", feed_the_check_more_than_the_host_budget),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
