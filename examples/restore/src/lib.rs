@@ -327,15 +327,29 @@ fn restore(args: &Args, target_pool: &Pool) -> Result<String> {
 /// The suffix of the image a restore writes before it is verified.
 const RESTORING: &str = ".restoring";
 
+/// How many times a half-restored image's removal is tried, a second apart: a snapshot
+/// that an earlier, abandoned run asked for (its job ended while the monitor was away) may
+/// still land after the snapshots were listed and removed.
+const REMOVE_ATTEMPTS: u32 = 15;
+
 /// Remove a target this job created and could not finish.
 fn remove_restored(pool: &Pool, name: &str) {
-    if let Ok(image) = pool.open(name) {
-        for snap in image.list_snaps().unwrap_or_default() {
-            let _ = image.remove_snap(&snap.name);
+    for attempt in 1..=REMOVE_ATTEMPTS {
+        if let Ok(image) = pool.open(name) {
+            for snap in image.list_snaps().unwrap_or_default() {
+                let _ = image.remove_snap(&snap.name);
+            }
         }
-    }
-    if let Err(e) = pool.remove(name) {
-        eprintln!("could not remove the half-restored {}/{name}: {e}", pool.name());
+        match pool.remove(name) {
+            Ok(()) | Err(rbd_wasm_guest::Error::NotFound(_)) => return,
+            Err(rbd_wasm_guest::Error::HasSnapshots(_)) if attempt < REMOVE_ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Err(e) => {
+                eprintln!("could not remove the half-restored {}/{name}: {e}", pool.name());
+                return;
+            }
+        }
     }
 }
 
