@@ -396,3 +396,60 @@ pub fn stream_check_by_tool(path: &Path) -> (String, u64) {
     let digest = words.next().unwrap().to_owned();
     (digest, words.next().unwrap().parse().unwrap())
 }
+
+/// The test command's S3 gateway (Ceph's radosgw beside the test cluster), as
+/// `scripts/test.sh` exports it (`RBD_WASM_S3_*`), and requests to it through a standard
+/// client: curl, signing with SigV4.
+pub struct S3Gateway {
+    /// `http://address:port`.
+    pub endpoint: String,
+    pub access: String,
+    pub secret: String,
+    pub bucket: String,
+}
+
+impl S3Gateway {
+    pub fn from_env() -> S3Gateway {
+        let var = |name: &str| {
+            std::env::var(name)
+                .unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh, which starts the S3 gateway"))
+        };
+        S3Gateway {
+            endpoint: var("RBD_WASM_S3_ENDPOINT"),
+            access: var("RBD_WASM_S3_ACCESS_KEY"),
+            secret: var("RBD_WASM_S3_SECRET_KEY"),
+            bucket: var("RBD_WASM_S3_BUCKET"),
+        }
+    }
+
+    /// `address:port`.
+    pub fn authority(&self) -> &str {
+        self.endpoint.trim_start_matches("http://").trim_end_matches('/')
+    }
+
+    /// A request to `path` with `body` and extra `headers`, signed with the gateway's keys
+    /// unless `signed` is false: its HTTP status and its body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[&str], signed: bool) -> (u16, Vec<u8>) {
+        use sha2::Digest;
+        // radosgw wants the payload's hash signed, which curl signs only if it is given.
+        let hash = hex::encode(sha2::Sha256::digest(body.unwrap_or_default()));
+        let dir = tempfile::tempdir().unwrap();
+        let (out, input) = (dir.path().join("out"), dir.path().join("in"));
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-o"]).arg(&out).args(["-w", "%{http_code}", "-X", method]);
+        for header in headers {
+            curl.args(["-H", header]);
+        }
+        if signed {
+            curl.args(["-H", &format!("x-amz-content-sha256: {hash}")]);
+            curl.args(["--aws-sigv4", "aws:amz:default:s3", "--user", &format!("{}:{}", self.access, self.secret)]);
+        }
+        if let Some(body) = body {
+            std::fs::write(&input, body).unwrap();
+            curl.arg("--data-binary").arg(format!("@{}", input.display()));
+        }
+        let done = curl.arg(format!("{}{path}", self.endpoint)).output().expect("run curl");
+        let code = String::from_utf8_lossy(&done.stdout).trim().parse().unwrap_or(0);
+        (code, std::fs::read(&out).unwrap_or_default())
+    }
+}

@@ -585,9 +585,7 @@ const NETWORK: &[&str] = &[
 
 /// The S3 gateway's `address:port`.
 fn gateway_authority() -> String {
-    let endpoint = std::env::var("RBD_WASM_S3_ENDPOINT")
-        .expect("RBD_WASM_S3_ENDPOINT is not set: run the tests through scripts/test.sh, which starts the S3 gateway");
-    endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned()
+    rbd_wasm_tests::S3Gateway::from_env().authority().to_owned()
 }
 
 fn network_case(case: &str, extra: &[&str], outbound: rbd_wasm::Endpoints) -> Vec<serde_json::Value> {
@@ -615,9 +613,8 @@ fn http_without_a_grant() {
 
 #[test]
 fn http_to_the_granted_endpoint_only() {
-    let gateway = gateway_authority();
-    let bucket = std::env::var("RBD_WASM_S3_BUCKET").unwrap();
-    let prefix = format!("/{bucket}/");
+    let g = rbd_wasm_tests::S3Gateway::from_env();
+    let (gateway, prefix) = (g.authority().to_owned(), format!("/{}/", g.bucket));
     let grant = rbd_wasm::Endpoint::parse(&format!("http://{gateway}{prefix}"), &[]).unwrap();
     let audited = network_case("http_to_the_granted_endpoint_only", &[&gateway, &prefix, "1"], rbd_wasm::Endpoints(vec![grant]));
     let reached: Vec<&serde_json::Value> = audited.iter().filter(|a| a["result"] == "ok").collect();
@@ -639,31 +636,14 @@ fn http_to_a_name_resolving_elsewhere() {
 
 #[test]
 fn http_response_larger_than_the_limit() {
-    let gateway = gateway_authority();
-    let bucket = std::env::var("RBD_WASM_S3_BUCKET").unwrap();
-    let (access, secret) = (std::env::var("RBD_WASM_S3_ACCESS_KEY").unwrap(), std::env::var("RBD_WASM_S3_SECRET_KEY").unwrap());
-    // A 3 MiB object, put with curl's SigV4; then read anonymously-granted through the job,
-    // whose limit is 1 MiB. (The gateway answers a private object 403 to an unsigned GET,
-    // so the object is made public-read.)
-    let key = format!("/{bucket}/big-{}", std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big");
-    std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
-    let hash = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(std::fs::read(&file).unwrap()))
-    };
-    let put = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", &format!("x-amz-content-sha256: {hash}")])
-        .args(["-H", "x-amz-acl: public-read", "--aws-sigv4", "aws:amz:default:s3", "--user", &format!("{access}:{secret}")])
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(format!("http://{gateway}{key}"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&put.stdout), "200", "put the object");
-    let grant = rbd_wasm::Endpoint::parse(&format!("http://{gateway}/{bucket}/"), &[]).unwrap();
+    let g = rbd_wasm_tests::S3Gateway::from_env();
+    // A 3 MiB object, public-read (the gateway answers a private object 403 to the job's
+    // unsigned GET); the job's limit is 1 MiB.
+    let key = format!("/{}/big-{}", g.bucket, std::process::id());
+    let put = g.request("PUT", &key, Some(&vec![7u8; 3 << 20]), &["x-amz-acl: public-read"], true);
+    assert_eq!(put.0, 200, "put the object");
+    let grant = rbd_wasm::Endpoint::parse(&format!("http://{}/{}/", g.authority(), g.bucket), &[]).unwrap();
     let limits = JobLimits { http_response_bytes: 1 << 20, ..JobLimits::default() };
-    let audited = network_case_limited("http_response_larger_than_the_limit", &[&gateway, &key], rbd_wasm::Endpoints(vec![grant]), limits);
+    let audited = network_case_limited("http_response_larger_than_the_limit", &[g.authority(), &key], rbd_wasm::Endpoints(vec![grant]), limits);
     assert_eq!(audited.len(), 1, "{audited:?}");
 }
