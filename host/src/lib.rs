@@ -22,6 +22,7 @@ mod rbd;
 pub mod runtime;
 
 pub use bindings::types::Progress;
+pub use outbound::HttpLimits;
 pub use output::OutputSink;
 pub use policy::audit::AuditSink;
 pub use policy::capability::{Grant, Grants, ImagePattern, Operation, Operations};

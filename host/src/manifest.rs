@@ -19,6 +19,7 @@
 //! [[outbound]]                     # HTTP endpoints the job may reach; none: no network
 //! url = "http://127.0.0.1:7480/backups/"   # scheme, host, port, path prefix
 //! addresses = ["127.0.0.1"]        # optional: what the name may resolve to
+//! ca_file = "/etc/ceph/rgw-ca.pem" # optional: a private CA trusted for https (PEM)
 //!
 //! [limits]
 //! memory_mib = 512
@@ -35,6 +36,9 @@
 //! output_dir_bytes = 1099511627776 # bytes the job may write to /out
 //! output_dir_files = 100000        # files and directories it may create there
 //! http_response_bytes = 1073741824 # largest response body of one outbound request
+//! http_connections = 8             # outbound HTTP exchanges open at once
+//! http_idle_secs = 60              # longest wait for a connection, a response, its next bytes
+//! network_bytes = 1099511627776    # outbound HTTP body bytes sent plus received
 //! ```
 //!
 //! Deny by default: a manifest without grants grants nothing. Unknown keys are errors, so a
@@ -48,6 +52,7 @@ use serde::Deserialize;
 use crate::capability::{Grant, Grants, ImagePattern, Operation, Operations};
 use crate::policy::endpoints::{Endpoint, Endpoints};
 use crate::meter::Quotas;
+use crate::outbound::HttpLimits;
 use crate::runtime::JobLimits;
 
 /// The schema version this host reads.
@@ -81,6 +86,7 @@ struct RawEndpoint {
     url: String,
     #[serde(default)]
     addresses: Vec<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +131,9 @@ struct RawLimits {
     output_dir_bytes: Option<u64>,
     output_dir_files: Option<u64>,
     http_response_bytes: Option<u64>,
+    http_connections: Option<usize>,
+    http_idle_secs: Option<u64>,
+    network_bytes: Option<u64>,
 }
 
 /// A checked manifest.
@@ -177,8 +186,14 @@ impl Manifest {
             .outbound
             .iter()
             .enumerate()
-            .map(|(i, e)| Endpoint::parse(&e.url, &e.addresses).map_err(|why| format!("outbound[{i}]: {why}")))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(i, e)| {
+                let mut endpoint = Endpoint::parse(&e.url, &e.addresses).map_err(|why| format!("outbound[{i}]: {why}"))?;
+                if let Some(file) = &e.ca_file {
+                    endpoint.ca_certificates = read_ca_file(&base.join(file)).map_err(|why| format!("outbound[{i}].ca_file: {why}"))?;
+                }
+                Ok(endpoint)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let d = JobLimits::default();
         let l = raw.limits;
         let field = |name: &str, e: String| format!("limits.{name}: {e}");
@@ -193,6 +208,7 @@ impl Manifest {
                 write_bytes: l.write_bytes,
                 operations: l.operations,
                 bandwidth_bytes_per_sec: l.bandwidth_mib_per_sec.map(limit::bandwidth_mib).transpose().map_err(|e| field("bandwidth_mib_per_sec", e))?,
+                network_bytes: l.network_bytes,
                 host_memory_bytes: match l.host_memory_mib {
                     Some(mib) => Some(limit::range(mib, 1, 64 << 10).map_err(|e| field("host_memory_mib", e))? << 20),
                     None => d.quotas.host_memory_bytes,
@@ -201,7 +217,11 @@ impl Manifest {
             cpu: l.cpu_secs.map(limit::cpu_secs).transpose().map_err(|e| field("cpu_secs", e))?,
             output_dir_bytes: l.output_dir_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("output_dir_bytes", e))?.unwrap_or(d.output_dir_bytes),
             output_dir_files: l.output_dir_files.map(|n| limit::range(n, 0, 1 << 32)).transpose().map_err(|e| field("output_dir_files", e))?.unwrap_or(d.output_dir_files),
-            http_response_bytes: l.http_response_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("http_response_bytes", e))?.unwrap_or(d.http_response_bytes),
+            http: HttpLimits {
+                response_bytes: l.http_response_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("http_response_bytes", e))?.unwrap_or(d.http.response_bytes),
+                connections: l.http_connections.map(|n| limit::range(n, 1, 1024)).transpose().map_err(|e| field("http_connections", e))?.unwrap_or(d.http.connections),
+                idle: l.http_idle_secs.map(|n| limit::range(n, 1, 3600)).transpose().map_err(|e| field("http_idle_secs", e))?.map_or(d.http.idle, std::time::Duration::from_secs),
+            },
         };
         Ok(Manifest {
             component: raw.job.component.map(|p| base.join(p)),
@@ -214,6 +234,20 @@ impl Manifest {
             limits,
         })
     }
+}
+
+/// The certificates of a PEM file (a private CA an operator trusts for one endpoint).
+fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
 }
 
 /// The ranges the host accepts for each limit, shared by manifests and the command line.
@@ -317,8 +351,15 @@ bandwidth_mib_per_sec = 2
         assert_eq!(m.outbound.0.len(), 2);
         assert_eq!((m.outbound.0[0].port, m.outbound.0[0].path_prefix.as_str()), (7480, "/backups/"));
         assert_eq!(m.outbound.0[1].addresses, Some(vec!["203.0.113.7".parse().unwrap()]));
-        assert_eq!(m.limits.http_response_bytes, 1000);
+        assert_eq!(m.limits.http.response_bytes, 1000);
         assert!(Manifest::parse("schema = 1\n[job]\n", Path::new(".")).unwrap().outbound.0.is_empty());
+        let text = "schema = 1\n[job]\n[limits]\nhttp_connections = 2\nhttp_idle_secs = 5\nnetwork_bytes = 10\n";
+        let m = Manifest::parse(text, Path::new(".")).unwrap();
+        assert_eq!((m.limits.http.connections, m.limits.http.idle.as_secs(), m.limits.quotas.network_bytes), (2, 5, Some(10)));
+        let bad = Manifest::parse("schema = 1\n[job]\n[limits]\nhttp_connections = 0\n", Path::new(".")).unwrap_err();
+        assert!(bad.contains("http_connections"), "{bad}");
+        let bad = Manifest::parse("schema = 1\n[job]\n[[outbound]]\nurl = \"https://h/\"\nca_file = \"/nonexistent.pem\"\n", Path::new(".")).unwrap_err();
+        assert!(bad.contains("outbound[0].ca_file") && bad.contains("nonexistent"), "{bad}");
         let bad = Manifest::parse("schema = 1\n[job]\n[[outbound]]\nurl = \"http://u:p@host/\"\n", Path::new(".")).unwrap_err();
         assert!(bad.contains("outbound[0]") && bad.contains("user info"), "{bad}");
     }

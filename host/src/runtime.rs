@@ -148,8 +148,8 @@ pub struct JobLimits {
     pub output_dir_bytes: u64,
     /// Most files and directories the job may create in its output directory.
     pub output_dir_files: u64,
-    /// Largest response body of one outbound HTTP request.
-    pub http_response_bytes: u64,
+    /// Outbound HTTP's bounds (response size, exchanges open, waits).
+    pub http: crate::outbound::HttpLimits,
 }
 
 impl Default for JobLimits {
@@ -167,7 +167,7 @@ impl Default for JobLimits {
             cpu: None,
             output_dir_bytes: crate::output_dir::DEFAULT_OUTPUT_BYTES,
             output_dir_files: crate::output_dir::DEFAULT_OUTPUT_FILES,
-            http_response_bytes: crate::outbound::DEFAULT_RESPONSE_BYTES,
+            http: crate::outbound::HttpLimits::default(),
         }
     }
 }
@@ -416,7 +416,7 @@ impl Runtime {
             JobState {
                 wasi: wasi.build(),
                 http: WasiHttpCtx::new(),
-                outbound: OutboundHooks::new(job.outbound, audit.clone(), job.limits.http_response_bytes),
+                outbound: OutboundHooks::new(job.outbound, audit.clone(), meter.clone(), job.limits.http),
                 table: ResourceTable::new(),
                 rbd,
                 limits,

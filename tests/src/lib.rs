@@ -4,6 +4,8 @@
 //! wasm32-wasip2` (skipped when every `.wasm` is newer than the sources it comes from), and
 //! run through one shared [`Runtime`] with its compiled-component cache under `target/`.
 
+pub mod rogue_http;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -341,8 +343,11 @@ pub struct Measured {
 /// `ru_maxrss` from `wait4` would count this test process's pages, which the child shares
 /// until it execs.)
 pub fn run_host_measured(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Measured {
+    // Built (by cargo, once per test process) before the clock starts: the wall time is
+    // the host's alone.
+    let binary = host_binary();
     let started = std::time::Instant::now();
-    let out = Command::new(host_binary())
+    let out = Command::new(binary)
         .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, *v)))
         .env_remove("CEPH_CONF")

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rbd_wasm::backend::{Backend, CreateOptions};
 use rbd_wasm::capability::{Grant, Grants, ImagePattern, Operation, Operations};
 use rbd_wasm::runtime::{JobError, JobLimits};
+use rbd_wasm_tests::rogue_http::RogueHttp;
 use rbd_wasm_tests::{
     ceph_conf, embedded_store, guest, librbd_backend, run, run_host_measured, run_with, unique_prefix, JobRun, Measured,
 };
@@ -581,6 +582,13 @@ const NETWORK: &[&str] = &[
     "http_to_the_granted_endpoint_only",
     "http_to_a_name_resolving_elsewhere",
     "http_response_larger_than_the_limit",
+    "http_redirect_elsewhere",
+    "http_slow_response",
+    "http_endless_response",
+    "http_no_answer",
+    "http_many_connections",
+    "http_after_the_deadline",
+    "http_upload_past_the_network_quota",
 ];
 
 /// The S3 gateway's `address:port`.
@@ -643,7 +651,129 @@ fn http_response_larger_than_the_limit() {
     let put = g.request("PUT", &key, Some(&vec![7u8; 3 << 20]), &["x-amz-acl: public-read"], true);
     assert_eq!(put.0, 200, "put the object");
     let grant = rbd_wasm::Endpoint::parse(&format!("http://{}/{}/", g.authority(), g.bucket), &[]).unwrap();
-    let limits = JobLimits { http_response_bytes: 1 << 20, ..JobLimits::default() };
+    let limits = JobLimits { http: rbd_wasm::HttpLimits { response_bytes: 1 << 20, ..Default::default() }, ..JobLimits::default() };
     let audited = network_case_limited("http_response_larger_than_the_limit", &[g.authority(), &key], rbd_wasm::Endpoints(vec![grant]), limits);
     assert_eq!(audited.len(), 1, "{audited:?}");
+}
+
+#[test]
+fn http_redirect_elsewhere() {
+    let rogue = RogueHttp::start();
+    let elsewhere = RogueHttp::start();
+    let grant = rbd_wasm::Endpoint::parse(&format!("http://{}/", rogue.authority), &[]).unwrap();
+    let audited = network_case("http_redirect_elsewhere", &[&rogue.authority, &elsewhere.authority], rbd_wasm::Endpoints(vec![grant]));
+    assert_eq!(audited.len(), 2, "the redirect and the denied follow-up: {audited:?}");
+    assert!(audited.iter().any(|a| a["status"] == 302 && a["result"] == "ok"), "{audited:?}");
+    assert!(audited.iter().any(|a| a["result"] == "denied-or-failed" && a["endpoint"].as_str().unwrap().contains(&elsewhere.authority)));
+    assert!(elsewhere.requests().is_empty(), "the other endpoint was reached: {:?}", elsewhere.requests());
+}
+
+// Network attacks on what the host spends, through the `rbd-wasm` binary (peak RSS, wall
+// time, its `--json` usage) against the rogue server, granted to the job by its manifest.
+
+const NETWORK_DEADLINE_SECS: u64 = 30;
+
+fn measured_network(case: &str, limits: &str, ending: Ending, check: impl Fn(&Measured, &serde_json::Value, &RogueHttp, std::time::Instant)) {
+    let rogue = RogueHttp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let test_store = embedded_store();
+    let store = test_store.dir.path().to_owned();
+    let manifest = dir.path().join("job.toml");
+    let deadline = limits.lines().find_map(|l| l.strip_prefix("deadline_secs = ")?.parse().ok()).unwrap_or(NETWORK_DEADLINE_SECS);
+    let base = format!("memory_mib = {MEMORY_MIB}\ncpu_secs = 20\noutput_bytes = {OUTPUT_LIMIT}\nhost_memory_mib = {HOST_MEMORY_MIB}\n");
+    let base = if limits.contains("deadline_secs") { base } else { format!("{base}deadline_secs = {deadline}\n") };
+    std::fs::write(
+        &manifest,
+        format!(
+            "schema = 1\n[job]\nid = \"hostile\"\n[[grants]]\npool = \"rbd\"\noperations = [\"all\"]\n\
+             [[outbound]]\nurl = \"http://{}/\"\n[limits]\n{base}{limits}\n",
+            rogue.authority
+        ),
+    )
+    .unwrap();
+    let component = guest("hostile");
+    let args = [
+        "run", "--json", "--progress", "none", "--manifest", manifest.to_str().unwrap(), "--store", store.to_str().unwrap(),
+        component.to_str().unwrap(), "--", case, "n", &rogue.authority,
+    ];
+    let out = run_host_measured(&args, &[]);
+    let ended = std::time::Instant::now();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{case}: no --json report ({e}); exit {}, stderr: {}", out.code, head(&stderr)));
+    let status = report["status"].as_str().unwrap_or_default();
+    assert!(ending.statuses().contains(&status), "{case}: expected {ending:?}, got {status} ({})\nstderr: {}", report["error"], head(&stderr));
+    let peak = report["host_peak_rss_bytes"].as_u64().unwrap();
+    let bound = (MEMORY_MIB + HOST_MEMORY_MIB + HOST_BASE_MIB) << 20;
+    println!("{case}: {status}, peak RSS {} MiB (bound {} MiB), {:.1} s ({} s in the job), usage {}", peak >> 20, bound >> 20, out.wall.as_secs_f64(), report["elapsed_secs"], report["usage"]);
+    assert!(peak <= bound, "{case}: the host's peak RSS was {} MiB, over {} MiB", peak >> 20, bound >> 20);
+    assert!(out.wall <= Duration::from_secs(deadline + DEADLINE_MARGIN_SECS), "{case}: took {:?}, deadline {deadline} s", out.wall);
+    no_control_bytes(&out, &report);
+    // Whatever the job did, the host left no connection open behind it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rogue.seen.open.load(std::sync::atomic::Ordering::SeqCst), 0, "{case}: connections left open after the host exited");
+    check(&out, &report, &rogue, ended);
+}
+
+#[test]
+fn http_slow_response() {
+    // The trickle never idles past the limit; the deadline ends it, and the connection with it.
+    measured_network("http_slow_response", "deadline_secs = 4", Ending::Deadline, |out, _, _, _| {
+        assert!(out.wall >= Duration::from_secs(4), "ended before the deadline: {:?}", out.wall);
+    });
+    // Embedded in a process that lives on, the host hangs up when the job ends.
+    let rogue = RogueHttp::start();
+    let grant = rbd_wasm::Endpoint::parse(&format!("http://{}/", rogue.authority), &[]).unwrap();
+    let limits = JobLimits { deadline: Duration::from_secs(2), ..JobLimits::default() };
+    let store = embedded_store();
+    let job = rbd_wasm_tests::run_with_outbound("hostile", &["http_slow_response", "n", &rogue.authority], store.backend.clone(), rbd_wasm::Endpoints(vec![grant]), limits, Default::default());
+    let ended = std::time::Instant::now();
+    assert!(matches!(job.result, Err(JobError::Deadline(_))), "{:?}", job.result);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rogue.seen.open.load(std::sync::atomic::Ordering::SeqCst), 0, "the connection outlived the job");
+    let closed = rogue.seen.last_closed.lock().unwrap().expect("closed");
+    assert!(closed <= ended + Duration::from_millis(300), "the host hung up {:?} after the job ended", closed - ended);
+}
+
+#[test]
+fn http_endless_response() {
+    measured_network("http_endless_response", "http_response_bytes = 67108864", Ending::Refused, |_, report, _, _| {
+        let received = report["usage"]["network_received_bytes"].as_u64().unwrap();
+        assert!(received <= 64 << 20 && received > 60 << 20, "received {received} bytes, limit 64 MiB");
+    });
+}
+
+#[test]
+fn http_no_answer() {
+    measured_network("http_no_answer", "http_idle_secs = 2", Ending::Refused, |out, _, _, _| {
+        assert!(out.wall < Duration::from_secs(15), "a 2 s idle limit took {:?}", out.wall);
+    });
+}
+
+#[test]
+fn http_many_connections() {
+    measured_network("http_many_connections", "http_idle_secs = 2\nhttp_connections = 8", Ending::Refused, |_, _, rogue, _| {
+        let most = rogue.seen.most_open.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=8).contains(&most), "{most} connections open at once, limit 8");
+    });
+}
+
+#[test]
+fn http_after_the_deadline() {
+    measured_network("http_after_the_deadline", "deadline_secs = 3", Ending::Deadline, |_, _, rogue, ended| {
+        let requests = rogue.requests();
+        assert!(requests.len() > 10, "the loop made only {} requests", requests.len());
+        let last = requests.iter().map(|(at, _)| *at).max().unwrap();
+        assert!(last <= ended, "a request reached the server after the host exited");
+    });
+}
+
+#[test]
+fn http_upload_past_the_network_quota() {
+    measured_network("http_upload_past_the_network_quota", "network_bytes = 1048576", Ending::Refused, |_, report, rogue, _| {
+        let sent = report["usage"]["network_sent_bytes"].as_u64().unwrap();
+        assert!(sent <= 1 << 20, "sent {sent} bytes past a 1 MiB quota");
+        let sunk = rogue.seen.sunk.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(sunk <= (1 << 20) + (64 << 10), "the server got {sunk} body bytes past a 1 MiB quota");
+    });
 }

@@ -129,29 +129,57 @@ impl Audit {
         self.write(line).await;
     }
 
-    /// Record an outbound HTTP request (`crate::outbound`): its method, the endpoint and
-    /// path asked for, and its response's status or why it was denied or failed.
-    pub async fn record_http(&self, method: &str, target: &str, outcome: Result<u16, &str>) {
+    /// Record an outbound HTTP request that never got a response (`crate::outbound`): its
+    /// method, the endpoint and path asked for, and why it was denied or failed. Waits while
+    /// the log's writer is behind, as [`Audit::record`] does, so a job that is denied in a
+    /// loop is slowed, not the log dropped.
+    pub async fn record_http_failure(&self, method: &str, target: &str, why: &str) {
         if matches!(self.sink, AuditSink::Off) {
             return;
         }
+        self.write(self.http_line(method, target, Err(why), 0, 0)).await;
+    }
+
+    /// Record an outbound HTTP exchange that got a response, when it ends (its response
+    /// body read to the end, dropped, or dropped with the job): the status and the body
+    /// bytes sent and received. Synchronous, for a `Drop`: a file sink whose queue is full
+    /// loses the line (and says so in the host's log); a job has at most its
+    /// `http_connections` exchanges open, so few can end at once.
+    pub fn record_http_exchange(&self, method: &str, target: &str, status: u16, sent: u64, received: u64) {
+        let line = match self.sink {
+            AuditSink::Off => return,
+            _ => self.http_line(method, target, Ok(status), sent, received),
+        };
+        match &self.sink {
+            AuditSink::Off => {}
+            AuditSink::File(file) => {
+                if file.queue.try_send(Message::Line(line)).is_err() {
+                    tracing::error!("the audit log writer of {} is behind or gone: an HTTP exchange went unrecorded", file.path.display());
+                }
+            }
+            AuditSink::Capture(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
+        }
+    }
+
+    fn http_line(&self, method: &str, target: &str, outcome: Result<u16, &str>, sent: u64, received: u64) -> String {
         let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let (result, status, message) = match outcome {
             Ok(status) => ("ok", Some(status), String::new()),
             Err(why) => ("denied-or-failed", None, cut(why, 4 * MAX_FIELD_BYTES).into_owned()),
         };
-        let line = serde_json::json!({
+        serde_json::json!({
             "ts": ts,
             "job": cut(&self.job, MAX_FIELD_BYTES),
             "method": "http",
             "operation": cut(method, MAX_FIELD_BYTES),
             "endpoint": cut(target, 4 * MAX_FIELD_BYTES),
             "status": status,
+            "sent_bytes": sent,
+            "received_bytes": received,
             "result": result,
             "message": message,
         })
-        .to_string();
-        self.write(line).await;
+        .to_string()
     }
 
     async fn write(&self, line: String) {

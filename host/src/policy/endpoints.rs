@@ -142,6 +142,9 @@ pub struct Endpoint {
     pub path_prefix: String,
     /// The addresses the host's name may resolve to, if the operator named them.
     pub addresses: Option<Vec<IpAddr>>,
+    /// CA certificates (DER) trusted for this endpoint's TLS besides the public roots: a
+    /// private gateway's own CA (a manifest's `ca_file`).
+    pub ca_certificates: Vec<Vec<u8>>,
 }
 
 /// Why a request is refused; says what was asked and what is granted, never a secret.
@@ -192,7 +195,7 @@ impl Endpoint {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        Ok(Endpoint { scheme, host, port, path_prefix: path.to_owned(), addresses })
+        Ok(Endpoint { scheme, host, port, path_prefix: path.to_owned(), addresses, ca_certificates: Vec::new() })
     }
 
     fn names(&self, t: &Target) -> bool {

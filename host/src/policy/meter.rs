@@ -30,6 +30,8 @@ pub struct Quotas {
     /// Host memory the job may have the host hold for it at once (reads in flight and not
     /// yet handed over, write batches, data being hashed).
     pub host_memory_bytes: Option<u64>,
+    /// Bytes sent and received over outbound HTTP (bodies), in all.
+    pub network_bytes: Option<u64>,
 }
 
 /// The default of [`Quotas::host_memory_bytes`]: room for a backup's read-ahead (one 32 MiB
@@ -45,6 +47,9 @@ pub struct Meter {
     operations: AtomicU64,
     host_memory: AtomicU64,
     host_memory_peak: AtomicU64,
+    /// Outbound HTTP body bytes, sent and received (the quota's counter), and sent alone.
+    network: AtomicU64,
+    network_sent: AtomicU64,
     bucket: Mutex<Bucket>,
 }
 
@@ -67,6 +72,8 @@ impl Meter {
             operations: AtomicU64::new(0),
             host_memory: AtomicU64::new(0),
             host_memory_peak: AtomicU64::new(0),
+            network: AtomicU64::new(0),
+            network_sent: AtomicU64::new(0),
             bucket: Mutex::new(Bucket { tokens, last: Instant::now() }),
         }
     }
@@ -144,26 +151,40 @@ impl Meter {
         let _ = self.written.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(bytes)));
     }
 
+    /// Charge `bytes` of outbound HTTP body (`sent` or received) to the network quota as
+    /// they pass, or refuse.
+    pub fn charge_network(&self, bytes: u64, sent: bool) -> Result<(), Error> {
+        charge(&self.network, self.quotas.network_bytes, bytes, "sent and received over HTTP")?;
+        if sent {
+            self.network_sent.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Wait until `bytes` more may move under the bandwidth cap. The bucket goes into debt
     /// rather than refusing, so a request larger than a second's worth still proceeds, after
     /// the wait that keeps the average at the cap.
     pub async fn throttle(&self, bytes: u64) {
-        let Some(rate) = self.quotas.bandwidth_bytes_per_sec.filter(|r| *r > 0) else { return };
-        let rate = rate as f64;
-        let wait = {
-            let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate);
-            b.last = now;
-            b.tokens -= bytes as f64;
-            if b.tokens < 0.0 {
-                Duration::from_secs_f64(-b.tokens / rate)
-            } else {
-                Duration::ZERO
-            }
-        };
+        let wait = self.bandwidth_wait(bytes);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Take `bytes` from the bandwidth bucket and say how long to wait before moving them
+    /// (for callers that wait in their own way, as a body polled for its next frame does).
+    pub fn bandwidth_wait(&self, bytes: u64) -> Duration {
+        let Some(rate) = self.quotas.bandwidth_bytes_per_sec.filter(|r| *r > 0) else { return Duration::ZERO };
+        let rate = rate as f64;
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate);
+        b.last = now;
+        b.tokens -= bytes as f64;
+        if b.tokens < 0.0 {
+            Duration::from_secs_f64(-b.tokens / rate)
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -180,6 +201,8 @@ impl Meter {
             written_bytes,
             operations: self.operations.load(Ordering::Relaxed),
             host_memory_peak_bytes: self.host_memory_peak.load(Ordering::Relaxed),
+            network_sent_bytes: self.network_sent.load(Ordering::Relaxed),
+            network_received_bytes: self.network.load(Ordering::Relaxed).saturating_sub(self.network_sent.load(Ordering::Relaxed)),
             ..Usage::default()
         }
     }
@@ -199,6 +222,9 @@ pub struct Usage {
     pub output_dir_files: u64,
     /// The most host memory held for the job at once.
     pub host_memory_peak_bytes: u64,
+    /// Outbound HTTP body bytes sent and received.
+    pub network_sent_bytes: u64,
+    pub network_received_bytes: u64,
 }
 
 /// Add `bytes` to `counter` unless that passes `quota`: check and charge in one step, so two
@@ -274,6 +300,15 @@ mod tests {
             assert!(m.operation().is_ok());
         }
         assert_eq!(m.operation().unwrap_err().kind(), "quota-exceeded");
+    }
+
+    #[test]
+    fn network_bytes_are_charged_both_ways_against_one_quota() {
+        let m = Meter::new(Quotas { network_bytes: Some(100), ..Quotas::default() });
+        assert!(m.charge_network(60, true).is_ok());
+        assert!(m.charge_network(40, false).is_ok());
+        assert_eq!(m.charge_network(1, false).unwrap_err().kind(), "quota-exceeded");
+        assert_eq!((m.usage().network_sent_bytes, m.usage().network_received_bytes), (60, 40));
     }
 
     #[tokio::test(start_paused = true)]

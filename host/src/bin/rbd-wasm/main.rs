@@ -61,10 +61,16 @@ pub(crate) struct StoreArgs {
 
 
 fn main() -> ExitCode {
+    // wasmtime-wasi-http logs a warning for every exchange that fails, which a job decides
+    // (a flood of them would be output no limit bounds); the audit log records each one.
+    // Colour only on a terminal: a log file or a `--json` caller gets plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RBD_WASM_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RBD_WASM_LOG")
+                .unwrap_or_else(|_| "warn,wasmtime_wasi_http=error".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     raise_open_file_limit();

@@ -432,6 +432,156 @@ fn http_to_a_name_resolving_elsewhere(c: &Ctx) -> R {
     }
 }
 
+/// A request through wasi:http with an optional body, written in pieces; the response, or
+/// the error code's name.
+fn http_send(method: &str, authority: &str, path: &str, body: Option<&[u8]>) -> Result<wasip2::http::types::IncomingResponse, String> {
+    use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    let req = OutgoingRequest::new(Fields::new());
+    let method = if method == "PUT" { Method::Put } else { Method::Get };
+    if req.set_method(&method).is_err()
+        || req.set_scheme(Some(&Scheme::Http)).is_err()
+        || req.set_authority(Some(authority)).is_err()
+        || req.set_path_with_query(Some(path)).is_err()
+    {
+        return Err("bad request".into());
+    }
+    let out = req.body().map_err(|_| "no body".to_string())?;
+    let pending = wasip2::http::outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
+    if let Some(body) = body {
+        let stream = out.write().map_err(|_| "no body stream".to_string())?;
+        for piece in body.chunks(4096) {
+            if stream.blocking_write_and_flush(piece).is_err() {
+                break;
+            }
+        }
+        drop(stream);
+    }
+    let _ = OutgoingBody::finish(out, None);
+    pending.subscribe().block();
+    match pending.get() {
+        Some(Ok(Ok(response))) => Ok(response),
+        Some(Ok(Err(e))) => Err(format!("{e:?}")),
+        other => Err(format!("no response: {other:?}")),
+    }
+}
+
+/// Read a response's body to its end: the bytes read, or how it failed after how many.
+fn read_body(response: wasip2::http::types::IncomingResponse) -> Result<u64, (u64, String)> {
+    let body = response.consume().map_err(|_| (0, "no body".to_string()))?;
+    let stream = body.stream().map_err(|_| (0, "no body stream".to_string()))?;
+    let mut n = 0u64;
+    loop {
+        match stream.blocking_read(1 << 16) {
+            Ok(bytes) => n += bytes.len() as u64,
+            Err(wasip2::io::streams::StreamError::Closed) => return Ok(n),
+            Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
+                let why = wasip2::http::types::http_error_code(&e).map_or_else(|| e.to_debug_string(), |c| format!("{c:?}"));
+                return Err((n, why));
+            }
+        }
+    }
+}
+
+/// A redirect is not followed to another endpoint: the job sees the 3xx, and its own
+/// request to the new location is checked like any other. `extra` = [the granted
+/// authority (a rogue server), an ungranted authority the server redirects to].
+fn http_redirect_elsewhere(c: &Ctx) -> R {
+    let (granted, elsewhere) = (&c.extra[0], &c.extra[1]);
+    let response = http_send("GET", granted, &format!("/redirect?to=http://{elsewhere}/"), None)?;
+    if response.status() != 302 {
+        return Err(format!("expected the 302 itself, got status {}", response.status()));
+    }
+    let location = response.headers().get("location");
+    let location = location.first().map(|l| String::from_utf8_lossy(l).into_owned()).unwrap_or_default();
+    let authority = location.trim_start_matches("http://").split('/').next().unwrap_or("").to_owned();
+    match http_get("http", &authority, "/") {
+        got if got == "HttpRequestDenied" => Ok(()),
+        got => Err(format!("followed the redirect to {location}: {got}")),
+    }
+}
+
+/// A response that trickles a byte at a time, forever: the job reads it until the deadline
+/// ends the job (and the host the connection). `extra` = [the rogue server].
+fn http_slow_response(c: &Ctx) -> R {
+    let response = http_send("GET", &c.extra[0], "/slow", None)?;
+    match read_body(response) {
+        Ok(n) => Err(format!("an endless response ended after {n} bytes")),
+        Err((n, why)) => Err(format!("the slow response failed after {n} bytes: {why}")),
+    }
+}
+
+/// A response without a length that never ends, sent as fast as the server can: cut at
+/// the job's `http_response_bytes`. `extra` = [the rogue server].
+fn http_endless_response(c: &Ctx) -> R {
+    let response = http_send("GET", &c.extra[0], "/endless", None)?;
+    match read_body(response) {
+        Err((n, why)) if why.contains("HttpResponseBodySize") || why.contains("body size exceeds limit") => {
+            println!("cut after {n} bytes");
+            Ok(())
+        }
+        other => Err(format!("an endless response: {other:?}")),
+    }
+}
+
+/// A server that accepts and never answers: the request fails after the host's idle limit.
+/// `extra` = [the rogue server].
+fn http_no_answer(c: &Ctx) -> R {
+    match http_send("GET", &c.extra[0], "/hang", None) {
+        Err(why) if why.contains("Timeout") => Ok(()),
+        Err(why) => Err(format!("expected a timeout, got {why}")),
+        Ok(r) => Err(format!("a server that never answers answered {}", r.status())),
+    }
+}
+
+/// Many requests open at once, none answered: past the job's `http_connections` they are
+/// refused. `extra` = [the rogue server].
+fn http_many_connections(c: &Ctx) -> R {
+    let mut pending = Vec::new();
+    for _ in 0..200 {
+        let req = wasip2::http::types::OutgoingRequest::new(wasip2::http::types::Fields::new());
+        let _ = req.set_authority(Some(&c.extra[0]));
+        let _ = req.set_path_with_query(Some("/hang"));
+        let _ = req.set_scheme(Some(&wasip2::http::types::Scheme::Http));
+        match wasip2::http::outgoing_handler::handle(req, None) {
+            Ok(p) => pending.push(p),
+            Err(e) => return Err(format!("refused before sending: {e:?}")),
+        }
+    }
+    let mut refused = 0;
+    for p in &pending {
+        p.subscribe().block();
+        match p.get() {
+            Some(Ok(Err(wasip2::http::types::ErrorCode::ConnectionLimitReached))) => refused += 1,
+            Some(Ok(Err(_))) => {}
+            other => return Err(format!("a request that is never answered: {other:?}")),
+        }
+    }
+    println!("{refused} of 200 refused at the connection limit");
+    if refused >= 150 { Ok(()) } else { Err(format!("only {refused} of 200 refused")) }
+}
+
+/// Requests in a loop, with no end: the deadline stops them, and none leaves the host
+/// after it. `extra` = [the rogue server].
+fn http_after_the_deadline(c: &Ctx) -> R {
+    loop {
+        if let Ok(r) = http_send("GET", &c.extra[0], "/ping", None) {
+            let _ = read_body(r);
+        }
+    }
+}
+
+/// An upload larger than the job's network quota: refused once the quota is used.
+/// `extra` = [the rogue server].
+fn http_upload_past_the_network_quota(c: &Ctx) -> R {
+    match http_send("PUT", &c.extra[0], "/sink", Some(&vec![5u8; 8 << 20])) {
+        Err(why) => {
+            println!("refused: {why}");
+            Ok(())
+        }
+        Ok(r) => Err(format!("an 8 MiB upload past a 1 MiB quota answered {}", r.status())),
+    }
+}
+
 fn start_reads_and_never_wait(c: &Ctx) -> R {
     c.pool.create(&c.job("ra"), 1 << 30).map_err(|e| e.to_string())?;
     let img = c.pool.open(&c.job("ra")).map_err(|e| e.to_string())?;
@@ -972,6 +1122,13 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("http_to_the_granted_endpoint_only", http_to_the_granted_endpoint_only),
     ("http_to_a_name_resolving_elsewhere", http_to_a_name_resolving_elsewhere),
     ("http_response_larger_than_the_limit", http_response_larger_than_the_limit),
+    ("http_redirect_elsewhere", http_redirect_elsewhere),
+    ("http_slow_response", http_slow_response),
+    ("http_endless_response", http_endless_response),
+    ("http_no_answer", http_no_answer),
+    ("http_many_connections", http_many_connections),
+    ("http_after_the_deadline", http_after_the_deadline),
+    ("http_upload_past_the_network_quota", http_upload_past_the_network_quota),
     ("keep_chunk_sums_and_never_take_them", keep_chunk_sums_and_never_take_them),
     ("feed_the_check_more_than_the_host_budget", feed_the_check_more_than_the_host_budget),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
