@@ -27,6 +27,12 @@
 #                                 endpoint and keys go to DIR/s3.env (sourceable:
 #                                 RBD_WASM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY,
 #                                 _BUCKET, _REGION); unset or empty: no gateway
+#   RBD_WASM_CEPH_RGW_TLS_PORT    with RBD_WASM_CEPH_RGW_PORT: the gateway also answers
+#                                 https on 127.0.0.1:PORT, with a certificate for
+#                                 localhost and 127.0.0.1 from a CA made for this
+#                                 cluster (DIR/rgw/tls/ca.crt); s3.env gets
+#                                 RBD_WASM_S3_TLS_ENDPOINT (https://localhost:PORT)
+#                                 and RBD_WASM_S3_CA_FILE
 #
 # Needs the packages from scripts/install-ceph.sh.
 set -euo pipefail
@@ -217,7 +223,7 @@ pid file = $DIR/run/\$name.pid
 log file = $DIR/log/\$cluster-\$name.log
 log to file = true
 admin socket = $DIR/run/\$cluster-\$name.asok
-rgw frontends = beast endpoint=127.0.0.1:${rgw_port:-7480}
+rgw frontends = beast endpoint=127.0.0.1:${rgw_port:-7480}${rgw_tls_port:+ ssl_endpoint=127.0.0.1:$rgw_tls_port ssl_certificate=$DIR/rgw/tls/server.crt ssl_private_key=$DIR/rgw/tls/server.key}
 # Two cores: few threads.
 rgw thread pool size = 16
 rgw enable usage log = false
@@ -267,6 +273,7 @@ cmd_start() {
     local port=${RBD_WASM_CEPH_PORT:-6789}
     # Read by write_conf too.
     local rgw_port=${RBD_WASM_CEPH_RGW_PORT:-}
+    local rgw_tls_port=${RBD_WASM_CEPH_RGW_TLS_PORT:-}
     local store=${RBD_WASM_CEPH_OSD_STORE:-memstore}
     local bytes
     case "$store" in
@@ -279,6 +286,8 @@ cmd_start() {
 
     [[ "$port" =~ ^[0-9]+$ ]] || die "RBD_WASM_CEPH_PORT must be a number"
     [[ -z "$rgw_port" || "$rgw_port" =~ ^[0-9]+$ ]] || die "RBD_WASM_CEPH_RGW_PORT must be a number"
+    [[ -z "$rgw_tls_port" || ( "$rgw_tls_port" =~ ^[0-9]+$ && -n "$rgw_port" ) ]] ||
+        die "RBD_WASM_CEPH_RGW_TLS_PORT must be a number, and needs RBD_WASM_CEPH_RGW_PORT"
     [[ "$bytes" =~ ^[0-9]+$ ]] || die "the store size must be a number of bytes"
     for tool in ceph ceph-mon ceph-osd ceph-mgr ceph-authtool monmaptool rbd uuidgen; do
         command -v "$tool" >/dev/null 2>&1 ||
@@ -370,7 +379,7 @@ cmd_start() {
 
     wait_active_clean "$deadline"
     if [[ -n "$rgw_port" ]]; then
-        start_rgw "$rgw_port"
+        start_rgw "$rgw_port" "$rgw_tls_port"
     fi
 
     log "cluster up in $((SECONDS - t0)) s (fsid $fsid, mon 127.0.0.1:$port)"
@@ -381,12 +390,13 @@ cmd_start() {
 # Start the S3 gateway on 127.0.0.1:PORT, make a user with fresh keys and a bucket,
 # wait until it answers, and write DIR/s3.env.
 start_rgw() {
-    local port=$1 deadline access secret bucket=rbd-wasm-test code
+    local port=$1 tls_port=$2 deadline access secret bucket=rbd-wasm-test code
     command -v radosgw >/dev/null 2>&1 || fail_start "radosgw not found; run scripts/install-ceph.sh first"
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         fail_start "127.0.0.1:$port is in use; set RBD_WASM_CEPH_RGW_PORT"
     fi
     mkdir -p "$DIR/rgw"
+    [[ -z "$tls_port" ]] || make_tls_certificates "$DIR/rgw/tls"
     quiet cephc auth get-or-create client.rgw.x mon 'allow rw' osd 'allow rwx' -o "$DIR/rgw/keyring"
     radosgw -c "$DIR/ceph.conf" -n client.rgw.x 2>>"$DIR/log/startup.log" ||
         fail_start "radosgw failed to start"
@@ -407,12 +417,33 @@ start_rgw() {
     code=$(curl -s -o "$DIR/log/rgw-bucket.out" -w '%{http_code}' -X PUT -H "x-amz-content-sha256: $empty" \
         --aws-sigv4 "aws:amz:default:s3" --user "$access:$secret" "http://127.0.0.1:$port/$bucket") || code=none
     [[ "$code" == 200 ]] || fail_start "creating bucket $bucket answered $code: $(cat "$DIR/log/rgw-bucket.out" 2>/dev/null)"
+    if [[ -n "$tls_port" ]]; then
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$DIR/rgw/tls/ca.crt" "https://localhost:$tls_port/") || code=none
+        [[ "$code" == 200 ]] || fail_start "radosgw did not answer https on localhost:$tls_port (last: $code)"
+    fi
     (
         umask 077
         printf '%s\n' "RBD_WASM_S3_ENDPOINT=http://127.0.0.1:$port" "RBD_WASM_S3_ACCESS_KEY=$access" \
             "RBD_WASM_S3_SECRET_KEY=$secret" "RBD_WASM_S3_BUCKET=$bucket" "RBD_WASM_S3_REGION=default" >"$DIR/s3.env"
+        [[ -z "$tls_port" ]] ||
+            printf '%s\n' "RBD_WASM_S3_TLS_ENDPOINT=https://localhost:$tls_port" "RBD_WASM_S3_CA_FILE=$DIR/rgw/tls/ca.crt" >>"$DIR/s3.env"
     )
     log "S3 gateway on http://127.0.0.1:$port, bucket $bucket (endpoint and keys: $DIR/s3.env)"
+}
+
+# A CA made for this cluster alone, and the gateway's certificate from it, for localhost
+# and 127.0.0.1 (what a private gateway has; the tests trust the CA by a grant's ca_file).
+make_tls_certificates() {
+    local dir=$1
+    command -v openssl >/dev/null 2>&1 || fail_start "openssl not found; run scripts/install-ceph.sh first"
+    mkdir -p "$dir"
+    quiet openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj "/CN=rbd-wasm test CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt"
+    quiet openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+        "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$dir/server.ext"
+    quiet openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 7 -extfile "$dir/server.ext" -out "$dir/server.crt"
 }
 
 # Wait until every PG reported by the manager is active+clean. `ceph pg stat`

@@ -23,6 +23,8 @@ packages=(
     python3-rbd
     python3-rados
     radosgw
+    # The S3 gateway's test certificates (ceph-cluster.sh, RBD_WASM_CEPH_RGW_TLS_PORT).
+    openssl
 )
 # uuidgen gives each cluster a fresh fsid.
 if ! command -v uuidgen >/dev/null 2>&1; then

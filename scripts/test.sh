@@ -34,13 +34,17 @@ if [[ -z "${RBD_WASM_CEPH_PORT:-}" ]]; then
 fi
 # Ceph's S3 gateway beside it, on another free port (for this cluster only: the fault
 # suite starts clusters of its own).
-rgw_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+read -r rgw_port rgw_tls_port < <(python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
 stop_cluster() { scripts/ceph-cluster.sh stop "$ceph_dir" || true; }
 trap stop_cluster EXIT
 echo "==> starting a throwaway Ceph cluster and its S3 gateway in $ceph_dir" >&2
-RBD_WASM_CEPH_RGW_PORT=$rgw_port scripts/ceph-cluster.sh start "$ceph_dir" >/dev/null
+RBD_WASM_CEPH_RGW_PORT=$rgw_port RBD_WASM_CEPH_RGW_TLS_PORT=$rgw_tls_port scripts/ceph-cluster.sh start "$ceph_dir" >/dev/null
 export RBD_WASM_CEPH_CONF="$ceph_dir/ceph.conf"
-# RBD_WASM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _BUCKET, _REGION.
+# RBD_WASM_S3_ENDPOINT, _ACCESS_KEY, _SECRET_KEY, _BUCKET, _REGION, _TLS_ENDPOINT, _CA_FILE.
 set -a
 # shellcheck source=/dev/null
 source "$ceph_dir/s3.env"

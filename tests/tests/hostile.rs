@@ -583,6 +583,7 @@ const NETWORK: &[&str] = &[
     "http_to_a_name_resolving_elsewhere",
     "http_response_larger_than_the_limit",
     "http_redirect_elsewhere",
+    "https_checked_against_the_granted_name",
     "http_slow_response",
     "http_endless_response",
     "http_no_answer",
@@ -666,6 +667,22 @@ fn http_redirect_elsewhere() {
     assert!(audited.iter().any(|a| a["status"] == 302 && a["result"] == "ok"), "{audited:?}");
     assert!(audited.iter().any(|a| a["result"] == "denied-or-failed" && a["endpoint"].as_str().unwrap().contains(&elsewhere.authority)));
     assert!(elsewhere.requests().is_empty(), "the other endpoint was reached: {:?}", elsewhere.requests());
+}
+
+#[test]
+fn https_checked_against_the_granted_name() {
+    // The gateway's https port has a certificate for localhost from the test cluster's own
+    // CA: trusted when the grant names the CA, refused as a certificate error when not.
+    let endpoint = std::env::var("RBD_WASM_S3_TLS_ENDPOINT").expect("RBD_WASM_S3_TLS_ENDPOINT: run through scripts/test.sh");
+    let ca = std::env::var("RBD_WASM_S3_CA_FILE").expect("RBD_WASM_S3_CA_FILE");
+    let authority = endpoint.trim_start_matches("https://").to_owned();
+    for (ca_file, expected) in [(Some(&ca), "status 200"), (None, "TlsCertificateError")] {
+        let ca_line = ca_file.map_or(String::new(), |f| format!("ca_file = \"{f}\"\n"));
+        let text = format!("schema = 1\n[job]\n[[outbound]]\nurl = \"{endpoint}/\"\naddresses = [\"127.0.0.1\"]\n{ca_line}");
+        let manifest = rbd_wasm::manifest::Manifest::parse(&text, std::path::Path::new(".")).unwrap();
+        let audited = network_case("https_checked_against_the_granted_name", &[&authority, expected], manifest.outbound);
+        assert_eq!(audited.len(), 1, "{audited:?}");
+    }
 }
 
 // Network attacks on what the host spends, through the `rbd-wasm` binary (peak RSS, wall

@@ -94,6 +94,16 @@ type Driver = Box<dyn Future<Output = Result<(), Error>> + Send>;
 type SendFuture = Box<dyn Future<Output = Result<(http::Response<WasiBody>, Driver), Error>> + Send>;
 
 impl WasiHttpHooks for OutboundHooks {
+    /// A certificate the granted roots do not vouch for is told apart from other TLS
+    /// failures, so a job can say which it met.
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode {
+        use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+        match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(_)) => ErrorCode::TlsCertificateError,
+            _ => ErrorCode::TlsProtocolError,
+        }
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

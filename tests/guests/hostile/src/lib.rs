@@ -482,6 +482,16 @@ fn read_body(response: wasip2::http::types::IncomingResponse) -> Result<u64, (u6
     }
 }
 
+/// https to a granted name: `extra` = [its authority, how the request must end (`status `
+/// when the grant trusts the server's CA, a TLS error's name when it does not), found in
+/// what the request gave].
+fn https_checked_against_the_granted_name(c: &Ctx) -> R {
+    match http_get("https", &c.extra[0], "/") {
+        got if got.contains(c.extra[1].as_str()) => Ok(()),
+        got => Err(format!("https://{}/: {got}, expected {}", c.extra[0], c.extra[1])),
+    }
+}
+
 /// A redirect is not followed to another endpoint: the job sees the 3xx, and its own
 /// request to the new location is checked like any other. `extra` = [the granted
 /// authority (a rogue server), an ungranted authority the server redirects to].
@@ -1123,6 +1133,7 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("http_to_a_name_resolving_elsewhere", http_to_a_name_resolving_elsewhere),
     ("http_response_larger_than_the_limit", http_response_larger_than_the_limit),
     ("http_redirect_elsewhere", http_redirect_elsewhere),
+    ("https_checked_against_the_granted_name", https_checked_against_the_granted_name),
     ("http_slow_response", http_slow_response),
     ("http_endless_response", http_endless_response),
     ("http_no_answer", http_no_answer),
