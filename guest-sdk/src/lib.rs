@@ -228,7 +228,6 @@ pub fn granted_pools() -> Vec<String> {
     wit::granted_pools()
 }
 
-/// Tell the operator how far a long job has come (drawn as a progress bar).
 /// End the job now with exit status `code` (0: success). For outcomes that are neither
 /// success nor failure (the backup job's 75: nothing backed up because other runners held
 /// the images); `std::process::exit` on wasm32-wasip2 can only say success or failure.
@@ -237,8 +236,33 @@ pub fn exit(code: u8) -> ! {
     unreachable!("the host ends the job in exit-with-code")
 }
 
+/// Tell the operator how far a long job has come (drawn as a progress bar).
 pub fn report_progress(label: &str, done: u64, total: Option<u64>) {
     job_host::report_progress(&types::Progress { label: label.to_owned(), done, total });
+}
+
+/// Secrets the operator handed this job (a manifest's `[secrets]`: an S3 key pair, a
+/// repository key). The host keeps their values out of what it prints for the job, but a
+/// job should still never print them.
+pub mod secrets {
+    use super::{lift, Result};
+    use crate::bindings::ceph::rbd::secrets as wit;
+
+    /// The names handed to this job, sorted.
+    pub fn names() -> Vec<String> {
+        wit::names()
+    }
+
+    /// The value of secret `name`; [`Error::NotFound`](super::Error::NotFound) when it was
+    /// not handed to this job.
+    pub fn get(name: &str) -> Result<Vec<u8>> {
+        lift(wit::get(name))
+    }
+
+    /// As [`get`], as text; [`Error::TypeError`](super::Error::TypeError) when it is not UTF-8.
+    pub fn get_text(name: &str) -> Result<String> {
+        String::from_utf8(get(name)?).map_err(|_| super::Error::TypeError(format!("secret {name} is not UTF-8 text")))
+    }
 }
 
 /// Reads started by [`Image::start_reads`]; dropped unwaited, their results are discarded.

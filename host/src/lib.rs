@@ -20,6 +20,7 @@ mod output_dir;
 pub mod policy;
 mod rbd;
 pub mod runtime;
+pub mod secrets;
 
 pub use bindings::types::Progress;
 pub use outbound::HttpLimits;
@@ -30,4 +31,5 @@ pub use policy::meter::{Quotas, Usage};
 pub use policy::endpoints::{Endpoint, Endpoints};
 pub use policy::{audit, capability, endpoints, meter};
 pub use rbd_backend as backend;
+pub use secrets::Secrets;
 pub use runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, RuntimeConfig};

@@ -21,6 +21,10 @@
 //! addresses = ["127.0.0.1"]        # optional: what the name may resolve to
 //! ca_file = "/etc/ceph/rgw-ca.pem" # optional: a private CA trusted for https (PEM)
 //!
+//! [secrets]                        # named secrets the job may read (the `secrets` interface)
+//! s3-access-key = "/etc/rbd-wasm/s3-access-key"   # a file: its bytes, less one newline
+//! s3-secret-key = "/etc/rbd-wasm/s3-secret-key"
+//!
 //! [limits]
 //! memory_mib = 512
 //! deadline_secs = 3600             # wall clock
@@ -53,6 +57,7 @@ use crate::capability::{Grant, Grants, ImagePattern, Operation, Operations};
 use crate::policy::endpoints::{Endpoint, Endpoints};
 use crate::meter::Quotas;
 use crate::outbound::HttpLimits;
+use crate::secrets::Secrets;
 use crate::runtime::JobLimits;
 
 /// The schema version this host reads.
@@ -76,6 +81,8 @@ struct Raw {
     grants: Vec<RawGrant>,
     #[serde(default)]
     outbound: Vec<RawEndpoint>,
+    #[serde(default)]
+    secrets: std::collections::BTreeMap<String, PathBuf>,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -149,6 +156,8 @@ pub struct Manifest {
     pub grants: Grants,
     /// The HTTP endpoints the job may reach.
     pub outbound: Endpoints,
+    /// The secrets handed to the job, read from their files.
+    pub secrets: Secrets,
     pub limits: JobLimits,
 }
 
@@ -194,6 +203,8 @@ impl Manifest {
                 Ok(endpoint)
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let secret_files: Vec<(String, PathBuf)> = raw.secrets.iter().map(|(name, file)| (name.clone(), base.join(file))).collect();
+        let secrets = Secrets::load(secret_files.iter().map(|(n, p)| (n.as_str(), p.as_path()))).map_err(|e| format!("secrets: {e}"))?;
         let d = JobLimits::default();
         let l = raw.limits;
         let field = |name: &str, e: String| format!("limits.{name}: {e}");
@@ -231,6 +242,7 @@ impl Manifest {
             output_read_only: raw.job.output_read_only,
             grants: Grants::new(grants),
             outbound: Endpoints(outbound),
+            secrets,
             limits,
         })
     }

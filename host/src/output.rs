@@ -66,6 +66,8 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
 pub struct JobOutput {
     job_id: Arc<str>,
     sink: OutputSink,
+    /// Keeps the job's secrets out of its lines (not out of a `Capture`, which is raw).
+    redactor: crate::secrets::Redactor,
     /// Bytes the job may still have printed on this stream; the rest is dropped (a job that
     /// prints gigabytes cannot fill the operator's disk).
     budget: Arc<Mutex<u64>>,
@@ -74,9 +76,9 @@ pub struct JobOutput {
 }
 
 impl JobOutput {
-    pub fn new(job_id: &str, sink: OutputSink, limit: u64) -> Self {
+    pub fn new(job_id: &str, sink: OutputSink, limit: u64, redactor: crate::secrets::Redactor) -> Self {
         let job_id: Arc<str> = terminal_safe(job_id).into();
-        JobOutput { job_id, sink, budget: Arc::new(Mutex::new(limit)), noted: Arc::new(AtomicBool::new(false)) }
+        JobOutput { job_id, sink, redactor, budget: Arc::new(Mutex::new(limit)), noted: Arc::new(AtomicBool::new(false)) }
     }
 
     /// Take up to `n` bytes of the budget; how many were granted.
@@ -103,7 +105,7 @@ impl JobOutput {
     /// Print one line (without its newline) tagged and made safe, within the budget.
     fn emit_line(&self, line: &[u8], newline: bool) -> std::io::Result<()> {
         let text = String::from_utf8_lossy(line);
-        let shown = format!("[{}] {}", self.job_id, terminal_safe(&text));
+        let shown = format!("[{}] {}", self.job_id, self.redactor.redact(&terminal_safe(&self.redactor.redact(&text))));
         let cost = shown.len() + usize::from(newline);
         if self.spend(cost) < cost {
             self.note_dropped();
@@ -223,7 +225,7 @@ mod tests {
             let seen = seen.clone();
             OutputSink::Lines(Arc::new(move |l: &str| seen.lock().unwrap().push(l.to_owned())))
         };
-        let out = JobOutput::new(job, sink, limit);
+        let out = JobOutput::new(job, sink, limit, Default::default());
         {
             let mut w = LineWriter { out, line: Vec::new() };
             for bytes in writes {

@@ -196,6 +196,8 @@ pub struct JobConfig {
     pub usage: Option<Arc<std::sync::Mutex<Usage>>>,
     /// The HTTP endpoints the job may reach (`wasi:http`); none: no network.
     pub outbound: Endpoints,
+    /// The secrets the operator hands the job (the `secrets` interface).
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// A loaded component that has been checked against the job world, ready to instantiate.
@@ -329,6 +331,7 @@ impl Runtime {
         types::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         rbd::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         job_host::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        crate::bindings::ceph::rbd::secrets::add_to_linker::<JobState, HasRbd>(&mut linker, rbd_view).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         // Outbound HTTP: every request goes through the job's endpoint grants (`outbound`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
@@ -389,8 +392,10 @@ impl Runtime {
     /// image it held open.
     pub async fn run(&self, component: &JobComponent, job: JobConfig) -> Result<(), JobError> {
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(JobOutput::new(&job.job_id, job.stdout, job.limits.output_bytes))
-            .stderr(JobOutput::new(&job.job_id, job.stderr, job.limits.output_bytes))
+        // Secret values are kept out of everything the host writes for the job.
+        let redactor = job.secrets.redactor();
+        wasi.stdout(JobOutput::new(&job.job_id, job.stdout, job.limits.output_bytes, redactor.clone()))
+            .stderr(JobOutput::new(&job.job_id, job.stderr, job.limits.output_bytes, redactor.clone()))
             .args(&[job.job_id.as_str()])
             // Deny-by-default, said out loud: no sockets, no name lookups, no environment,
             // no stdin, and no filesystem but the mapped output directory below.
@@ -403,13 +408,18 @@ impl Runtime {
             wasi.preopened_dir(dir, "/out", perms)
                 .map_err(|e| JobError::Setup(format!("cannot map output directory {}: {e:#}", dir.display())))?;
         }
-        let audit = Audit::new(&job.job_id, job.audit);
+        let audit = Audit::new(&job.job_id, job.audit).with_redactor(redactor.clone());
         let meter = Arc::new(Meter::new(job.limits.quotas.clone()));
         let out_quota = Arc::new(OutputQuota::new(job.limits.output_dir_bytes, job.limits.output_dir_files, meter.clone()));
         let mut rbd = RbdCtx::new(job.backend, job.grants, job.limits.reads_in_flight, audit.clone(), meter.clone());
         if let Some(progress) = job.progress {
-            rbd.job_host.on_progress(progress);
+            let redactor = redactor.clone();
+            rbd.job_host.on_progress(Arc::new(move |mut report: crate::bindings::types::Progress| {
+                report.label = redactor.redact(&report.label).into_owned();
+                progress(report)
+            }));
         }
+        rbd.secrets = job.secrets;
         let limits = JobLimiter { memory_limit: job.limits.memory_bytes, memory: 0, table_elements: 0 };
         let mut store = Store::new(
             &self.engine,
@@ -485,6 +495,7 @@ impl Runtime {
             },
             Ok(Err(other)) => Err(other),
             Ok(Ok(Err(message))) => {
+                let message = redactor.redact(&message).into_owned();
                 Err(JobError::Failed(terminal_safe(&crate::audit::cut(&message, MAX_FAILURE_BYTES)).into_owned()))
             }
             Ok(Ok(Ok(()))) => Ok(()),

@@ -310,6 +310,7 @@ fn run_loaded(
         cancel: None,
         usage: None,
         outbound,
+        secrets: Default::default(),
     };
     let result = tokio().block_on(runtime().run(&component, job));
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap_or_else(|p| p.into_inner())).into_owned();

@@ -173,6 +173,7 @@ macro_rules! attacks {
 
 attacks! {
     open_outside_grant_with_dot_dot => Ending::Refused,
+    read_secrets_without_a_grant => Ending::Refused,
     open_outside_grant_with_slashes => Ending::Refused,
     open_outside_grant_with_snapshot_suffix => Ending::Refused,
     open_outside_grant_with_nul => Ending::Refused,
@@ -566,7 +567,7 @@ fn every_attack_has_a_test() {
     listing.assert_ok();
     let listed: Vec<&str> = listing.stdout.lines().collect();
     // `hold_a_lock_and_write_forever` is the fault suite's (tests/tests/faults.rs).
-    let by_hand = ["unlock_another_jobs_lock", "hold_a_lock_and_write_forever"].into_iter().chain(NETWORK.iter().copied());
+    let by_hand = ["unlock_another_jobs_lock", "hold_a_lock_and_write_forever", "leak_a_secret"].into_iter().chain(NETWORK.iter().copied());
     let tested: Vec<&str> = ATTACKS.iter().chain(MEASURED).copied().chain(by_hand).collect();
     let (mut listed, mut tested) = (listed, tested);
     listed.sort_unstable();
@@ -793,4 +794,51 @@ fn http_upload_past_the_network_quota() {
         let sunk = rogue.seen.sunk.load(std::sync::atomic::Ordering::SeqCst);
         assert!(sunk <= (1 << 20) + (64 << 10), "the server got {sunk} body bytes past a 1 MiB quota");
     });
+}
+
+// ---- Secrets through the `rbd-wasm` binary: a job that prints the secret it was handed
+// everywhere it can; the value appears nowhere the host writes, its name does.
+
+#[test]
+fn leak_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "Rk9PQkFSLXJlcG8ta2V5LTQyLXNlY3JldA";
+    std::fs::write(dir.path().join("repo.key"), format!("{value}\n")).unwrap();
+    let store = embedded_store();
+    let audit = dir.path().join("audit.log");
+    let manifest = dir.path().join("job.toml");
+    std::fs::write(
+        &manifest,
+        "schema = 1\n[job]\nid = \"leaky\"\n[[grants]]\npool = \"rbd\"\nimages = \"n-job-*\"\noperations = [\"all\"]\n\
+         [secrets]\nrepo-key = \"repo.key\"\n",
+    )
+    .unwrap();
+    let component = guest("hostile");
+    for progress in ["lines", "none"] {
+        let out = run_host_measured(
+            &[
+                "run", "--json", "--progress", progress, "--manifest", manifest.to_str().unwrap(), "--store",
+                store.dir.path().to_str().unwrap(), "--audit-log", audit.to_str().unwrap(), component.to_str().unwrap(),
+                "--", "leak_a_secret", "n",
+            ],
+            &[],
+        );
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
+        assert_eq!(report["status"], "failed", "the job's own error ends it: {report}");
+        let audit = std::fs::read_to_string(&audit).unwrap();
+        for (what, text) in [("stdout", &*stdout), ("stderr", &*stderr), ("the audit log", &audit)] {
+            assert!(!text.contains(value), "{what} shows the secret: {text}");
+        }
+        assert!(stderr.contains("the key is [secret repo-key]"), "{stderr}");
+        assert!(report["error"].as_str().unwrap().contains("failed with key [secret repo-key]"), "{report}");
+        if progress == "lines" {
+            assert!(stderr.contains("uploading with [secret repo-key]"), "the label: {stderr}");
+        }
+        let gets: Vec<serde_json::Value> =
+            audit.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v["method"] == "secrets.get").collect();
+        assert!(gets.iter().any(|g| g["image"] == "repo-key" && g["result"] == "ok"), "{gets:?}");
+        assert!(gets.iter().any(|g| g["image"] == "other-key" && g["result"] == "not-found"), "{gets:?}");
+        assert!(audit.contains("n-job-[secret repo-key]"), "the audited image name: {audit}");
+    }
 }

@@ -247,6 +247,7 @@ fn a_cancelled_job_stops_and_leaves_no_lock() {
         cancel: Some(cancel.clone()),
         usage: None,
         outbound: Default::default(),
+        secrets: Default::default(),
     };
     let conformance = component("conformance");
     let started = Instant::now();

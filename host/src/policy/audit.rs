@@ -87,6 +87,8 @@ impl AuditSink {
 pub struct Audit {
     job: Arc<str>,
     sink: AuditSink,
+    /// Keeps the job's secrets out of its records.
+    redactor: crate::secrets::Redactor,
 }
 
 /// What an audited call touched.
@@ -100,7 +102,13 @@ pub struct Target<'a> {
 
 impl Audit {
     pub fn new(job: &str, sink: AuditSink) -> Self {
-        Audit { job: job.into(), sink }
+        Audit { job: job.into(), sink, redactor: Default::default() }
+    }
+
+    /// The same trail, with the job's secret values replaced in every record.
+    pub fn with_redactor(mut self, redactor: crate::secrets::Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Record a call and how it ended. Waits (without blocking the executor) while the
@@ -153,11 +161,12 @@ impl Audit {
         match &self.sink {
             AuditSink::Off => {}
             AuditSink::File(file) => {
+                let line = self.redactor.redact(&line).into_owned();
                 if file.queue.try_send(Message::Line(line)).is_err() {
                     tracing::error!("the audit log writer of {} is behind or gone: an HTTP exchange went unrecorded", file.path.display());
                 }
             }
-            AuditSink::Capture(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
+            AuditSink::Capture(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(self.redactor.redact(&line).into_owned()),
         }
     }
 
@@ -183,6 +192,7 @@ impl Audit {
     }
 
     async fn write(&self, line: String) {
+        let line = self.redactor.redact(&line).into_owned();
         match &self.sink {
             AuditSink::Off => {}
             AuditSink::File(file) => {

@@ -123,6 +123,8 @@ pub struct RbdCtx {
     scope: Arc<JobScope>,
     /// The job-host interface's state (progress).
     pub(crate) job_host: crate::job_host::JobHostCtx,
+    /// The secrets interface's: what the operator handed the job.
+    pub(crate) secrets: crate::secrets::Secrets,
 }
 
 impl RbdCtx {
@@ -130,6 +132,7 @@ impl RbdCtx {
         RbdCtx {
             scope: Arc::new(JobScope::new(backend, grants, reads_in_flight, audit, meter)),
             job_host: crate::job_host::JobHostCtx::default(),
+            secrets: crate::secrets::Secrets::default(),
         }
     }
 
@@ -152,6 +155,11 @@ impl RbdCtx {
     /// The job's meter (also charged by the job-host interface).
     pub(crate) fn meter(&self) -> &Arc<Meter> {
         self.scope.meter()
+    }
+
+    /// The job's audit trail (also written by the secrets interface).
+    pub(crate) fn audit(&self) -> &Audit {
+        self.scope.audit()
     }
 }
 

@@ -112,6 +112,7 @@ fn job(id: String, args: Vec<String>, backend: Arc<dyn Backend>, pool: &str, out
         cancel: None,
         usage: None,
         outbound: Default::default(),
+        secrets: Default::default(),
     }
 }
 

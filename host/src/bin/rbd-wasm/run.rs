@@ -102,6 +102,8 @@ struct JobPlan {
     limits: JobLimits,
     output_dir: Option<PathBuf>,
     output_read_only: bool,
+    /// Secrets: the manifest's only (a command line is seen by every user of the machine).
+    secrets: rbd_wasm::Secrets,
 }
 
 fn job_plan(args: &RunArgs) -> Result<JobPlan, JobError> {
@@ -140,6 +142,7 @@ fn job_plan(args: &RunArgs) -> Result<JobPlan, JobError> {
         id: args.job_id.clone().or_else(|| manifest.as_ref().and_then(|m| m.id.clone())),
         grants,
         outbound: manifest.as_ref().map(|m| m.outbound.clone()).unwrap_or_default(),
+        secrets: manifest.as_ref().map(|m| m.secrets.clone()).unwrap_or_default(),
         limits,
         output_dir: args.output_dir.clone().or_else(|| manifest.as_ref().and_then(|m| m.output_dir.clone())),
         output_read_only: args.output_read_only || manifest.as_ref().is_some_and(|m| m.output_read_only),
@@ -198,6 +201,7 @@ pub fn run_job(args: RunArgs) -> ExitCode {
             backend,
             grants: plan.grants,
             outbound: plan.outbound,
+            secrets: plan.secrets,
             limits: plan.limits,
             output_dir: plan.output_dir,
             output_read_only: plan.output_read_only,

@@ -482,6 +482,42 @@ fn read_body(response: wasip2::http::types::IncomingResponse) -> Result<u64, (u6
     }
 }
 
+// ---- Secrets: only the names handed, and their values kept out of what the host writes.
+
+/// No secret was handed to this job: every name is `not-found`, and none is listed.
+fn read_secrets_without_a_grant(_: &Ctx) -> R {
+    use rbd_wasm_guest::secrets;
+    if !secrets::names().is_empty() {
+        return Err(format!("names listed without a grant: {:?}", secrets::names()));
+    }
+    for name in ["s3-secret-key", "", "../../etc/shadow", "/etc/ceph/ceph.client.admin.keyring", "*", &"k".repeat(1 << 20)] {
+        match secrets::get(name) {
+            Err(Error::NotFound(_)) => {}
+            other => return Err(format!("secret {:?}: {other:?}", name.chars().take(40).collect::<String>())),
+        }
+    }
+    Ok(())
+}
+
+/// A job handed secret `repo-key` tries to leak it through everything the host writes for
+/// it: stdout, stderr, a progress label, an audited image name, and its error. A name it
+/// was not handed answers `not-found`.
+fn leak_a_secret(c: &Ctx) -> R {
+    use rbd_wasm_guest::secrets;
+    if secrets::names() != ["repo-key"] {
+        return Err(format!("names: {:?}", secrets::names()));
+    }
+    if !matches!(secrets::get("other-key"), Err(Error::NotFound(_))) {
+        return Err("a name not handed was answered".into());
+    }
+    let key = secrets::get_text("repo-key").map_err(|e| e.to_string())?;
+    println!("the key is {key}");
+    eprintln!("the key, again: {key}\x1b[2J");
+    rbd_wasm_guest::report_progress(&format!("uploading with {key}"), 1, Some(2));
+    let _ = c.pool.remove(&c.job(&key));
+    Err(format!("failed with key {key}"))
+}
+
 /// https to a granted name: `extra` = [its authority, how the request must end (`status `
 /// when the grant trusts the server's CA, a TLS error's name when it does not), found in
 /// what the request gave].
@@ -1133,6 +1169,8 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("http_to_a_name_resolving_elsewhere", http_to_a_name_resolving_elsewhere),
     ("http_response_larger_than_the_limit", http_response_larger_than_the_limit),
     ("http_redirect_elsewhere", http_redirect_elsewhere),
+    ("read_secrets_without_a_grant", read_secrets_without_a_grant),
+    ("leak_a_secret", leak_a_secret),
     ("https_checked_against_the_granted_name", https_checked_against_the_granted_name),
     ("http_slow_response", http_slow_response),
     ("http_endless_response", http_endless_response),
