@@ -48,6 +48,7 @@ pub mod bindings {
 use bindings::ceph::rbd::{job_host, rbd as wit, types};
 
 mod output_file;
+pub mod s3;
 pub use output_file::{InputFile, OutputFile};
 /// One write of [`Image::write_from`]: skip `skip` bytes of the stream, then write its
 /// next `length` bytes at `offset`.

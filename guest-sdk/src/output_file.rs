@@ -65,10 +65,20 @@ pub struct InputFile {
 impl InputFile {
     /// Open `path` (an absolute path inside a directory the host mapped) for reading.
     pub fn open(path: impl AsRef<Path>) -> io::Result<InputFile> {
+        InputFile::open_at(path, 0)
+    }
+
+    /// Open `path` for reading from byte `offset` on.
+    pub fn open_at(path: impl AsRef<Path>, offset: u64) -> io::Result<InputFile> {
         let path = path.as_ref();
         let file = open(path, OpenFlags::empty(), DescriptorFlags::READ)?;
-        let stream = file.read_via_stream(0).map_err(|e| io::Error::other(format!("reading {}: {e}", path.display())))?;
+        let stream = file.read_via_stream(offset).map_err(|e| io::Error::other(format!("reading {}: {e}", path.display())))?;
         Ok(InputFile { stream, _file: file })
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> io::Result<u64> {
+        self._file.stat().map(|s| s.size).map_err(|e| io::Error::other(format!("stat: {e}")))
     }
 
     /// The stream, for the host to read from.

@@ -23,7 +23,7 @@ use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, R
 /// Every guest crate the tests run, with its package name.
 pub const GUESTS: &[&str] =
     &["hello", "snapshots", "conformance", "plain-command", "differential", "hostile", "read-throughput", "backup",
-      "restore", "verify", "snap-rotate"];
+      "restore", "verify", "offsite", "snap-rotate"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
@@ -70,7 +70,7 @@ fn newest_source() -> SystemTime {
     }
     let root = workspace_root();
     let mut newest = SystemTime::UNIX_EPOCH;
-    for dir in ["wit", "guest-sdk", "examples", "tests/guests"] {
+    for dir in ["wit", "guest-sdk", "crates", "examples", "tests/guests"] {
         walk(&root.join(dir), &mut newest);
     }
     newest

@@ -245,6 +245,11 @@ impl Repo {
         &self.dir
     }
 
+    /// The pool and the image this directory holds backups of.
+    pub fn pool_and_image(&self) -> (&str, &str) {
+        (&self.pool, &self.image)
+    }
+
     /// The path of a backup's stream; made of the backup's number, never of the manifest's
     /// text.
     pub fn stream_path(&self, manifest: &Manifest) -> Result<PathBuf> {
