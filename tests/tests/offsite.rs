@@ -206,8 +206,16 @@ fn a_killed_push_never_looks_complete(site: Site) {
     let stored = keys(&gateway, &prefix);
     assert!(!stored.iter().any(|k| k.ends_with("/2.json") || k.ends_with("/2.rbddiff")), "a killed push left {stored:?}");
 
-    let pushed = ok(offsite(&site, &gateway, local.path(), &push, ""));
+    let (code, uploads) = gateway.request("GET", &format!("/{}?prefix={prefix}%2F&uploads=", gateway.bucket), None, &[], true);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&uploads).contains("<UploadId>"), "the killed push's upload is pending");
+    let mut again = push.to_vec();
+    again.extend(["--abort-uploads-after", "0"]);
+    let pushed = ok(offsite(&site, &gateway, local.path(), &again, ""));
     assert!(pushed.contains("1 backups pushed, 1 already"), "{pushed}");
+    assert!(pushed.contains("aborted 1 uploads an earlier push left unfinished"), "{pushed}");
+    let (_, uploads) = gateway.request("GET", &format!("/{}?prefix={prefix}%2F&uploads=", gateway.bucket), None, &[], true);
+    assert!(!String::from_utf8_lossy(&uploads).contains("<UploadId>"), "uploads left: {}", String::from_utf8_lossy(&uploads));
     let fetched = tempfile::tempdir().unwrap();
     ok(offsite(&site, &gateway, fetched.path(), &["pull", &gateway.endpoint, &gateway.bucket, &prefix, "rbd", &src], ""));
     let restored = format!("{src}-restored");

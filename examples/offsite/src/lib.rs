@@ -3,8 +3,10 @@
 //! Arguments: `push ENDPOINT BUCKET PREFIX [POOL IMAGE]` or `pull ENDPOINT BUCKET PREFIX POOL
 //! IMAGE`, with the bucket's keys handed to the job as the secrets `s3-access-key` and
 //! `s3-secret-key`, `ENDPOINT` granted to it as an `[[outbound]]` URL, and the repository
-//! mapped as `/out` (read-only will do for `push`). `S3_REGION` defaults to `default`
-//! (Ceph's gateway); `--region R` sets it.
+//! mapped as `/out` (read-only will do for `push`). The region defaults to `default`
+//! (Ceph's gateway); `--region R` sets it. `push` first aborts the unfinished multipart
+//! uploads under its prefix started more than `--abort-uploads-after` seconds ago (default
+//! a day): a killed push's, whose parts the bucket would otherwise keep.
 //!
 //! The bucket holds the repository's own layout under `PREFIX/`: `PREFIX/POOL/IMAGE/N.rbddiff`,
 //! `N.sums` and `N.json`, POOL and IMAGE encoded as in the repository, so what is in the
@@ -29,7 +31,8 @@ use backup_repo::{
 use rbd_wasm_guest::report_progress;
 use rbd_wasm_guest::s3::Bucket;
 
-const USAGE: &str = "usage: push ENDPOINT BUCKET PREFIX [POOL IMAGE] | pull ENDPOINT BUCKET PREFIX POOL IMAGE [--region R]";
+const USAGE: &str =
+    "usage: push ENDPOINT BUCKET PREFIX [POOL IMAGE] [--abort-uploads-after SECS] | pull ENDPOINT BUCKET PREFIX POOL IMAGE; [--region R]";
 /// The largest manifest fetched (the repository's own limit is smaller).
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -40,15 +43,22 @@ struct Args {
     prefix: String,
     image: Option<(String, String)>,
     region: String,
+    /// Seconds after which an unfinished upload is taken for a killed push's.
+    abandoned: u64,
 }
 
 fn parse(args: Vec<String>) -> Result<Args> {
     let mut positional = Vec::new();
     let mut region = "default".to_owned();
+    let mut abandoned = 24 * 3600;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--region" => region = it.next().ok_or("--region needs a region name")?,
+            "--abort-uploads-after" => {
+                let v = it.next().ok_or("--abort-uploads-after needs a number of seconds")?;
+                abandoned = v.parse().map_err(|_| format!("--abort-uploads-after {v:?}: not a number of seconds"))?;
+            }
             a if a.starts_with("--") => return Err(format!("unknown option {a}; {USAGE}").into()),
             _ => positional.push(arg),
         }
@@ -63,7 +73,7 @@ fn parse(args: Vec<String>) -> Result<Args> {
         return Err(USAGE.into());
     }
     let prefix = positional[3].trim_matches('/').to_owned();
-    Ok(Args { command, endpoint: positional[1].clone(), bucket: positional[2].clone(), prefix, image, region })
+    Ok(Args { command, endpoint: positional[1].clone(), bucket: positional[2].clone(), prefix, image, region, abandoned })
 }
 
 fn run(args: Vec<String>) -> Result<()> {
@@ -74,10 +84,10 @@ fn run(args: Vec<String>) -> Result<()> {
         Ok(if args.prefix.is_empty() { key } else { format!("{}/{key}", args.prefix) })
     };
     match (args.command.as_str(), &args.image) {
-        ("push", Some((pool, image))) => push(&bucket, &Repo::new(ROOT.as_ref(), pool, image)?, &remote(pool, image)?),
+        ("push", Some((pool, image))) => push(&bucket, &Repo::new(ROOT.as_ref(), pool, image)?, &remote(pool, image)?, args.abandoned),
         ("push", None) => {
             for (pool, image) in local_images()? {
-                push(&bucket, &Repo::new(ROOT.as_ref(), &pool, &image)?, &remote(&pool, &image)?)?;
+                push(&bucket, &Repo::new(ROOT.as_ref(), &pool, &image)?, &remote(&pool, &image)?, args.abandoned)?;
             }
             Ok(())
         }
@@ -107,8 +117,13 @@ fn local_images() -> Result<Vec<(String, String)>> {
 }
 
 /// Upload the complete local backups of one image that the bucket lacks, oldest first;
-/// each one's manifest after its stream and sums.
-fn push(bucket: &Bucket, repo: &Repo, remote: &str) -> Result<()> {
+/// each one's manifest after its stream and sums. Uploads a killed push left behind (older
+/// than `abandoned` seconds) are aborted first.
+fn push(bucket: &Bucket, repo: &Repo, remote: &str, abandoned: u64) -> Result<()> {
+    let aborted = bucket.abort_stale_uploads(&format!("{remote}/"), abandoned)?;
+    if aborted > 0 {
+        println!("{}: aborted {aborted} uploads an earlier push left unfinished", repo.dir().display());
+    }
     let backups = repo.backups()?;
     let mut sent = 0;
     for (n, manifest) in &backups {

@@ -270,6 +270,27 @@ impl Bucket {
         }
     }
 
+    /// Abort the multipart uploads under `prefix` that were started more than `older_than`
+    /// seconds ago (an upload killed before it completed keeps its parts, and the bucket's
+    /// owner pays for them, until it is aborted). Returns how many were aborted.
+    pub fn abort_stale_uploads(&self, prefix: &str, older_than: u64) -> Result<usize> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let response = self.send(Method::Get, "", &[("uploads", ""), ("prefix", prefix)], &[], Body::Empty, &sigv4::sha256_hex(b""))?;
+        let answer = read_text(expect(response, &[200])?, 64 << 20)?;
+        let mut aborted = 0;
+        for upload in xml::blocks(&answer, "Upload") {
+            let (Some(key), Some(id)) = (xml::first(upload, "Key"), xml::first(upload, "UploadId")) else { continue };
+            let started = xml::first(upload, "Initiated").and_then(|t| unix_time(&t));
+            if started.is_some_and(|t| now.saturating_sub(t) < older_than) {
+                continue;
+            }
+            let response = self.send(Method::Delete, &key, &[("uploadId", id.as_str())], &[], Body::Empty, &sigv4::sha256_hex(b""))?;
+            expect(response, &[200, 204, 404])?;
+            aborted += 1;
+        }
+        Ok(aborted)
+    }
+
     /// Send one signed request for `key` (empty: the bucket itself).
     fn send(&self, method: Method, key: &str, query: &[(&str, &str)], headers: &[(&str, &str)], body: Body<'_>, payload_hash: &str) -> Result<IncomingResponse> {
         let path = if key.is_empty() {
@@ -335,6 +356,21 @@ impl Bucket {
         finished.map_err(transport)?;
         Ok(response)
     }
+}
+
+/// The Unix time of an ISO 8601 UTC timestamp as S3 writes them (`2026-11-30T13:20:00.000Z`).
+fn unix_time(text: &str) -> Option<u64> {
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86400 + hour * 3600 + minute * 60 + second).ok()
 }
 
 fn write_body(out: &OutgoingBody, body: Body<'_>) -> Result<()> {
