@@ -1,6 +1,7 @@
 // The JavaScript SDK of rbd-wasm: the `ceph:rbd` imports with Python-like defaults, errors
 // as `RbdError` (with the WIT error's `kind`), and `job(fn)` for the export.
 import * as rbd from 'ceph:rbd/rbd@0.1.0';
+import * as secrets from 'ceph:rbd/secrets@0.1.0';
 
 export class RbdError extends Error {
   constructor(kind, detail) {
@@ -25,6 +26,16 @@ function guard(f) {
   } catch (e) {
     throw lift(e);
   }
+}
+
+// The secrets the operator handed this job (a manifest's `[secrets]`): `secret(name)` is
+// the value's bytes (a Uint8Array); a name not handed throws RbdError `not-found`.
+export function secretNames() {
+  return secrets.names();
+}
+
+export function secret(name) {
+  return guard(() => secrets.get(name));
 }
 
 export function openPool(name) {

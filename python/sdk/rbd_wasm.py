@@ -28,9 +28,9 @@ import traceback
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import job_host, rbd as _wit, types as _types
+from wit_world.imports import job_host, rbd as _wit, secrets as _secrets, types as _types
 
-__all__ = ["report_progress", "granted_pools", "lock_client"]
+__all__ = ["report_progress", "granted_pools", "lock_client", "secret", "secret_names"]
 
 
 def report_progress(label, done, total=None):
@@ -43,6 +43,21 @@ def report_progress(label, done, total=None):
 def granted_pools():
     """The names of the pools this job was granted, in the operator's order."""
     return list(_wit.granted_pools())
+
+
+def secret_names():
+    """The names of the secrets the operator handed this job (a manifest's `[secrets]`)."""
+    return list(_secrets.names())
+
+
+def secret(name):
+    """The value (bytes) of the secret `name` the operator handed this job. KeyError for a
+    name it was not handed. The host keeps the value out of what it prints for the job, but
+    a job should still never print it."""
+    try:
+        return bytes(_secrets.get(str(name)))
+    except Err:
+        raise KeyError(name) from None
 
 
 def _describe(error):

@@ -46,6 +46,12 @@ def api(pool, other_pool, prefix):
     check("rados_state_configuring", cluster.state == "configuring")
     cluster.connect()
     check("rados_list_pools_is_the_grant", cluster.list_pools() == rbd_wasm.granted_pools(), cluster.list_pools())
+    check("no_secrets_without_a_grant", rbd_wasm.secret_names() == [], rbd_wasm.secret_names())
+    try:
+        rbd_wasm.secret("s3-secret-key")
+        raise AssertionError("a secret not handed was answered")
+    except KeyError:
+        print("ok secret_not_handed_is_a_key_error")
     check("rados_pool_exists", cluster.pool_exists(pool) and not cluster.pool_exists(f"{prefix}-nopool"))
     e = raises(rados.ObjectNotFound, cluster.open_ioctx, f"{prefix}-nopool", errno=2)
     check("rados_ungranted_pool_is_object_not_found",
