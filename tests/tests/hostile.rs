@@ -591,6 +591,7 @@ const NETWORK: &[&str] = &[
     "http_many_connections",
     "http_after_the_deadline",
     "http_upload_past_the_network_quota",
+    "http_upload_that_never_sends",
 ];
 
 /// The S3 gateway's `address:port`.
@@ -783,6 +784,13 @@ fn http_after_the_deadline() {
         assert!(requests.len() > 10, "the loop made only {} requests", requests.len());
         let last = requests.iter().map(|(at, _)| *at).max().unwrap();
         assert!(last <= ended, "a request reached the server after the host exited");
+    });
+}
+
+#[test]
+fn http_upload_that_never_sends() {
+    measured_network("http_upload_that_never_sends", "http_idle_secs = 2", Ending::Refused, |out, _, _, _| {
+        assert!(out.wall < Duration::from_secs(15), "a 2 s idle limit took {:?}", out.wall);
     });
 }
 

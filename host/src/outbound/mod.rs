@@ -174,7 +174,7 @@ async fn exchange(
 
     let sent = Arc::new(AtomicU64::new(0));
     let request = request.map(|b| body::Metered::request(b, shared.meter.clone(), sent.clone()));
-    let (response, driver) = send::send(request, addr, security, waits).await.map_err(|e| (format!("{target}: {e}"), e))?;
+    let (response, driver) = send::send(request, addr, security, waits, &sent).await.map_err(|e| (format!("{target}: {e}"), e))?;
     let max = shared.limits.response_bytes;
     let announced = response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if announced.is_some_and(|n| n > max) {

@@ -23,7 +23,8 @@ use wasmtime_wasi_http::Error;
 pub struct Waits {
     /// TCP connect, and the TLS and HTTP handshakes, each.
     pub connect: Duration,
-    /// From sending the request (its body included) to the response's head.
+    /// The longest the response's head may be awaited with no request body byte sent
+    /// meanwhile: an upload of any size may take its time, a stalled one may not.
     pub first_byte: Duration,
 }
 
@@ -36,12 +37,14 @@ pub enum Security {
 
 /// Connect to `addr`, send `request` (its URI's path and query; its `Host` header as the
 /// job set it), and return the response head with its body, and the connection's driver,
-/// which must be polled until the body has been read.
+/// which must be polled until the body has been read. `sent` counts the request body's
+/// bytes as they go (the wait for the head restarts while it grows).
 pub async fn send<B>(
     mut request: Request<B>,
     addr: SocketAddr,
     security: Security,
     waits: Waits,
+    sent: &std::sync::atomic::AtomicU64,
 ) -> Result<(Response<hyper::body::Incoming>, impl Future<Output = Result<(), Error>> + Send), Error>
 where
     B: http_body::Body<Data = Bytes, Error = Error> + Send + 'static,
@@ -71,15 +74,24 @@ where
     // Drive the connection while waiting for the response head; afterwards the caller does.
     let mut conn = Box::pin(conn);
     let mut conn_ended = false;
-    let head = tokio::time::timeout(waits.first_byte, sender.send_request(request));
+    let head = sender.send_request(request);
     tokio::pin!(head);
-    let response = tokio::select! {
-        head = &mut head => head.map_err(|_| Error::ConnectionReadTimeout)?.map_err(Error::from)?,
-        ended = &mut conn => {
-            conn_ended = true;
-            ended.map_err(Error::from)?;
-            // The connection ended cleanly: the response is complete, or never comes.
-            head.await.map_err(|_| Error::ConnectionReadTimeout)?.map_err(Error::from)?
+    let mut progress = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let response = loop {
+        tokio::select! {
+            head = &mut head => break head.map_err(Error::from)?,
+            ended = &mut conn, if !conn_ended => {
+                conn_ended = true;
+                // Ended cleanly: the response is complete, or never comes.
+                ended.map_err(Error::from)?;
+            }
+            () = tokio::time::sleep(waits.first_byte) => {
+                let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                if now == progress {
+                    return Err(Error::ConnectionReadTimeout);
+                }
+                progress = now;
+            }
         }
     };
     let driver = async move {

@@ -616,6 +616,27 @@ fn http_after_the_deadline(c: &Ctx) -> R {
     }
 }
 
+/// An upload that announces a body and never sends it: the host gives up after its idle
+/// limit. `extra` = [the rogue server].
+fn http_upload_that_never_sends(c: &Ctx) -> R {
+    use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    let fields = Fields::from_list(&[("content-length".to_string(), b"1048576".to_vec())]).map_err(|e| format!("{e:?}"))?;
+    let req = OutgoingRequest::new(fields);
+    let _ = req.set_method(&Method::Put);
+    let _ = req.set_scheme(Some(&Scheme::Http));
+    let _ = req.set_authority(Some(&c.extra[0]));
+    let _ = req.set_path_with_query(Some("/sink"));
+    let body = req.body().map_err(|_| "no body".to_string())?;
+    let pending = wasip2::http::outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let got = pending.get();
+    drop(body);
+    match got {
+        Some(Ok(Err(e))) if format!("{e:?}").contains("Timeout") => Ok(()),
+        other => Err(format!("an upload that never sent its body: {other:?}")),
+    }
+}
+
 /// An upload larger than the job's network quota: refused once the quota is used.
 /// `extra` = [the rogue server].
 fn http_upload_past_the_network_quota(c: &Ctx) -> R {
@@ -1178,6 +1199,7 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("http_many_connections", http_many_connections),
     ("http_after_the_deadline", http_after_the_deadline),
     ("http_upload_past_the_network_quota", http_upload_past_the_network_quota),
+    ("http_upload_that_never_sends", http_upload_that_never_sends),
     ("keep_chunk_sums_and_never_take_them", keep_chunk_sums_and_never_take_them),
     ("feed_the_check_more_than_the_host_budget", feed_the_check_more_than_the_host_budget),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
