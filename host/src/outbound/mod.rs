@@ -152,7 +152,7 @@ async fn exchange(
         let max = shared.limits.connections;
         (format!("{target}: the job already has its {max} HTTP exchanges open (limit http_connections)"), Error::ConnectionLimitReached)
     })?;
-    let addr = SocketAddr::new(pin(grant, target).await?, target.port);
+    let addr = SocketAddr::new(pin(grant, target, shared.limits.idle).await?, target.port);
     let security = match (&target.scheme, &target.host) {
         (Scheme::Http, _) => send::Security::Plain,
         (Scheme::Https, host) => {
@@ -197,13 +197,15 @@ async fn exchange(
     Ok((response, Box::new(driver) as Driver))
 }
 
-/// The address to connect to: the name resolved by the host, then the grant's address rule.
-async fn pin(grant: &Endpoint, target: &Target) -> Result<IpAddr, (String, Error)> {
+/// The address to connect to: the name resolved by the host (within `wait`), then the
+/// grant's address rule.
+async fn pin(grant: &Endpoint, target: &Target, wait: Duration) -> Result<IpAddr, (String, Error)> {
     let resolved: Vec<IpAddr> = match &target.host {
         Host::Ip(ip) => vec![*ip],
-        Host::Name(name) => match tokio::net::lookup_host((name.as_str(), target.port)).await {
-            Ok(addrs) => addrs.map(|a| a.ip()).collect(),
-            Err(e) => return Err((format!("{target}: cannot resolve {name}: {e}"), Error::DestinationNotFound)),
+        Host::Name(name) => match tokio::time::timeout(wait, tokio::net::lookup_host((name.as_str(), target.port))).await {
+            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+            Ok(Err(e)) => return Err((format!("{target}: cannot resolve {name}: {e}"), Error::DestinationNotFound)),
+            Err(_) => return Err((format!("{target}: resolving {name} took longer than {wait:?}"), Error::DnsTimeout)),
         },
     };
     let usable = grant.usable_addresses(target, &resolved).map_err(|d| (d.to_string(), Error::HttpRequestDenied))?;
