@@ -41,9 +41,14 @@ fn librbd() -> Site {
 /// Run the offsite job through `rbd-wasm` with a manifest that grants the gateway's bucket
 /// (and nothing else), hands the keys as secrets, and maps `dir` as `/out`.
 fn offsite(site: &Site, gateway: &S3Gateway, dir: &Path, args: &[&str], limits: &str) -> (String, serde_json::Value) {
+    offsite_as(site, gateway, &gateway.secret, &gateway.bucket, dir, args, limits)
+}
+
+/// As [`offsite`], with `secret` as the secret key and only `granted` (a bucket) granted.
+fn offsite_as(site: &Site, gateway: &S3Gateway, secret: &str, granted: &str, dir: &Path, args: &[&str], limits: &str) -> (String, serde_json::Value) {
     let conf = tempfile::tempdir().unwrap();
     std::fs::write(conf.path().join("access"), &gateway.access).unwrap();
-    std::fs::write(conf.path().join("secret"), format!("{}\n", gateway.secret)).unwrap();
+    std::fs::write(conf.path().join("secret"), format!("{secret}\n")).unwrap();
     let manifest = conf.path().join("offsite.toml");
     std::fs::write(
         &manifest,
@@ -52,7 +57,7 @@ fn offsite(site: &Site, gateway: &S3Gateway, dir: &Path, args: &[&str], limits: 
              [secrets]\ns3-access-key = \"access\"\ns3-secret-key = \"secret\"\n[limits]\n{limits}\n",
             dir.display(),
             gateway.endpoint,
-            gateway.bucket
+            granted
         ),
     )
     .unwrap();
@@ -65,7 +70,7 @@ fn offsite(site: &Site, gateway: &S3Gateway, dir: &Path, args: &[&str], limits: 
     let out = run_host_measured(&all, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
-    assert!(!stderr.contains(&gateway.secret), "the secret key was printed");
+    assert!(!stderr.contains(&gateway.secret) && !stderr.contains(secret), "the secret key was printed");
     (stderr, report)
 }
 
@@ -231,4 +236,34 @@ fn embedded_a_killed_push_never_looks_complete() {
 #[test]
 fn librbd_a_killed_push_never_looks_complete() {
     a_killed_push_never_looks_complete(librbd());
+}
+
+/// An operator's mistakes get clear errors, and change nothing in the bucket: a wrong
+/// secret key (the gateway's own refusal, named), a bucket the manifest does not grant (the
+/// host's denial, before any connection), a repository with no backups (nothing to do).
+#[test]
+fn wrong_keys_and_ungranted_buckets_are_named() {
+    let site = embedded();
+    let gateway = S3Gateway::from_env();
+    let src = format!("{}-src", unique_prefix("offe"));
+    site.backend.create("rbd", &src, 12 << 20, &CreateOptions::default()).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    chain(&site, &src, local.path(), 1);
+    let prefix = unique_prefix("offsite-errors");
+    let push = ["push", gateway.endpoint.as_str(), gateway.bucket.as_str(), prefix.as_str()];
+
+    let (stderr, report) = offsite_as(&site, &gateway, "not-the-secret-key-at-all", &gateway.bucket, local.path(), &push, "");
+    assert_eq!(report["status"], "failed", "{stderr}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("S3 answered 403 SignatureDoesNotMatch"), "{error}");
+
+    let (stderr, report) = offsite_as(&site, &gateway, &gateway.secret, "another-bucket", local.path(), &push, "");
+    assert_eq!(report["status"], "failed", "{stderr}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("HttpRequestDenied"), "{error}");
+    assert!(keys(&gateway, &prefix).is_empty(), "nothing reached the bucket");
+
+    let empty = tempfile::tempdir().unwrap();
+    let pushed = ok(offsite(&site, &gateway, empty.path(), &push, ""));
+    assert!(!pushed.contains("pushed backup"), "{pushed}");
 }

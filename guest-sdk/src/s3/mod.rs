@@ -405,9 +405,15 @@ fn write_body(out: &OutgoingBody, body: Body<'_>) -> Result<()> {
 }
 
 fn transport(e: ErrorCode) -> Error {
+    let message = match &e {
+        ErrorCode::HttpRequestDenied => "the host refused the request: this endpoint, bucket or path is not granted to the job (the manifest's [[outbound]])".to_owned(),
+        ErrorCode::ConnectionLimitReached => "the job has as many HTTP exchanges open as its http_connections limit allows".to_owned(),
+        ErrorCode::HttpResponseBodySize(_) => "the response is larger than the job's http_response_bytes".to_owned(),
+        other => format!("{other:?}"),
+    };
     let name = format!("{e:?}");
     let code = name.split(['(', ' ', '{']).next().unwrap_or("HttpError").trim_start_matches("ErrorCode::").to_owned();
-    local(&code, name)
+    local(&code, message)
 }
 
 /// The response if its status is one of `ok`; else S3's error from its body.
