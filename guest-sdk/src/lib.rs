@@ -242,6 +242,37 @@ pub fn report_progress(label: &str, done: u64, total: Option<u64>) {
     job_host::report_progress(&types::Progress { label: label.to_owned(), done, total });
 }
 
+/// The deduplicating repository's chunk pipeline, run by the host natively
+/// (`docs/dedup-format.md`): chunk ids, zstd, AES-256-GCM. The keys stay in the host.
+pub struct ChunkCodec {
+    inner: job_host::ChunkCodec,
+}
+
+/// What [`ChunkCodec::seal`] gives.
+pub type SealedChunk = job_host::SealedChunk;
+
+impl ChunkCodec {
+    /// A codec with the repository's data key and id key (32 bytes each).
+    pub fn new(data_key: &[u8; 32], id_key: &[u8; 32]) -> Result<ChunkCodec> {
+        Ok(ChunkCodec { inner: lift(job_host::ChunkCodec::create(data_key, id_key))? })
+    }
+
+    /// The id of each `chunk_size` piece of `data`, `None` for a piece of zeroes.
+    pub fn ids(&self, data: &[u8], chunk_size: u32) -> Vec<Option<[u8; 32]>> {
+        self.inner.ids(data, chunk_size).into_iter().map(|id| id.and_then(|id| id.try_into().ok())).collect()
+    }
+
+    /// Seal one chunk (at most 16 MiB).
+    pub fn seal(&self, data: &[u8]) -> Result<SealedChunk> {
+        lift(self.inner.seal(data))
+    }
+
+    /// Open a chunk sealed as `id`: its plaintext, checked to be `id`'s.
+    pub fn open(&self, id: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>> {
+        lift(self.inner.open(id, sealed))
+    }
+}
+
 /// Secrets the operator handed this job (a manifest's `[secrets]`: an S3 key pair, a
 /// repository key). The host keeps their values out of what it prints for the job, but a
 /// job should still never print them.

@@ -17,6 +17,7 @@ wasmtime::component::bindgen!({
         "ceph:rbd/rbd.diff-iterator": crate::rbd::DiffIterator,
         "ceph:rbd/rbd.pending-reads": crate::rbd::PendingReads,
         "ceph:rbd/job-host.sha256": crate::job_host::hashing::Sha256Job,
+        "ceph:rbd/job-host.chunk-codec": crate::job_host::chunks::ChunkCodec,
     },
     trappable_error_type: {
         "ceph:rbd/types.error" => crate::rbd::HostError,

@@ -96,6 +96,7 @@ conformance_cases! {
     write_ranges_writes_every_range,
     start_reads_hands_over_data_and_chunk_digests,
     host_sha256_gives_standard_digests,
+    chunk_codec_seals_what_the_format_opens,
     snapshot_is_immutable,
     create_snap_existing_is_exists,
     remove_snap_removes_it,

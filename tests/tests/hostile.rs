@@ -456,6 +456,7 @@ macro_rules! measured_attacks {
 measured_attacks! {
     hash_in_tiny_chunks => setup(Ending::Trap),
     hash_more_than_the_host_budget => Setup { check: host_memory_within_budget, ..setup(Ending::Trap) },
+    seal_chunks_past_the_host_budget => Setup { limits: "host_memory_mib = 32", check: host_memory_within_32_mib, ..setup(Ending::Trap) },
     check_in_tiny_chunks => setup(Ending::Trap),
     keep_chunk_sums_and_never_take_them => Setup { check: host_memory_within_budget, ..setup(Ending::Refused) },
     feed_the_check_more_than_the_host_budget => Setup { check: host_memory_within_budget, ..setup(Ending::Trap) },

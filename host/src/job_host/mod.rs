@@ -3,6 +3,7 @@
 //! off the job's thread, in the job's host-memory budget). Every call is charged as an
 //! operation.
 
+pub mod chunks;
 pub mod hashing;
 
 use std::collections::HashSet;

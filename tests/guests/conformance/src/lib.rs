@@ -473,6 +473,35 @@ fn image_cursor_reads_writes_and_seeks(c: &Ctx) -> R {
 
 // ---- snapshots -------------------------------------------------------------------------
 
+/// The host's chunk pipeline (`job-host.chunk-codec`) seals what the repository format
+/// (`dedup-repo`, compiled into this guest) opens, and refuses what it must.
+fn chunk_codec_seals_what_the_format_opens(_c: &Ctx) -> R {
+    use rbd_wasm_guest::ChunkCodec;
+    let (data_key, id_key) = ([2u8; 32], [1u8; 32]);
+    let codec = ChunkCodec::new(&data_key, &id_key).map_err(|e| e.to_string())?;
+    let text = b"a chunk of a virtual disk ".repeat(4000);
+    let sealed = codec.seal(&text).map_err(|e| e.to_string())?;
+    let id = dedup_repo::chunk::ChunkId::of(&id_key, &text);
+    eq(sealed.id.clone(), id.0.to_vec(), "the id is the format's")?;
+    check(sealed.compressed, "text compresses")?;
+    let (payload, compressed) = dedup_repo::chunk::open(&data_key, &id, &sealed.sealed).map_err(|e| e.to_string())?;
+    check(compressed && payload.len() < text.len(), "the format opens it")?;
+    eq(codec.open(&id.0, &sealed.sealed).map_err(|e| e.to_string())?, text.clone(), "the host opens it")?;
+    let other = ChunkCodec::new(&data_key, &id_key).map_err(|e| e.to_string())?.seal(b"another chunk").map_err(|e| e.to_string())?;
+    match codec.open(&id.0, &other.sealed) {
+        Err(Error::InvalidArgument(m)) if m.contains("does not authenticate") => {}
+        other => return Err(format!("a chunk opened as another's id: {other:?}")),
+    }
+    let ids = codec.ids(&[vec![0u8; 8192], text[..8192].to_vec()].concat(), 8192);
+    eq(ids.len(), 2, "two pieces")?;
+    check(ids[0].is_none() && ids[1] == Some(dedup_repo::chunk::ChunkId::of(&id_key, &text[..8192]).0), "zeroes have no id")?;
+    match ChunkCodec::new(&data_key, &id_key).and_then(|c| c.seal(&vec![1u8; (16 << 20) + 1])) {
+        Err(Error::InvalidArgument(_)) => {}
+        other => return Err(format!("a chunk over 16 MiB: {:?}", other.map(|s| s.sealed.len()))),
+    }
+    Ok(())
+}
+
 /// The host's SHA-256 (`job-host.sha256`, `sha256-chunks`) gives the standard digests,
 /// also when updates are pipelined and large.
 fn host_sha256_gives_standard_digests(_c: &Ctx) -> R {
@@ -1152,6 +1181,7 @@ const CASES: &[(&str, fn(&Ctx) -> R)] = &[
     ("write_ranges_writes_every_range", write_ranges_writes_every_range),
     ("start_reads_hands_over_data_and_chunk_digests", start_reads_hands_over_data_and_chunk_digests),
     ("host_sha256_gives_standard_digests", host_sha256_gives_standard_digests),
+    ("chunk_codec_seals_what_the_format_opens", chunk_codec_seals_what_the_format_opens),
     ("snapshot_is_immutable", snapshot_is_immutable),
     ("create_snap_existing_is_exists", create_snap_existing_is_exists),
     ("remove_snap_removes_it", remove_snap_removes_it),

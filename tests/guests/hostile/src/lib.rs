@@ -313,6 +313,25 @@ fn hash_more_than_the_host_budget(_: &Ctx) -> R {
     Err(format!("200 MiB hashed at once: {} bytes", digests.len()))
 }
 
+/// Seal and open the largest chunks, many at once, under a host-memory budget of 32 MiB:
+/// each call needs more, and is refused; the ids of 100 MiB at once trap (ids has no error).
+fn seal_chunks_past_the_host_budget(_: &Ctx) -> R {
+    let codec = rbd_wasm_guest::ChunkCodec::new(&[1u8; 32], &[2u8; 32]).map_err(|e| e.to_string())?;
+    let chunk = vec![3u8; 16 << 20];
+    match codec.seal(&chunk) {
+        Err(Error::QuotaExceeded(_)) => {}
+        other => return Err(format!("16 MiB sealed under a 32 MiB budget: {:?}", other.map(|s| s.sealed.len()))),
+    }
+    // A sealed chunk a little larger than the largest plaintext: it and its opened
+    // plaintext (up to 16 MiB) would pass the budget.
+    match codec.open(&[0u8; 32], &vec![3u8; (16 << 20) + 100]) {
+        Err(Error::QuotaExceeded(_)) => {}
+        other => return Err(format!("16 MiB opened under a 32 MiB budget: {:?}", other.map(|p| p.len()))),
+    }
+    let ids = codec.ids(&vec![3u8; 100 << 20], 1 << 20);
+    Err(format!("the ids of 100 MiB under a 32 MiB budget: {}", ids.len()))
+}
+
 fn check_in_tiny_chunks(_: &Ctx) -> R {
     let check = rbd_wasm_guest::Sha256::chunked(1);
     check.update_data(0, &vec![7u8; 40 << 20]);
@@ -1203,6 +1222,7 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("keep_chunk_sums_and_never_take_them", keep_chunk_sums_and_never_take_them),
     ("feed_the_check_more_than_the_host_budget", feed_the_check_more_than_the_host_budget),
     ("hash_more_than_the_host_budget", hash_more_than_the_host_budget),
+    ("seal_chunks_past_the_host_budget", seal_chunks_past_the_host_budget),
     ("start_reads_and_never_wait", start_reads_and_never_wait),
     ("drop_reads_past_the_read_quota", drop_reads_past_the_read_quota),
     ("read_ahead_then_return", read_ahead_then_return),
