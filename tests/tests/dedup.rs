@@ -1,0 +1,177 @@
+//! The deduplicating, encrypted repository (issue 15, in progress), through `rbd-wasm` as an
+//! operator runs it (a manifest handing the passphrase as a secret), on both backends: a
+//! chain of backups restores byte-identical; an incremental backup reads only the changed
+//! chunks; a second image that shares most of its data with the first stores little; a
+//! wrong passphrase, a forged manifest and a damaged chunk are each named, and nothing is
+//! restored from them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rbd_wasm::backend::{Backend, CreateOptions};
+use rbd_wasm_tests::{ceph_conf, embedded_store, guest, librbd_backend, run_host_measured, unique_prefix};
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|i| {
+            if i % 4096 < 2048 {
+                // Half of each page compresses (text-like), half does not.
+                b"a virtual disk's text "[i % 22]
+            } else {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            }
+        })
+        .collect()
+}
+
+fn contents(backend: &dyn Backend, name: &str, snap: Option<&str>) -> Vec<u8> {
+    let image = backend.open("rbd", name, snap, true).unwrap_or_else(|e| panic!("open {name}@{snap:?}: {e}"));
+    image.read(0, image.size().unwrap()).unwrap()
+}
+
+struct Site {
+    backend: Arc<dyn Backend>,
+    store_args: Vec<String>,
+    _store: Option<rbd_wasm_tests::TestStore>,
+}
+
+fn embedded() -> Site {
+    let store = embedded_store();
+    Site { backend: store.backend.clone(), store_args: vec!["--store".into(), store.dir.path().display().to_string()], _store: Some(store) }
+}
+
+fn librbd() -> Site {
+    Site { backend: librbd_backend(), store_args: vec!["-c".into(), ceph_conf().display().to_string()], _store: None }
+}
+
+/// Run the dedup job on the repository `repo` with `passphrase`; its stdout and report.
+fn dedup(site: &Site, repo: &Path, passphrase: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("passphrase"), format!("{passphrase}\n")).unwrap();
+    let manifest = conf.path().join("dedup.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "schema = 1\n[job]\nid = \"dedup\"\noutput_dir = \"{}\"\n[[grants]]\npool = \"rbd\"\noperations = [\"all\"]\n\
+             [secrets]\nrepo-passphrase = \"passphrase\"\n[limits]\nhost_memory_mib = 256\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let component = guest("dedup");
+    let mut all: Vec<&str> = vec!["run", "--json", "--progress", "none", "--manifest", manifest.to_str().unwrap()];
+    all.extend(site.store_args.iter().map(String::as_str));
+    all.extend([component.to_str().unwrap(), "--"]);
+    all.extend(args);
+    let out = run_host_measured(&all, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
+    assert!(!stderr.contains(passphrase), "the passphrase was printed");
+    (stderr, report)
+}
+
+fn ok(run: (String, serde_json::Value)) -> String {
+    assert_eq!(run.1["status"], "ok", "{}\n{}", run.1, run.0);
+    run.0
+}
+
+fn failed(run: (String, serde_json::Value)) -> String {
+    assert_eq!(run.1["status"], "failed", "{}\n{}", run.1, run.0);
+    run.1["error"].as_str().unwrap().to_owned()
+}
+
+/// Bytes the repository's chunks take.
+fn chunk_bytes(repo: &Path) -> u64 {
+    let mut total = 0;
+    for dir in std::fs::read_dir(repo.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            total += f.unwrap().metadata().unwrap().len();
+        }
+    }
+    total
+}
+
+fn a_chain_restores_and_a_shared_image_dedups(site: Site) {
+    let prefix = unique_prefix("dd");
+    let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let repo = tempfile::tempdir().unwrap();
+    let pass = "correct horse battery staple";
+    ok(dedup(&site, repo.path(), pass, &["init"]));
+
+    site.backend.create("rbd", &a, 32 << 20, &CreateOptions::default()).unwrap();
+    let img = site.backend.open("rbd", &a, None, false).unwrap();
+    img.write(0, &pattern(24 << 20, 1)).unwrap();
+    drop(img);
+    let first = ok(dedup(&site, repo.path(), pass, &["backup", "rbd", &a]));
+    assert!(first.contains("backup 1 of") && first.contains("24 chunks read"), "{first}");
+    let after_first = chunk_bytes(repo.path());
+    assert!(after_first < 20 << 20, "the text half compresses: {after_first} bytes for 24 MiB");
+
+    // 3 scattered changes touching 4 chunks (the first crosses a chunk boundary): only
+    // those are read.
+    let img = site.backend.open("rbd", &a, None, false).unwrap();
+    for (i, at) in [1_000_003u64, 9 << 20, (20 << 20) + 5].into_iter().enumerate() {
+        img.write(at, &pattern(70_000, 10 + i as u64)).unwrap();
+    }
+    drop(img);
+    let second = ok(dedup(&site, repo.path(), pass, &["backup", "rbd", &a]));
+    assert!(second.contains("4 chunks read (changed since the last backup)"), "{second}");
+
+    // A second image with the first's data and one change: it stores one chunk.
+    site.backend.create("rbd", &b, 32 << 20, &CreateOptions::default()).unwrap();
+    let img = site.backend.open("rbd", &b, None, false).unwrap();
+    img.write(0, &contents(site.backend.as_ref(), &a, Some("dedup-2"))).unwrap();
+    img.write(30 << 20, &pattern(4096, 99)).unwrap();
+    drop(img);
+    let before = chunk_bytes(repo.path());
+    let shared = ok(dedup(&site, repo.path(), pass, &["backup", "rbd", &b]));
+    assert!(shared.contains("1 new stored"), "{shared}");
+    assert!(chunk_bytes(repo.path()) - before < 1 << 20, "the shared image stored more than its one new chunk");
+
+    for (image, n) in [(&a, 1), (&a, 2), (&b, 1)] {
+        let target = format!("{image}-restored-{n}");
+        let said = ok(dedup(&site, repo.path(), pass, &["restore", "rbd", image, &target, "--backup", &n.to_string()]));
+        assert!(said.contains("each checked against its id"), "{said}");
+        assert!(contents(site.backend.as_ref(), &target, None) == contents(site.backend.as_ref(), image, Some(&format!("dedup-{n}"))), "{image} backup {n} restores different bytes");
+    }
+
+    // What is wrong is named, and nothing is restored from it.
+    let error = failed(dedup(&site, repo.path(), "not the passphrase", &["restore", "rbd", &a, &format!("{a}-wrong")]));
+    assert!(error.contains("the passphrase does not open"), "{error}");
+    let manifest = repo.path().join(format!("backups/rbd/{a}/2.json"));
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("dedup-2", "dedup-1")).unwrap();
+    let error = failed(dedup(&site, repo.path(), pass, &["restore", "rbd", &a, &format!("{a}-forged")]));
+    assert!(error.contains("does not authenticate"), "{error}");
+    std::fs::write(&manifest, text).unwrap();
+    let some_chunk = std::fs::read_dir(repo.path().join("chunks")).unwrap().next().unwrap().unwrap().path();
+    let chunk = std::fs::read_dir(&some_chunk).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&chunk, bytes).unwrap();
+    let mut damaged = 0;
+    for (image, n) in [(&a, 1), (&a, 2), (&b, 1)] {
+        let run = dedup(&site, repo.path(), pass, &["restore", "rbd", image, &format!("{image}-damaged-{n}"), "--backup", &n.to_string()]);
+        if run.1["status"] == "failed" {
+            let error = run.1["error"].as_str().unwrap();
+            assert!(error.contains("does not authenticate"), "{error}");
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "a damaged chunk went unnoticed");
+}
+
+#[test]
+fn embedded_a_chain_restores_and_a_shared_image_dedups() {
+    a_chain_restores_and_a_shared_image_dedups(embedded());
+}
+
+#[test]
+fn librbd_a_chain_restores_and_a_shared_image_dedups() {
+    a_chain_restores_and_a_shared_image_dedups(librbd());
+}
