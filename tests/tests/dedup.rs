@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rbd_wasm::backend::{Backend, CreateOptions};
-use rbd_wasm_tests::{ceph_conf, embedded_store, guest, librbd_backend, run_host_measured, unique_prefix};
+use rbd_wasm_tests::{ceph_conf, embedded_store, guest, librbd_backend, run_host_measured, unique_prefix, S3Gateway};
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -50,14 +50,25 @@ fn librbd() -> Site {
 
 /// Run the dedup job on the repository `repo` with `passphrase`; its stdout and report.
 fn dedup(site: &Site, repo: &Path, passphrase: &str, args: &[&str]) -> (String, serde_json::Value) {
+    dedup_with(site, repo, passphrase, None, args)
+}
+
+/// As [`dedup`]; with `s3`, the gateway's bucket is granted and its keys handed too.
+fn dedup_with(site: &Site, repo: &Path, passphrase: &str, s3: Option<&S3Gateway>, args: &[&str]) -> (String, serde_json::Value) {
     let conf = tempfile::tempdir().unwrap();
     std::fs::write(conf.path().join("passphrase"), format!("{passphrase}\n")).unwrap();
+    let mut extra = String::new();
+    if let Some(g) = s3 {
+        std::fs::write(conf.path().join("access"), &g.access).unwrap();
+        std::fs::write(conf.path().join("secret"), &g.secret).unwrap();
+        extra = format!("s3-access-key = \"access\"\ns3-secret-key = \"secret\"\n[[outbound]]\nurl = \"{}/{}/\"\n", g.endpoint, g.bucket);
+    }
     let manifest = conf.path().join("dedup.toml");
     std::fs::write(
         &manifest,
         format!(
             "schema = 1\n[job]\nid = \"dedup\"\noutput_dir = \"{}\"\n[[grants]]\npool = \"rbd\"\noperations = [\"all\"]\n\
-             [secrets]\nrepo-passphrase = \"passphrase\"\n[limits]\nhost_memory_mib = 256\n",
+             [limits]\nhost_memory_mib = 256\n[secrets]\nrepo-passphrase = \"passphrase\"\n{extra}",
             repo.display()
         ),
     )
@@ -174,4 +185,40 @@ fn embedded_a_chain_restores_and_a_shared_image_dedups() {
 #[test]
 fn librbd_a_chain_restores_and_a_shared_image_dedups() {
     a_chain_restores_and_a_shared_image_dedups(librbd());
+}
+
+/// The same repository on Ceph's S3 gateway: a chain restores byte-identical, only the
+/// changed chunks go up, and a wrong passphrase is named.
+#[test]
+fn a_repository_on_s3_restores_byte_identical() {
+    let site = embedded();
+    let gateway = S3Gateway::from_env();
+    let prefix = unique_prefix("dedup-s3");
+    let image = format!("{prefix}-img");
+    let out = tempfile::tempdir().unwrap();
+    let s3 = ["--s3", gateway.endpoint.as_str(), gateway.bucket.as_str(), prefix.as_str()];
+    let run = |pass: &str, args: &[&str]| {
+        let all: Vec<&str> = s3.iter().chain(args).copied().collect();
+        dedup_with(&site, out.path(), pass, Some(&gateway), &all)
+    };
+    let pass = "an s3 repository passphrase";
+    ok(run(pass, &["init"]));
+    site.backend.create("rbd", &image, 16 << 20, &CreateOptions::default()).unwrap();
+    let img = site.backend.open("rbd", &image, None, false).unwrap();
+    img.write(0, &pattern(10 << 20, 3)).unwrap();
+    drop(img);
+    assert!(ok(run(pass, &["backup", "rbd", &image])).contains("10 chunks read"));
+    let img = site.backend.open("rbd", &image, None, false).unwrap();
+    img.write(5 << 20, &pattern(1000, 4)).unwrap();
+    drop(img);
+    let second = ok(run(pass, &["backup", "rbd", &image]));
+    assert!(second.contains("1 chunks read") && second.contains("1 new stored"), "{second}");
+    for n in 1..=2 {
+        let target = format!("{image}-restored-{n}");
+        ok(run(pass, &["restore", "rbd", &image, &target, "--backup", &n.to_string()]));
+        assert!(contents(site.backend.as_ref(), &target, None) == contents(site.backend.as_ref(), &image, Some(&format!("dedup-{n}"))));
+    }
+    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "nothing was written to the output directory");
+    let error = failed(run("not the passphrase", &["restore", "rbd", &image, &format!("{image}-wrong")]));
+    assert!(error.contains("the passphrase does not open"), "{error}");
 }

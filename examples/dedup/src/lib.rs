@@ -1,9 +1,10 @@
 //! Backups into the deduplicating, encrypted repository (`docs/dedup-format.md`; issue 15,
-//! in progress: a repository in the output directory; S3, verify, prune and garbage
-//! collection are to come).
+//! in progress: verify, prune and garbage collection are to come).
 //!
-//! Arguments: `init [--chunk-size BYTES]`, `backup POOL IMAGE`, `restore POOL IMAGE TARGET
-//! [--backup N]`. The repository is the job's `/out`; its passphrase is the secret
+//! Arguments: `[--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES]`, `backup POOL
+//! IMAGE`, `restore POOL IMAGE TARGET [--backup N]`. The repository is the job's `/out`, or
+//! with `--s3` a bucket under a prefix (keys: the secrets `s3-access-key` and
+//! `s3-secret-key`; the endpoint granted as `[[outbound]]`); its passphrase is the secret
 //! `repo-passphrase`.
 //!
 //! `backup` takes the snapshot `dedup-N` and writes backup N: an index of the image chunk
@@ -22,23 +23,102 @@ use dedup_repo::chunk::ChunkId;
 use dedup_repo::config::{Config, Keys};
 use dedup_repo::index::{Entry, Index};
 use dedup_repo::manifest::Manifest;
+use rbd_wasm_guest::s3::Bucket;
 use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Image};
 
 const ROOT: &str = "/out";
-const USAGE: &str = "usage: init [--chunk-size BYTES] | backup POOL IMAGE | restore POOL IMAGE TARGET [--backup N]";
+const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES] | backup POOL IMAGE | restore POOL IMAGE TARGET [--backup N]";
 const SNAPSHOT_PREFIX: &str = "dedup-";
 
 fn run(args: Vec<String>) -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        ["init"] => init(1 << 20),
-        ["init", "--chunk-size", n] => init(n.parse().map_err(|_| format!("--chunk-size {n:?}: not a number"))?),
-        ["backup", pool, image] => backup(pool, image),
-        ["restore", pool, image, target] => restore(pool, image, target, None),
+    let (store, args) = match args.as_slice() {
+        ["--s3", endpoint, bucket, prefix, rest @ ..] => {
+            let bucket = Bucket::from_secrets(endpoint, bucket, "default", "s3-access-key", "s3-secret-key")?;
+            (Store::S3 { bucket, prefix: prefix.trim_matches('/').to_owned() }, rest)
+        }
+        rest => (Store::Dir(PathBuf::from(ROOT)), rest),
+    };
+    match args {
+        ["init"] => init(&store, 1 << 20),
+        ["init", "--chunk-size", n] => init(&store, n.parse().map_err(|_| format!("--chunk-size {n:?}: not a number"))?),
+        ["backup", pool, image] => backup(&store, pool, image),
+        ["restore", pool, image, target] => restore(&store, pool, image, target, None),
         ["restore", pool, image, target, "--backup", n] => {
-            restore(pool, image, target, Some(n.parse().map_err(|_| format!("--backup {n:?}: not a number"))?))
+            restore(&store, pool, image, target, Some(n.parse().map_err(|_| format!("--backup {n:?}: not a number"))?))
         }
         _ => Err(USAGE.into()),
+    }
+}
+
+/// Where the repository is: the output directory, or a bucket under a prefix. The same
+/// paths in both; a file is complete when it appears (a rename, or a PUT).
+enum Store {
+    Dir(PathBuf),
+    S3 { bucket: Bucket, prefix: String },
+}
+
+/// The largest file the job reads whole (an index of a 16 TiB image in 1 MiB chunks is 528 MiB
+/// at worst; configs and manifests are small).
+const MAX_READ: u64 = 1 << 30;
+
+impl Store {
+    fn key(&self, rel: &str) -> String {
+        match self {
+            Store::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{rel}"),
+            _ => rel.to_owned(),
+        }
+    }
+
+    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Dir(root) => match fs::read(root.join(rel)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("{}: {e}", root.join(rel).display()).into()),
+            },
+            Store::S3 { bucket, .. } => Ok(bucket.get(&self.key(rel), MAX_READ)?),
+        }
+    }
+
+    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        match self {
+            Store::Dir(root) => {
+                let path = root.join(rel);
+                fs::create_dir_all(path.parent().ok_or("a file has a directory")?)?;
+                write_atomically(&path, bytes)
+            }
+            Store::S3 { bucket, .. } => Ok(bucket.put(&self.key(rel), bytes)?),
+        }
+    }
+
+    fn exists(&self, rel: &str) -> Result<bool> {
+        match self {
+            Store::Dir(root) => Ok(root.join(rel).exists()),
+            Store::S3 { bucket, .. } => Ok(bucket.head(&self.key(rel))?.is_some()),
+        }
+    }
+
+    /// The names of the files directly in directory `rel`.
+    fn list(&self, rel: &str) -> Result<Vec<String>> {
+        match self {
+            Store::Dir(root) => match fs::read_dir(root.join(rel)) {
+                Ok(entries) => entries.map(|e| Ok(e?.file_name().to_string_lossy().into_owned())).collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(format!("{}: {e}", root.join(rel).display()).into()),
+            },
+            Store::S3 { bucket, .. } => {
+                let dir = format!("{}/", self.key(rel));
+                Ok(bucket.list(&dir)?.into_iter().filter_map(|o| o.key.strip_prefix(&dir).filter(|n| !n.contains('/')).map(str::to_owned)).collect())
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Store::Dir(root) => root.display().to_string(),
+            Store::S3 { prefix, .. } => format!("the bucket, under {prefix:?}"),
+        }
     }
 }
 
@@ -51,24 +131,19 @@ fn random(buf: &mut [u8]) {
     buf.copy_from_slice(&bytes);
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(ROOT)
-}
-
-fn init(chunk_size: u32) -> Result<()> {
-    let path = root().join("config");
-    if path.exists() {
-        return Err(format!("{} exists: this is a repository already", path.display()).into());
+fn init(store: &Store, chunk_size: u32) -> Result<()> {
+    if store.exists("config")? {
+        return Err(format!("{} has a config: it is a repository already", store.describe()).into());
     }
     let (config, _) = Config::create(&passphrase()?, chunk_size, &mut random)?;
-    write_atomically(&path, &config.to_json())?;
-    println!("a repository of {chunk_size}-byte chunks in {ROOT}");
+    store.put("config", &config.to_json())?;
+    println!("a repository of {chunk_size}-byte chunks in {}", store.describe());
     Ok(())
 }
 
 /// The repository's config and keys.
-fn open_repo() -> Result<(Config, Keys)> {
-    let bytes = fs::read(root().join("config")).map_err(|e| format!("{ROOT}/config: {e} (run `init` first)"))?;
+fn open_repo(store: &Store) -> Result<(Config, Keys)> {
+    let bytes = store.get("config")?.ok_or_else(|| format!("{} has no config (run `init` first)", store.describe()))?;
     let config = Config::parse(&bytes)?;
     let keys = config.open(&passphrase()?)?;
     Ok((config, keys))
@@ -81,23 +156,16 @@ fn image_dirs(pool: &str, image: &str) -> Result<(String, String)> {
 }
 
 /// The image's complete backups, oldest first, each manifest authenticated.
-fn manifests(keys: &Keys, pool: &str, image: &str) -> Result<Vec<Manifest>> {
+fn manifests(store: &Store, keys: &Keys, pool: &str, image: &str) -> Result<Vec<Manifest>> {
     let (_, backups) = image_dirs(pool, image)?;
-    let dir = root().join(&backups);
     let mut found = Vec::new();
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        let Some(n) = path.file_name().and_then(|f| f.to_str()).and_then(|f| f.strip_suffix(".json")).and_then(backup_repo::parse_number) else {
-            continue;
-        };
-        let manifest = Manifest::decode(&fs::read(&path)?, &keys.mac).map_err(|e| format!("{}: {e}", path.display()))?;
+    for name in store.list(&backups)? {
+        let Some(n) = name.strip_suffix(".json").and_then(backup_repo::parse_number) else { continue };
+        let path = format!("{backups}/{name}");
+        let Some(bytes) = store.get(&path)? else { continue };
+        let manifest = Manifest::decode(&bytes, &keys.mac).map_err(|e| format!("{path}: {e}"))?;
         if manifest.number != n || manifest.pool != pool || manifest.image != image {
-            return Err(format!("{}: the manifest of backup {} of {}/{}", path.display(), manifest.number, manifest.pool, manifest.image).into());
+            return Err(format!("{path}: the manifest of backup {} of {}/{}", manifest.number, manifest.pool, manifest.image).into());
         }
         found.push(manifest);
     }
@@ -106,13 +174,13 @@ fn manifests(keys: &Keys, pool: &str, image: &str) -> Result<Vec<Manifest>> {
 }
 
 /// A backup's index, authenticated and checked against its manifest.
-fn read_index(keys: &Keys, manifest: &Manifest) -> Result<Index> {
-    let path = root().join(&manifest.index);
-    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_index(store: &Store, keys: &Keys, manifest: &Manifest) -> Result<Index> {
+    let path = &manifest.index;
+    let bytes = store.get(path)?.ok_or_else(|| format!("{path}: missing"))?;
     if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != manifest.index_sha256 {
-        return Err(format!("{}: not the index its manifest names", path.display()).into());
+        return Err(format!("{path}: not the index its manifest names").into());
     }
-    Ok(Index::decode(&bytes, &keys.mac).map_err(|e| format!("{}: {e}", path.display()))?)
+    Ok(Index::decode(&bytes, &keys.mac).map_err(|e| format!("{path}: {e}"))?)
 }
 
 /// Every chunk of `index`, one entry each: `None` for zeroes.
@@ -127,11 +195,11 @@ fn per_chunk(index: &Index) -> Vec<Option<ChunkId>> {
     out
 }
 
-fn backup(pool_name: &str, image_name: &str) -> Result<()> {
-    let (config, keys) = open_repo()?;
+fn backup(store: &Store, pool_name: &str, image_name: &str) -> Result<()> {
+    let (config, keys) = open_repo(store)?;
     let chunk = u64::from(config.chunk_size);
     let codec = ChunkCodec::new(&keys.data, &keys.id)?;
-    let previous = manifests(&keys, pool_name, image_name)?;
+    let previous = manifests(store, &keys, pool_name, image_name)?;
     let n = previous.last().map_or(1, |m| m.number + 1);
     let snapshot = format!("{SNAPSHOT_PREFIX}{n}");
     let pool = open_pool(pool_name)?;
@@ -146,7 +214,7 @@ fn backup(pool_name: &str, image_name: &str) -> Result<()> {
     // snapshot the image still has.
     let base = previous.last().filter(|m| snaps.contains(&m.snapshot) && m.image_size == size);
     let mut ids: Vec<Option<ChunkId>> = match base {
-        Some(m) => per_chunk(&read_index(&keys, m)?),
+        Some(m) => per_chunk(&read_index(store, &keys, m)?),
         None => vec![None; chunks as usize],
     };
     let mut touched = vec![false; chunks as usize];
@@ -169,11 +237,9 @@ fn backup(pool_name: &str, image_name: &str) -> Result<()> {
         read += 1;
         let id = codec.ids(&data, config.chunk_size)[0].map(ChunkId);
         if let Some(id) = id {
-            let path = root().join(id.path());
-            if !path.exists() {
+            if !store.exists(&id.path())? {
                 let sealed = codec.seal(&data)?;
-                fs::create_dir_all(path.parent().ok_or("a chunk path has a parent")?)?;
-                write_atomically(&path, &sealed.sealed)?;
+                store.put(&id.path(), &sealed.sealed)?;
                 stored += 1;
                 written += sealed.sealed.len() as u64;
             }
@@ -190,8 +256,7 @@ fn backup(pool_name: &str, image_name: &str) -> Result<()> {
     let (index_dir, backups_dir) = image_dirs(pool_name, image_name)?;
     let index_rel = format!("{index_dir}/{n}.idx");
     let index_bytes = index.encode(&keys.mac);
-    fs::create_dir_all(root().join(&index_dir))?;
-    write_atomically(&root().join(&index_rel), &index_bytes)?;
+    store.put(&index_rel, &index_bytes)?;
     let manifest = Manifest {
         pool: pool_name.into(),
         image: image_name.into(),
@@ -202,8 +267,7 @@ fn backup(pool_name: &str, image_name: &str) -> Result<()> {
         index_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&index_bytes)),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     };
-    fs::create_dir_all(root().join(&backups_dir))?;
-    write_atomically(&root().join(format!("{backups_dir}/{n}.json")), &manifest.encode(&keys.mac))?;
+    store.put(&format!("{backups_dir}/{n}.json"), &manifest.encode(&keys.mac))?;
     println!(
         "backup {n} of {pool_name}/{image_name}: {read} chunks read{}, {stored} new stored ({written} bytes sealed)",
         if base.is_some() { " (changed since the last backup)" } else { "" }
@@ -211,15 +275,15 @@ fn backup(pool_name: &str, image_name: &str) -> Result<()> {
     Ok(())
 }
 
-fn restore(pool_name: &str, image_name: &str, target: &str, number: Option<u64>) -> Result<()> {
-    let (_, keys) = open_repo()?;
+fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, number: Option<u64>) -> Result<()> {
+    let (_, keys) = open_repo(store)?;
     let codec = ChunkCodec::new(&keys.data, &keys.id)?;
-    let all = manifests(&keys, pool_name, image_name)?;
+    let all = manifests(store, &keys, pool_name, image_name)?;
     let manifest = match number {
         Some(n) => all.iter().find(|m| m.number == n).ok_or_else(|| format!("no complete backup {n} of {pool_name}/{image_name}"))?,
         None => all.last().ok_or_else(|| format!("no complete backup of {pool_name}/{image_name}"))?,
     };
-    let index = read_index(&keys, manifest)?;
+    let index = read_index(store, &keys, manifest)?;
     let pool = open_pool(pool_name)?;
     pool.create(target, manifest.image_size)?;
     let image = pool.open(target)?;
@@ -227,8 +291,7 @@ fn restore(pool_name: &str, image_name: &str, target: &str, number: Option<u64>)
     let mut written = 0u64;
     for (k, id) in per_chunk(&index).into_iter().enumerate() {
         let Some(id) = id else { continue };
-        let path = root().join(id.path());
-        let sealed = fs::read(&path).map_err(|e| format!("chunk {} of backup {}: {e}", id.hex(), manifest.number))?;
+        let sealed = store.get(&id.path())?.ok_or_else(|| format!("chunk {} of backup {}: missing", id.hex(), manifest.number))?;
         let data = codec.open(&id.0, &sealed).map_err(|e| format!("backup {}: {e}", manifest.number))?;
         write_all(&image, k as u64 * chunk, &data)?;
         written += 1;

@@ -120,9 +120,9 @@ impl Bucket {
         Bucket::new(endpoint, bucket, region, credentials)
     }
 
-    /// Store `data` as `key` (its SHA-256 signed).
+    /// Store `data` as `key` (its SHA-256, computed by the host, signed).
     pub fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-        let hash = sigv4::sha256_hex(data);
+        let hash: String = crate::sha256_chunks(data, 0).first().map(|d| d.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default();
         let response = self.send(Method::Put, key, &[], &[], Body::Bytes(data), &hash)?;
         expect(response, &[200])?;
         Ok(())
