@@ -222,3 +222,43 @@ fn a_repository_on_s3_restores_byte_identical() {
     let error = failed(run("not the passphrase", &["restore", "rbd", &image, &format!("{image}-wrong")]));
     assert!(error.contains("the passphrase does not open"), "{error}");
 }
+
+/// A backup killed in the middle (its deadline, under a bandwidth cap) leaves no manifest,
+/// so no backup, and does not block the next run, which completes and restores.
+#[test]
+fn a_killed_backup_never_looks_complete() {
+    let site = embedded();
+    let image = format!("{}-img", unique_prefix("ddk"));
+    let repo = tempfile::tempdir().unwrap();
+    let pass = "correct horse battery staple";
+    ok(dedup(&site, repo.path(), pass, &["init"]));
+    site.backend.create("rbd", &image, 64 << 20, &CreateOptions::default()).unwrap();
+    let img = site.backend.open("rbd", &image, None, false).unwrap();
+    img.write(0, &pattern(64 << 20, 5)).unwrap();
+    drop(img);
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("passphrase"), pass).unwrap();
+    let manifest = conf.path().join("killed.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "schema = 1\n[job]\noutput_dir = \"{}\"\n[[grants]]\npool = \"rbd\"\noperations = [\"all\"]\n\
+             [secrets]\nrepo-passphrase = \"passphrase\"\n[limits]\nbandwidth_mib_per_sec = 16\ndeadline_secs = 2\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let component = guest("dedup");
+    let mut args: Vec<&str> = vec!["run", "--json", "--progress", "none", "--manifest", manifest.to_str().unwrap()];
+    args.extend(site.store_args.iter().map(String::as_str));
+    args.extend([component.to_str().unwrap(), "--", "backup", "rbd", &image]);
+    let killed = run_host_measured(&args, &[]);
+    let report: serde_json::Value = serde_json::from_slice(&killed.stdout).unwrap();
+    assert_eq!(report["status"], "deadline", "{report}");
+    assert!(!repo.path().join(format!("backups/rbd/{image}/1.json")).exists(), "a killed backup looks complete");
+    let next = ok(dedup(&site, repo.path(), pass, &["backup", "rbd", &image]));
+    assert!(next.contains("removed dedup-1, left by a run that did not finish") && next.contains("backup 1 of"), "{next}");
+    let target = format!("{image}-restored");
+    ok(dedup(&site, repo.path(), pass, &["restore", "rbd", &image, &target]));
+    assert!(contents(site.backend.as_ref(), &target, None) == contents(site.backend.as_ref(), &image, Some("dedup-1")));
+}

@@ -12,7 +12,8 @@
 //! (`ChunkCodec`: keyed id, zstd, AES-256-GCM). With a previous backup whose snapshot the
 //! image still has, only the chunks `diff-iterate` names since it are read; the others are
 //! the previous index's. The manifest is written last: a backup without one is not a
-//! backup. `restore` creates TARGET and writes every stored chunk of the index, each
+//! backup, and the next run takes its snapshot again. One runner per repository at a time
+//! (runners' claims, as the plain backup job has, are to come). `restore` creates TARGET and writes every stored chunk of the index, each
 //! checked by the host to be the chunk its id names.
 
 use std::fs;
@@ -205,6 +206,12 @@ fn backup(store: &Store, pool_name: &str, image_name: &str) -> Result<()> {
     let pool = open_pool(pool_name)?;
     let head = pool.open(image_name)?;
     let snaps: Vec<String> = head.list_snaps()?.into_iter().map(|s| s.name).collect();
+    // A `dedup-N` without manifest N is a killed run's (the manifest is written last): it
+    // is taken again, so a kill never blocks the next run.
+    if snaps.contains(&snapshot) {
+        head.remove_snap(&snapshot)?;
+        println!("removed {snapshot}, left by a run that did not finish");
+    }
     head.create_snap(&snapshot)?;
     let image = pool.open_at_snapshot(image_name, &snapshot)?;
     let size = image.size()?;
