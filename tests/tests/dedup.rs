@@ -150,6 +150,9 @@ fn a_chain_restores_and_a_shared_image_dedups(site: Site) {
         assert!(contents(site.backend.as_ref(), &target, None) == contents(site.backend.as_ref(), image, Some(&format!("dedup-{n}"))), "{image} backup {n} restores different bytes");
     }
 
+    let verified = ok(dedup(&site, repo.path(), pass, &["verify", "rbd", &a, "--deep"]));
+    assert!(verified.contains("chunks present and whole"), "{verified}");
+
     // What is wrong is named, and nothing is restored from it.
     let error = failed(dedup(&site, repo.path(), "not the passphrase", &["restore", "rbd", &a, &format!("{a}-wrong")]));
     assert!(error.contains("the passphrase does not open"), "{error}");
@@ -175,6 +178,20 @@ fn a_chain_restores_and_a_shared_image_dedups(site: Site) {
         }
     }
     assert!(damaged > 0, "a damaged chunk went unnoticed");
+    // Verify finds it: present for the shallow check, damaged for the deep one.
+    let mut named = 0;
+    for image in [&a, &b] {
+        ok(dedup(&site, repo.path(), pass, &["verify", "rbd", image]));
+        let run = dedup(&site, repo.path(), pass, &["verify", "rbd", image, "--deep", "--backup", "1"]);
+        if run.1["status"] == "failed" {
+            assert!(run.1["error"].as_str().unwrap().contains("1 damaged"), "{}", run.1);
+            named += 1;
+        }
+    }
+    assert!(named > 0, "the deep verify missed the damaged chunk");
+    std::fs::remove_file(&chunk).unwrap();
+    let missing = [&a, &b].iter().filter(|image| dedup(&site, repo.path(), pass, &["verify", "rbd", image, "--backup", "1"]).1["status"] == "failed").count();
+    assert!(missing > 0, "the shallow verify missed a missing chunk");
 }
 
 #[test]

@@ -28,7 +28,7 @@ use rbd_wasm_guest::s3::Bucket;
 use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Image};
 
 const ROOT: &str = "/out";
-const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES] | backup POOL IMAGE | restore POOL IMAGE TARGET [--backup N]";
+const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES] | backup POOL IMAGE | restore POOL IMAGE TARGET [--backup N] | verify POOL IMAGE [--backup N] [--deep]";
 const SNAPSHOT_PREFIX: &str = "dedup-";
 
 fn run(args: Vec<String>) -> Result<()> {
@@ -47,6 +47,14 @@ fn run(args: Vec<String>) -> Result<()> {
         ["restore", pool, image, target] => restore(&store, pool, image, target, None),
         ["restore", pool, image, target, "--backup", n] => {
             restore(&store, pool, image, target, Some(n.parse().map_err(|_| format!("--backup {n:?}: not a number"))?))
+        }
+        ["verify", pool, image, rest @ ..] => {
+            let deep = rest.contains(&"--deep");
+            let number = match rest.iter().position(|a| *a == "--backup") {
+                Some(i) => Some(rest.get(i + 1).and_then(|n| n.parse().ok()).ok_or("--backup needs a number")?),
+                None => None,
+            };
+            verify(&store, pool, image, number, deep)
         }
         _ => Err(USAGE.into()),
     }
@@ -305,6 +313,52 @@ fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, numbe
     }
     println!("restored backup {} of {pool_name}/{image_name} to {target}: {written} chunks, each checked against its id", manifest.number);
     Ok(())
+}
+
+/// Check a backup: its manifest and index authenticate, and every chunk it refers to is
+/// there; with `deep`, every chunk also opens (its tag, its decompression, its id).
+fn verify(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>, deep: bool) -> Result<()> {
+    let (_, keys) = open_repo(store)?;
+    let codec = ChunkCodec::new(&keys.data, &keys.id)?;
+    let all = manifests(store, &keys, pool_name, image_name)?;
+    let manifest = match number {
+        Some(n) => all.iter().find(|m| m.number == n).ok_or_else(|| format!("no complete backup {n} of {pool_name}/{image_name}"))?,
+        None => all.last().ok_or_else(|| format!("no complete backup of {pool_name}/{image_name}"))?,
+    };
+    let index = read_index(store, &keys, manifest)?;
+    let mut ids: Vec<ChunkId> = index.chunk_ids().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut missing, mut damaged) = (Vec::new(), Vec::new());
+    for id in &ids {
+        if deep {
+            match store.get(&id.path())? {
+                None => missing.push(id.hex()),
+                Some(sealed) => {
+                    if let Err(e) = codec.open(&id.0, &sealed) {
+                        damaged.push(format!("{}: {e}", id.hex()));
+                    }
+                }
+            }
+        } else if !store.exists(&id.path())? {
+            missing.push(id.hex());
+        }
+    }
+    let what = if deep { "present and whole (opened, decompressed, rehashed)" } else { "present" };
+    if missing.is_empty() && damaged.is_empty() {
+        println!("backup {} of {pool_name}/{image_name}: all {} chunks {what}", manifest.number, ids.len());
+        return Ok(());
+    }
+    Err(format!(
+        "backup {} of {pool_name}/{image_name}: {} of {} chunks missing {:?}, {} damaged {:?}",
+        manifest.number,
+        missing.len(),
+        ids.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        damaged.len(),
+        damaged.iter().take(5).collect::<Vec<_>>()
+    )
+    .into())
 }
 
 fn write_all(image: &Image, offset: u64, data: &[u8]) -> Result<()> {
