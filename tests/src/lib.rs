@@ -144,6 +144,25 @@ pub fn embedded_store() -> TestStore {
     TestStore { backend: Arc::new(backend), dir }
 }
 
+/// A backend for jobs run through `rbd-wasm`, and the arguments that make `rbd-wasm` reach
+/// it: an embedded store of its own (`--store DIR`), or the test cluster (`-c CONF`).
+pub struct Site {
+    pub backend: Arc<dyn Backend>,
+    pub store_args: Vec<String>,
+    _store: Option<TestStore>,
+}
+
+impl Site {
+    pub fn embedded() -> Site {
+        let store = embedded_store();
+        Site { backend: store.backend.clone(), store_args: vec!["--store".into(), store.dir.path().display().to_string()], _store: Some(store) }
+    }
+
+    pub fn librbd() -> Site {
+        Site { backend: librbd_backend(), store_args: vec!["-c".into(), ceph_conf().display().to_string()], _store: None }
+    }
+}
+
 impl TestStore {
     /// A second client of the same store (another identity, as another host would be).
     pub fn second_client(&self) -> Arc<EmbeddedBackend> {

@@ -6,10 +6,9 @@
 //! restored from them.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rbd_wasm::backend::{Backend, CreateOptions};
-use rbd_wasm_tests::{ceph_conf, embedded_store, guest, librbd_backend, run_host_measured, unique_prefix, S3Gateway};
+use rbd_wasm_tests::{guest, run_host_measured, unique_prefix, S3Gateway, Site};
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -31,21 +30,6 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 fn contents(backend: &dyn Backend, name: &str, snap: Option<&str>) -> Vec<u8> {
     let image = backend.open("rbd", name, snap, true).unwrap_or_else(|e| panic!("open {name}@{snap:?}: {e}"));
     image.read(0, image.size().unwrap()).unwrap()
-}
-
-struct Site {
-    backend: Arc<dyn Backend>,
-    store_args: Vec<String>,
-    _store: Option<rbd_wasm_tests::TestStore>,
-}
-
-fn embedded() -> Site {
-    let store = embedded_store();
-    Site { backend: store.backend.clone(), store_args: vec!["--store".into(), store.dir.path().display().to_string()], _store: Some(store) }
-}
-
-fn librbd() -> Site {
-    Site { backend: librbd_backend(), store_args: vec!["-c".into(), ceph_conf().display().to_string()], _store: None }
 }
 
 /// Run the dedup job on the repository `repo` with `passphrase`; its stdout and report.
@@ -196,19 +180,19 @@ fn a_chain_restores_and_a_shared_image_dedups(site: Site) {
 
 #[test]
 fn embedded_a_chain_restores_and_a_shared_image_dedups() {
-    a_chain_restores_and_a_shared_image_dedups(embedded());
+    a_chain_restores_and_a_shared_image_dedups(Site::embedded());
 }
 
 #[test]
 fn librbd_a_chain_restores_and_a_shared_image_dedups() {
-    a_chain_restores_and_a_shared_image_dedups(librbd());
+    a_chain_restores_and_a_shared_image_dedups(Site::librbd());
 }
 
 /// The same repository on Ceph's S3 gateway: a chain restores byte-identical, only the
 /// changed chunks go up, and a wrong passphrase is named.
 #[test]
 fn a_repository_on_s3_restores_byte_identical() {
-    let site = embedded();
+    let site = Site::embedded();
     let gateway = S3Gateway::from_env();
     let prefix = unique_prefix("dedup-s3");
     let image = format!("{prefix}-img");
@@ -244,7 +228,7 @@ fn a_repository_on_s3_restores_byte_identical() {
 /// so no backup, and does not block the next run, which completes and restores.
 #[test]
 fn a_killed_backup_never_looks_complete() {
-    let site = embedded();
+    let site = Site::embedded();
     let image = format!("{}-img", unique_prefix("ddk"));
     let repo = tempfile::tempdir().unwrap();
     let pass = "correct horse battery staple";

@@ -7,10 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use rbd_wasm::backend::{Backend, CreateOptions};
-use rbd_wasm_tests::{ceph_conf, embedded_store, guest, librbd_backend, run_host_measured, run_with_output, unique_prefix, S3Gateway};
+use rbd_wasm_tests::{ceph_conf, guest, run_host_measured, run_with_output, unique_prefix, S3Gateway, Site};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
@@ -20,22 +19,6 @@ fn contents(backend: &dyn Backend, pool: &str, name: &str, snap: Option<&str>) -
     let image = backend.open(pool, name, snap, true).unwrap_or_else(|e| panic!("open {pool}/{name}@{snap:?}: {e}"));
     let size = image.size().unwrap();
     image.read(0, size).unwrap()
-}
-
-/// Where the jobs run: the backend, and how `rbd-wasm` reaches it.
-struct Site {
-    backend: Arc<dyn Backend>,
-    store_args: Vec<String>,
-    _store: Option<rbd_wasm_tests::TestStore>,
-}
-
-fn embedded() -> Site {
-    let store = embedded_store();
-    Site { backend: store.backend.clone(), store_args: vec!["--store".into(), store.dir.path().display().to_string()], _store: Some(store) }
-}
-
-fn librbd() -> Site {
-    Site { backend: librbd_backend(), store_args: vec!["-c".into(), ceph_conf().display().to_string()], _store: None }
 }
 
 /// Run the offsite job through `rbd-wasm` with a manifest that grants the gateway's bucket
@@ -146,12 +129,12 @@ fn a_chain_pushed_and_pulled_restores_byte_identical(site: Site) -> (Site, Strin
 
 #[test]
 fn embedded_a_chain_pushed_and_pulled_restores_byte_identical() {
-    a_chain_pushed_and_pulled_restores_byte_identical(embedded());
+    a_chain_pushed_and_pulled_restores_byte_identical(Site::embedded());
 }
 
 #[test]
 fn librbd_a_chain_pushed_and_pulled_restores_byte_identical() {
-    let (site, src, fetched, prefix) = a_chain_pushed_and_pulled_restores_byte_identical(librbd());
+    let (site, src, fetched, prefix) = a_chain_pushed_and_pulled_restores_byte_identical(Site::librbd());
     std::fs::remove_dir_all(fetched).unwrap();
     // The chain as stored in the bucket, fetched with curl, restores with Ceph's own tool.
     let gateway = S3Gateway::from_env();
@@ -230,12 +213,12 @@ fn a_killed_push_never_looks_complete(site: Site) {
 
 #[test]
 fn embedded_a_killed_push_never_looks_complete() {
-    a_killed_push_never_looks_complete(embedded());
+    a_killed_push_never_looks_complete(Site::embedded());
 }
 
 #[test]
 fn librbd_a_killed_push_never_looks_complete() {
-    a_killed_push_never_looks_complete(librbd());
+    a_killed_push_never_looks_complete(Site::librbd());
 }
 
 /// An operator's mistakes get clear errors, and change nothing in the bucket: a wrong
@@ -243,7 +226,7 @@ fn librbd_a_killed_push_never_looks_complete() {
 /// host's denial, before any connection), a repository with no backups (nothing to do).
 #[test]
 fn wrong_keys_and_ungranted_buckets_are_named() {
-    let site = embedded();
+    let site = Site::embedded();
     let gateway = S3Gateway::from_env();
     let src = format!("{}-src", unique_prefix("offe"));
     site.backend.create("rbd", &src, 12 << 20, &CreateOptions::default()).unwrap();

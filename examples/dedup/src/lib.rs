@@ -290,15 +290,24 @@ fn backup(store: &Store, pool_name: &str, image_name: &str) -> Result<()> {
     Ok(())
 }
 
-fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, number: Option<u64>) -> Result<()> {
+/// The keys, a codec, and backup `number` (the newest if none) of an image with its index,
+/// each authenticated.
+fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<(Keys, ChunkCodec, Manifest, Index)> {
     let (_, keys) = open_repo(store)?;
     let codec = ChunkCodec::new(&keys.data, &keys.id)?;
-    let all = manifests(store, &keys, pool_name, image_name)?;
-    let manifest = match number {
-        Some(n) => all.iter().find(|m| m.number == n).ok_or_else(|| format!("no complete backup {n} of {pool_name}/{image_name}"))?,
-        None => all.last().ok_or_else(|| format!("no complete backup of {pool_name}/{image_name}"))?,
+    let mut all = manifests(store, &keys, pool_name, image_name)?;
+    let at = match number {
+        Some(n) => all.iter().position(|m| m.number == n).ok_or_else(|| format!("no complete backup {n} of {pool_name}/{image_name}"))?,
+        None => all.len().checked_sub(1).ok_or_else(|| format!("no complete backup of {pool_name}/{image_name}"))?,
     };
-    let index = read_index(store, &keys, manifest)?;
+    let manifest = all.swap_remove(at);
+    let index = read_index(store, &keys, &manifest)?;
+    Ok((keys, codec, manifest, index))
+}
+
+fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, number: Option<u64>) -> Result<()> {
+    let (_, codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
+    let manifest = &manifest;
     let pool = open_pool(pool_name)?;
     pool.create(target, manifest.image_size)?;
     let image = pool.open(target)?;
@@ -318,14 +327,8 @@ fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, numbe
 /// Check a backup: its manifest and index authenticate, and every chunk it refers to is
 /// there; with `deep`, every chunk also opens (its tag, its decompression, its id).
 fn verify(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>, deep: bool) -> Result<()> {
-    let (_, keys) = open_repo(store)?;
-    let codec = ChunkCodec::new(&keys.data, &keys.id)?;
-    let all = manifests(store, &keys, pool_name, image_name)?;
-    let manifest = match number {
-        Some(n) => all.iter().find(|m| m.number == n).ok_or_else(|| format!("no complete backup {n} of {pool_name}/{image_name}"))?,
-        None => all.last().ok_or_else(|| format!("no complete backup of {pool_name}/{image_name}"))?,
-    };
-    let index = read_index(store, &keys, manifest)?;
+    let (_, codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
+    let manifest = &manifest;
     let mut ids: Vec<ChunkId> = index.chunk_ids().copied().collect();
     ids.sort_unstable();
     ids.dedup();
