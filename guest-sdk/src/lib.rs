@@ -47,8 +47,11 @@ pub mod bindings {
 
 use bindings::ceph::rbd::{job_host, rbd as wit, types};
 
+mod data_stdout;
 mod output_file;
 pub mod s3;
+
+pub use data_stdout::{data_stdout, DataStdout};
 pub use output_file::{InputFile, OutputFile};
 /// One write of [`Image::write_from`]: skip `skip` bytes of the stream, then write its
 /// next `length` bytes at `offset`.

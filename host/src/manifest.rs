@@ -10,6 +10,7 @@
 //! id = "nightly-backup"
 //! output_dir = "/var/backups/rbd"  # the job's /out; no filesystem without it
 //! output_read_only = false         # true maps /out read-only (restore, verify)
+//! stdout_data = false              # true: the job's stdout is data, passed on raw (a pipe)
 //!
 //! [[grants]]
 //! pool = "rbd"
@@ -30,6 +31,7 @@
 //! deadline_secs = 3600             # wall clock
 //! cpu_secs = 600                   # time running guest code
 //! output_bytes = 67108864          # per stream
+//! stdout_data_bytes = 1099511627776 # stdout with stdout_data = true
 //! reads_in_flight = 8
 //! max_handles = 64                 # pools, images and diff iterators open at once
 //! read_bytes = 1099511627776
@@ -106,6 +108,8 @@ struct RawJob {
     output_dir: Option<PathBuf>,
     #[serde(default)]
     output_read_only: bool,
+    #[serde(default)]
+    stdout_data: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +132,7 @@ struct RawLimits {
     deadline_secs: Option<u64>,
     cpu_secs: Option<f64>,
     output_bytes: Option<u64>,
+    stdout_data_bytes: Option<u64>,
     reads_in_flight: Option<usize>,
     max_handles: Option<usize>,
     read_bytes: Option<u64>,
@@ -153,6 +158,8 @@ pub struct Manifest {
     /// Resolved against the manifest's directory.
     pub output_dir: Option<PathBuf>,
     pub output_read_only: bool,
+    /// The job's stdout is data (`OutputSink::Data`), not lines of text.
+    pub stdout_data: bool,
     pub grants: Grants,
     /// The HTTP endpoints the job may reach.
     pub outbound: Endpoints,
@@ -212,6 +219,7 @@ impl Manifest {
             memory_bytes: l.memory_mib.map(limit::memory_mib).transpose().map_err(|e| field("memory_mib", e))?.unwrap_or(d.memory_bytes),
             deadline: l.deadline_secs.map(limit::deadline_secs).transpose().map_err(|e| field("deadline_secs", e))?.unwrap_or(d.deadline),
             output_bytes: l.output_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("output_bytes", e))?.unwrap_or(d.output_bytes),
+            stdout_data_bytes: l.stdout_data_bytes.map(|n| limit::range(n, 0, limit::MAX_BYTES)).transpose().map_err(|e| field("stdout_data_bytes", e))?.unwrap_or(d.stdout_data_bytes),
             reads_in_flight: l.reads_in_flight.map(|n| limit::range(n, 1, 256)).transpose().map_err(|e| field("reads_in_flight", e))?.unwrap_or(d.reads_in_flight),
             quotas: Quotas {
                 max_handles: l.max_handles.map(|n| limit::range(n, 1, 1 << 20)).transpose().map_err(|e| field("max_handles", e))?.or(d.quotas.max_handles),
@@ -240,6 +248,7 @@ impl Manifest {
             id: raw.job.id,
             output_dir: raw.job.output_dir.map(|p| base.join(p)),
             output_read_only: raw.job.output_read_only,
+            stdout_data: raw.job.stdout_data,
             grants: Grants::new(grants),
             outbound: Endpoints(outbound),
             secrets,

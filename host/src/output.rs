@@ -36,6 +36,12 @@ pub enum OutputSink {
     /// above progress bars); the last line is handed over without a newline when the stream
     /// ends.
     Lines(Arc<dyn Fn(&str) + Send + Sync>),
+    /// Data, not text: the bytes go to the host's stdout as written, untagged and unescaped
+    /// (an `rbd export-diff` stream piped to `rbd import-diff -`). The operator chooses this
+    /// (`--stdout-data`) and the CLI refuses it when stdout is a terminal. The guest waits
+    /// while the reader is slow (no buffering beyond one write), and a write past the budget
+    /// fails instead of being dropped: a cut stream must not look whole.
+    Data,
 }
 
 /// `text` with every character that a terminal would act on, rather than show, escaped:
@@ -96,7 +102,7 @@ impl JobOutput {
         }
         let note = format!("[{}] (output limit reached; further output of this stream is dropped)", self.job_id);
         match &self.sink {
-            OutputSink::Stdout | OutputSink::Stderr => eprintln!("{note}"),
+            OutputSink::Stdout | OutputSink::Stderr | OutputSink::Data => eprintln!("{note}"),
             OutputSink::Lines(to) => to(&note),
             OutputSink::Capture(_) => {}
         }
@@ -118,7 +124,7 @@ impl JobOutput {
                 to(&shown);
                 Ok(())
             }
-            OutputSink::Capture(_) => Ok(()),
+            OutputSink::Capture(_) | OutputSink::Data => Ok(()),
         }
     }
 }
@@ -139,7 +145,50 @@ impl IsTerminal for JobOutput {
 
 impl StdoutStream for JobOutput {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineWriter { out: self.clone(), line: Vec::new() })
+        match self.sink {
+            OutputSink::Data => Box::new(DataWriter { out: self.clone(), to: tokio::io::stdout() }),
+            _ => Box::new(LineWriter { out: self.clone(), line: Vec::new() }),
+        }
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        // Data moves in writes of up to 1 MiB (wasmtime-wasi's default is 8 KiB): one fixed
+        // buffer per stream, the same for every job.
+        let permit = if matches!(self.sink, OutputSink::Data) { DATA_WRITE_BYTES } else { 8192 };
+        Box::new(wasmtime_wasi::p2::pipe::AsyncWriteStream::new(permit, Box::into_pin(self.async_stream())))
+    }
+}
+
+/// Largest write a data stdout takes at once.
+const DATA_WRITE_BYTES: usize = 1 << 20;
+
+/// A data stream's writer: the host's stdout, within the budget, with backpressure.
+struct DataWriter {
+    out: JobOutput,
+    to: tokio::io::Stdout,
+}
+
+impl AsyncWrite for DataWriter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let allowed = (*self.out.budget.lock().unwrap_or_else(|p| p.into_inner())).min(buf.len() as u64) as usize;
+        if allowed == 0 && !buf.is_empty() {
+            if !self.out.noted.swap(true, Ordering::Relaxed) {
+                eprintln!("[{}] (standard output reached its limit, stdout_data_bytes: the job's data stream is cut)", self.out.job_id);
+            }
+            return Poll::Ready(Err(std::io::Error::other("the job's standard output reached its limit (limits.stdout_data_bytes)")));
+        }
+        let written = std::task::ready!(Pin::new(&mut self.to).poll_write(cx, &buf[..allowed]))?;
+        // Charged as written: the budget only shrinks by what reached the reader.
+        self.out.spend(written);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.to).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.to).poll_flush(cx)
     }
 }
 

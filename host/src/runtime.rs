@@ -137,6 +137,8 @@ pub struct JobLimits {
     pub deadline: Duration,
     /// Most bytes the job may print, per stream.
     pub output_bytes: u64,
+    /// Most bytes of a data stdout ([`OutputSink::Data`]), in place of `output_bytes`.
+    pub stdout_data_bytes: u64,
     /// Backend reads one job keeps in flight.
     pub reads_in_flight: usize,
     /// Handles, bytes, operations and bandwidth.
@@ -158,6 +160,8 @@ impl Default for JobLimits {
             memory_bytes: 1 << 30,
             deadline: Duration::from_secs(3600),
             output_bytes: 64 << 20,
+            // A restore stream of a large image: as much as the output directory may take.
+            stdout_data_bytes: crate::output_dir::DEFAULT_OUTPUT_BYTES,
             reads_in_flight: 8,
             quotas: Quotas {
                 max_handles: Some(1024),
@@ -394,7 +398,11 @@ impl Runtime {
         let mut wasi = WasiCtx::builder();
         // Secret values are kept out of everything the host writes for the job.
         let redactor = job.secrets.redactor();
-        wasi.stdout(JobOutput::new(&job.job_id, job.stdout, job.limits.output_bytes, redactor.clone()))
+        let stdout_bytes = match job.stdout {
+            OutputSink::Data => job.limits.stdout_data_bytes,
+            _ => job.limits.output_bytes,
+        };
+        wasi.stdout(JobOutput::new(&job.job_id, job.stdout, stdout_bytes, redactor.clone()))
             .stderr(JobOutput::new(&job.job_id, job.stderr, job.limits.output_bytes, redactor.clone()))
             .args(&[job.job_id.as_str()])
             // Deny-by-default, said out loud: no sockets, no name lookups, no environment,

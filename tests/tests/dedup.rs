@@ -5,10 +5,11 @@
 //! wrong passphrase, a forged manifest and a damaged chunk are each named, and nothing is
 //! restored from them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use rbd_wasm::backend::{Backend, CreateOptions};
-use rbd_wasm_tests::{guest, run_host_measured, unique_prefix, S3Gateway, Site};
+use rbd_wasm_tests::{ceph_conf, guest, host_binary, librbd_backend, run_host_measured, unique_prefix, S3Gateway, Site};
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -37,8 +38,9 @@ fn dedup(site: &Site, repo: &Path, passphrase: &str, args: &[&str]) -> (String, 
     dedup_with(site, repo, passphrase, None, args)
 }
 
-/// As [`dedup`]; with `s3`, the gateway's bucket is granted and its keys handed too.
-fn dedup_with(site: &Site, repo: &Path, passphrase: &str, s3: Option<&S3Gateway>, args: &[&str]) -> (String, serde_json::Value) {
+/// A manifest for the dedup job on `repo` with `passphrase` (in the returned directory);
+/// with `s3`, the gateway's bucket is granted and its keys handed too.
+fn manifest(repo: &Path, passphrase: &str, s3: Option<&S3Gateway>) -> (tempfile::TempDir, PathBuf) {
     let conf = tempfile::tempdir().unwrap();
     std::fs::write(conf.path().join("passphrase"), format!("{passphrase}\n")).unwrap();
     let mut extra = String::new();
@@ -57,16 +59,63 @@ fn dedup_with(site: &Site, repo: &Path, passphrase: &str, s3: Option<&S3Gateway>
         ),
     )
     .unwrap();
-    let component = guest("dedup");
-    let mut all: Vec<&str> = vec!["run", "--json", "--progress", "none", "--manifest", manifest.to_str().unwrap()];
-    all.extend(site.store_args.iter().map(String::as_str));
-    all.extend([component.to_str().unwrap(), "--"]);
-    all.extend(args);
-    let out = run_host_measured(&all, &[]);
+    (conf, manifest)
+}
+
+/// `rbd-wasm run`'s arguments for the dedup job with `manifest` on `site`: `flags`, then
+/// the component and `args`.
+fn run_args(site: &Site, manifest: &Path, flags: &[&str], args: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = ["run", "--progress", "none", "--manifest"].iter().map(|s| s.to_string()).collect();
+    all.push(manifest.display().to_string());
+    all.extend(flags.iter().map(|s| s.to_string()));
+    all.extend(site.store_args.iter().cloned());
+    all.push(guest("dedup").display().to_string());
+    all.push("--".into());
+    all.extend(args.iter().map(|s| s.to_string()));
+    all
+}
+
+/// As [`dedup`]; with `s3`, the gateway's bucket is granted and its keys handed too.
+fn dedup_with(site: &Site, repo: &Path, passphrase: &str, s3: Option<&S3Gateway>, args: &[&str]) -> (String, serde_json::Value) {
+    let (_conf, manifest) = manifest(repo, passphrase, s3);
+    let all = run_args(site, &manifest, &["--json"], args);
+    let out = run_host_measured(&all.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no report ({e}): {stderr}"));
     assert!(!stderr.contains(passphrase), "the passphrase was printed");
     (stderr, report)
+}
+
+/// Restore backup `n` of `image` through a pipe: the dedup job writes an `rbd export-diff`
+/// stream on its standard output (`--stdout-data`) and `rbd import-diff -` applies it to
+/// the new Ceph image `target`. Whether both succeeded, and both's stderr.
+fn restore_through_import_diff(site: &Site, repo: &Path, passphrase: &str, image: &str, n: u64, target: &str) -> (bool, String) {
+    rbd(&["create", "--size", "1M", &format!("rbd/{target}")]);
+    let (_conf, manifest) = manifest(repo, passphrase, None);
+    let args = run_args(site, &manifest, &["--stdout-data"], &["restore", "rbd", image, "-", "--backup", &n.to_string()]);
+    let mut job = Command::new(host_binary())
+        .args(&args)
+        .env_remove("CEPH_CONF")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let import = Command::new("rbd")
+        .arg("-c")
+        .arg(ceph_conf())
+        .args(["import-diff", "--no-progress", "-", &format!("rbd/{target}")])
+        .stdin(job.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    let job = job.wait_with_output().unwrap();
+    let said = format!("{}\n{}", String::from_utf8_lossy(&job.stderr), String::from_utf8_lossy(&import.stderr));
+    assert!(!said.contains(passphrase), "the passphrase was printed");
+    (job.status.success() && import.status.success(), said)
+}
+
+fn rbd(args: &[&str]) {
+    let out = Command::new("rbd").arg("-c").arg(ceph_conf()).args(args).output().expect("run rbd");
+    assert!(out.status.success(), "rbd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn ok(run: (String, serde_json::Value)) -> String {
@@ -134,6 +183,17 @@ fn a_chain_restores_and_a_shared_image_dedups(site: Site) {
         assert!(contents(site.backend.as_ref(), &target, None) == contents(site.backend.as_ref(), image, Some(&format!("dedup-{n}"))), "{image} backup {n} restores different bytes");
     }
 
+    // The same chain through `rbd import-diff -`, onto a Ceph image (whichever backend the
+    // backups came from).
+    let ceph = librbd_backend();
+    for (image, n) in [(&a, 1), (&a, 2), (&b, 1)] {
+        let target = format!("{image}-imported-{n}");
+        let (done, said) = restore_through_import_diff(&site, repo.path(), pass, image, n, &target);
+        assert!(done, "{said}");
+        assert!(said.contains("each chunk checked against its id"), "{said}");
+        assert!(contents(ceph.as_ref(), &target, None) == contents(site.backend.as_ref(), image, Some(&format!("dedup-{n}"))), "{image} backup {n} imports different bytes");
+    }
+
     let verified = ok(dedup(&site, repo.path(), pass, &["verify", "rbd", &a, "--deep"]));
     assert!(verified.contains("chunks present and whole"), "{verified}");
 
@@ -159,6 +219,10 @@ fn a_chain_restores_and_a_shared_image_dedups(site: Site) {
             let error = run.1["error"].as_str().unwrap();
             assert!(error.contains("does not authenticate"), "{error}");
             damaged += 1;
+            // Through a pipe too: the stream stops before its end record, and `rbd
+            // import-diff` refuses it.
+            let (done, said) = restore_through_import_diff(&site, repo.path(), pass, image, n, &format!("{image}-damaged-imported-{n}"));
+            assert!(!done && said.contains("does not authenticate"), "a damaged chunk was imported: {said}");
         }
     }
     assert!(damaged > 0, "a damaged chunk went unnoticed");

@@ -11,8 +11,9 @@ use rbd_wasm::capability::{Grant, Grants, ImagePattern, Operation, Operations};
 use rbd_wasm::runtime::{JobError, JobLimits};
 use rbd_wasm_tests::rogue_http::RogueHttp;
 use rbd_wasm_tests::{
-    ceph_conf, embedded_store, guest, librbd_backend, run, run_host_measured, run_with, unique_prefix, JobRun, Measured,
+    ceph_conf, embedded_store, guest, host_binary, librbd_backend, run, run_host_measured, run_with, unique_prefix, JobRun, Measured,
 };
+use std::process::{Command, Stdio};
 
 /// How an attack must end.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -568,7 +569,7 @@ fn every_attack_has_a_test() {
     listing.assert_ok();
     let listed: Vec<&str> = listing.stdout.lines().collect();
     // `hold_a_lock_and_write_forever` is the fault suite's (tests/tests/faults.rs).
-    let by_hand = ["unlock_another_jobs_lock", "hold_a_lock_and_write_forever", "leak_a_secret"].into_iter().chain(NETWORK.iter().copied());
+    let by_hand = ["unlock_another_jobs_lock", "hold_a_lock_and_write_forever", "leak_a_secret", "flood_a_data_stdout"].into_iter().chain(NETWORK.iter().copied());
     let tested: Vec<&str> = ATTACKS.iter().chain(MEASURED).copied().chain(by_hand).collect();
     let (mut listed, mut tested) = (listed, tested);
     listed.sort_unstable();
@@ -807,6 +808,70 @@ fn http_upload_past_the_network_quota() {
 
 // ---- Secrets through the `rbd-wasm` binary: a job that prints the secret it was handed
 // everywhere it can; the value appears nowhere the host writes, its name does.
+
+/// A job floods its data stdout (`--stdout-data`, a restore stream's channel). With a reader
+/// that takes everything, the stream is cut at `stdout_data_bytes` exactly and the job's
+/// write fails (a cut stream must not look whole); with a reader that takes nothing, the job
+/// waits on the pipe until its deadline. Either way the host holds no more than a write.
+#[test]
+fn flood_a_data_stdout() {
+    use std::io::Read;
+    let store = embedded_store();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.toml");
+    let limit = 64u64 << 20;
+    std::fs::write(&manifest, format!("schema = 1\n[job]\nstdout_data = true\n[[grants]]\npool = \"rbd\"\nimages = \"d-job-*\"\noperations = [\"read\"]\n[limits]\nstdout_data_bytes = {limit}\ndeadline_secs = 8\n")).unwrap();
+    let component = guest("hostile");
+    let args = |_: &str| {
+        vec![
+            "run".to_string(), "--json".into(), "--progress".into(), "none".into(), "--manifest".into(), manifest.display().to_string(),
+            "--store".into(), store.dir.path().display().to_string(), component.display().to_string(), "--".into(), "flood_a_data_stdout".into(), "d".into(),
+        ]
+    };
+    let _ = host_binary();
+    for reader in ["drains", "stalls"] {
+        let started = std::time::Instant::now();
+        let mut child = Command::new(host_binary())
+            .args(args(reader))
+            .env("RBD_WASM_CACHE", rbd_wasm_tests::test_cache_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let taken = std::thread::spawn(move || {
+            let mut n = 0u64;
+            if reader == "drains" {
+                let mut buf = vec![0u8; 1 << 20];
+                while let Ok(k) = stdout.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                }
+            } else {
+                // Hold the pipe open, read nothing, until the host has gone.
+                std::thread::sleep(std::time::Duration::from_secs(30));
+            }
+            n
+        });
+        let out = child.wait_with_output().unwrap();
+        let wall = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: serde_json::Value = serde_json::from_str(&stderr[stderr.rfind("\n{").map_or(0, |i| i + 1)..]).unwrap_or_else(|e| panic!("no report on stderr ({e}): {stderr}"));
+        let peak = report["host_peak_rss_bytes"].as_u64().unwrap();
+        assert!(peak < (HOST_BASE_MIB + 64) << 20, "{reader}: the host peaked at {} MiB", peak >> 20);
+        if reader == "drains" {
+            assert_eq!(report["status"], "failed", "{report}");
+            assert!(stderr.contains("reached its limit (limits.stdout_data_bytes)"), "{stderr}");
+            assert_eq!(taken.join().unwrap(), limit, "the reader got other than the limit's bytes");
+        } else {
+            assert_eq!(report["status"], "deadline", "{report}");
+            assert!(wall < std::time::Duration::from_secs(8 + DEADLINE_MARGIN_SECS), "{reader}: the host took {wall:?}");
+        }
+    }
+}
 
 #[test]
 fn leak_a_secret() {

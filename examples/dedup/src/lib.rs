@@ -28,7 +28,7 @@ use rbd_wasm_guest::s3::Bucket;
 use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Image};
 
 const ROOT: &str = "/out";
-const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES] | backup POOL IMAGE | restore POOL IMAGE TARGET [--backup N] | verify POOL IMAGE [--backup N] [--deep]";
+const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES] | backup POOL IMAGE | restore POOL IMAGE (TARGET | -) [--backup N] | verify POOL IMAGE [--backup N] [--deep]";
 const SNAPSHOT_PREFIX: &str = "dedup-";
 
 fn run(args: Vec<String>) -> Result<()> {
@@ -45,10 +45,10 @@ fn run(args: Vec<String>) -> Result<()> {
         ["init"] => init(&store, 256 << 10),
         ["init", "--chunk-size", n] => init(&store, n.parse().map_err(|_| format!("--chunk-size {n:?}: not a number"))?),
         ["backup", pool, image] => backup(&store, pool, image),
+        ["restore", pool, image, "-"] => restore_to_stdout(&store, pool, image, None),
+        ["restore", pool, image, "-", "--backup", n] => restore_to_stdout(&store, pool, image, Some(number(n)?)),
         ["restore", pool, image, target] => restore(&store, pool, image, target, None),
-        ["restore", pool, image, target, "--backup", n] => {
-            restore(&store, pool, image, target, Some(n.parse().map_err(|_| format!("--backup {n:?}: not a number"))?))
-        }
+        ["restore", pool, image, target, "--backup", n] => restore(&store, pool, image, target, Some(number(n)?)),
         ["verify", pool, image, rest @ ..] => {
             let deep = rest.contains(&"--deep");
             let number = match rest.iter().position(|a| *a == "--backup") {
@@ -59,6 +59,10 @@ fn run(args: Vec<String>) -> Result<()> {
         }
         _ => Err(USAGE.into()),
     }
+}
+
+fn number(n: &str) -> Result<u64> {
+    Ok(n.parse().map_err(|_| format!("--backup {n:?}: not a number"))?)
 }
 
 /// Where the repository is: the output directory, or a bucket under a prefix. The same
@@ -322,6 +326,38 @@ fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, numbe
         written += 1;
     }
     println!("restored backup {} of {pool_name}/{image_name} to {target}: {written} chunks, each checked against its id", manifest.number);
+    Ok(())
+}
+
+/// Write backup `number` of an image to standard output as an `rbd export-diff` v1 stream
+/// of the whole image (`rbd import-diff -` applies it; the host must run the job with
+/// `--stdout-data`). Each chunk is checked against its id before its bytes go out; runs of
+/// zero chunks are `z` records. A run that fails midway leaves the stream without its end
+/// record, which `rbd import-diff` refuses.
+fn restore_to_stdout(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<()> {
+    let (_, codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
+    let chunk = u64::from(index.chunk_size);
+    let size = manifest.image_size;
+    let mut out = backup_repo::stream::StreamWriter::new(rbd_wasm_guest::data_stdout(), None, &manifest.snapshot, size)?;
+    let mut offset = 0u64;
+    for entry in &index.entries {
+        match entry {
+            Entry::Zeroes(n) => {
+                let length = (n * chunk).min(size - offset);
+                out.zero(offset, length)?;
+                offset += length;
+            }
+            Entry::Chunk(id) => {
+                let sealed = store.get(&id.path())?.ok_or_else(|| format!("chunk {} of backup {}: missing", id.hex(), manifest.number))?;
+                let data = codec.open(&id.0, &sealed).map_err(|e| format!("backup {}: {e}", manifest.number))?;
+                out.data(offset, &data)?;
+                offset += data.len() as u64;
+            }
+        }
+    }
+    let (mut stdout, _, bytes) = out.finish()?;
+    std::io::Write::flush(&mut stdout)?;
+    eprintln!("backup {} of {pool_name}/{image_name} written to standard output: {bytes} bytes, each chunk checked against its id", manifest.number);
     Ok(())
 }
 

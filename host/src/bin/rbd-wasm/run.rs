@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// Map the output directory read-only (enough for restore and verify).
     #[arg(long)]
     output_read_only: bool,
+    /// The job's standard output is data (say, an `rbd export-diff` stream for `rbd
+    /// import-diff -`): passed on as written, not tagged or escaped. Refused when standard
+    /// output is a terminal; `--json` prints its report on standard error then.
+    #[arg(long)]
+    stdout_data: bool,
     /// Stop the job after this many seconds (default 3600).
     #[arg(long)]
     deadline_secs: Option<u64>,
@@ -102,6 +107,7 @@ struct JobPlan {
     limits: JobLimits,
     output_dir: Option<PathBuf>,
     output_read_only: bool,
+    stdout_data: bool,
     /// Secrets: the manifest's only (a command line is seen by every user of the machine).
     secrets: rbd_wasm::Secrets,
 }
@@ -146,6 +152,7 @@ fn job_plan(args: &RunArgs) -> Result<JobPlan, JobError> {
         limits,
         output_dir: args.output_dir.clone().or_else(|| manifest.as_ref().and_then(|m| m.output_dir.clone())),
         output_read_only: args.output_read_only || manifest.as_ref().is_some_and(|m| m.output_read_only),
+        stdout_data: args.stdout_data || manifest.as_ref().is_some_and(|m| m.stdout_data),
     })
 }
 
@@ -165,6 +172,7 @@ pub fn run_job(args: RunArgs) -> ExitCode {
     let cancel = Arc::new(tokio::sync::Notify::new());
     let signalled = Arc::new(AtomicI32::new(0));
     let mut view = ProgressView::new(&job_id, mode);
+    let mut report_to_stderr = args.stdout_data;
     let result = (|| -> Result<(), JobError> {
         let plan = job_plan(&args)?;
         component_path = plan.component;
@@ -190,7 +198,12 @@ pub fn run_job(args: RunArgs) -> ExitCode {
             let view = view.clone();
             OutputSink::Lines(Arc::new(move |line: &str| view.print_line(line, to_stderr)))
         };
+        report_to_stderr = plan.stdout_data;
+        if plan.stdout_data && std::io::stdout().is_terminal() {
+            return Err(JobError::Setup("the job's stdout is data (--stdout-data) and standard output is a terminal: redirect it to a file or a pipe".into()));
+        }
         let (stdout, stderr) = match (args.json, mode) {
+            _ if plan.stdout_data => (OutputSink::Data, if args.json || mode == ProgressMode::Bars { line_sink(true) } else { OutputSink::Stderr }),
             (true, _) => (line_sink(true), line_sink(true)),
             (false, ProgressMode::Bars) => (line_sink(false), line_sink(true)),
             (false, _) => (OutputSink::Stdout, OutputSink::Stderr),
@@ -250,6 +263,8 @@ pub fn run_job(args: RunArgs) -> ExitCode {
             progress,
         };
         match serde_json::to_string_pretty(&report) {
+            // Standard output is the job's data: the report is standard error's last lines.
+            Ok(json) if report_to_stderr => eprintln!("{json}"),
             Ok(json) => println!("{json}"),
             Err(e) => eprintln!("rbd-wasm: cannot write the report: {e}"),
         }

@@ -264,6 +264,21 @@ fn print_gigabytes(_: &Ctx) -> R {
     Ok(())
 }
 
+/// Writes 4 GiB to a data stdout (`--stdout-data`) in 1 MiB writes: the host must neither
+/// buffer what the reader has not taken nor pass more than `stdout_data_bytes`.
+fn flood_a_data_stdout(_: &Ctx) -> R {
+    use std::io::Write;
+    let mut out = rbd_wasm_guest::data_stdout();
+    let block = vec![0x5au8; 1 << 20];
+    for i in 0..4096 {
+        if let Err(e) = out.write_all(&block) {
+            // Not println!: stdout is the refused stream.
+            return Err(format!("refused after {i} MiB: {e}"));
+        }
+    }
+    Err("wrote 4 GiB to standard output".into())
+}
+
 fn reach_for_files(_: &Ctx) -> R {
     for path in ["/etc/passwd", "/", ".", "/out/../etc/passwd"] {
         if std::fs::read(path).is_ok() || std::fs::read_dir(path).is_ok() {
@@ -1211,6 +1226,7 @@ const ATTACKS: &[(&str, fn(&Ctx) -> R)] = &[
     ("http_redirect_elsewhere", http_redirect_elsewhere),
     ("read_secrets_without_a_grant", read_secrets_without_a_grant),
     ("leak_a_secret", leak_a_secret),
+    ("flood_a_data_stdout", flood_a_data_stdout),
     ("https_checked_against_the_granted_name", https_checked_against_the_granted_name),
     ("http_slow_response", http_slow_response),
     ("http_endless_response", http_endless_response),
