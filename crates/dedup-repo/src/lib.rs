@@ -20,6 +20,7 @@ pub mod chunk;
 pub mod config;
 pub mod index;
 pub mod manifest;
+pub mod retention;
 
 /// Why a repository's file cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,25 +1,36 @@
-//! Backups into the deduplicating, encrypted repository (`docs/dedup-format.md`; issue 15,
-//! in progress: verify, prune and garbage collection are to come).
+//! Backups into the deduplicating, encrypted repository (`docs/dedup-format.md`).
 //!
-//! Arguments: `[--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES]`, `backup POOL
-//! IMAGE`, `restore POOL IMAGE TARGET [--backup N]`. The repository is the job's `/out`, or
-//! with `--s3` a bucket under a prefix (keys: the secrets `s3-access-key` and
-//! `s3-secret-key`; the endpoint granted as `[[outbound]]`); its passphrase is the secret
-//! `repo-passphrase`.
+//! Arguments: `[--s3 ENDPOINT BUCKET PREFIX] COMMAND ...` (see [`USAGE`]). The repository is
+//! the job's `/out`, or with `--s3` a bucket under a prefix (keys: the secrets
+//! `s3-access-key` and `s3-secret-key`; the endpoint granted as `[[outbound]]`); its
+//! passphrase is the secret `repo-passphrase`.
 //!
-//! `backup` takes the snapshot `dedup-N` and writes backup N: an index of the image chunk
-//! by chunk, and the chunks the repository does not have yet, sealed by the host
-//! (`ChunkCodec`: keyed id, zstd, AES-256-GCM). With a previous backup whose snapshot the
-//! image still has, only the chunks `diff-iterate` names since it are read; the others are
-//! the previous index's. The manifest is written last: a backup without one is not a
-//! backup, and the next run takes its snapshot again. One runner per repository at a time
-//! (runners' claims, as the plain backup job has, are to come). `restore` creates TARGET and writes every stored chunk of the index, each
-//! checked by the host to be the chunk its id names.
+//! - `init` writes the config (the keys, wrapped by the passphrase).
+//! - `backup` takes the snapshot `dedup-N` and writes backup N: the chunks the repository
+//!   does not have yet, sealed by the host (`ChunkCodec`: keyed id, zstd, AES-256-GCM), an
+//!   index of the image chunk by chunk, and last the manifest: a backup without one is not a
+//!   backup, and the next run takes its snapshot again. With a previous backup whose
+//!   snapshot the image still has, only the chunks `diff-iterate` names since it are read;
+//!   the others are the previous index's. Older `dedup-*` snapshots are removed after.
+//! - `restore` writes every chunk of a backup, each checked by the host to be the chunk its
+//!   id names, to a new image, or (TARGET `-`) as an `rbd export-diff` v1 stream on
+//!   standard output for `rbd import-diff -`.
+//! - `verify` checks backups: manifest and index authenticated, every chunk present; more
+//!   with `--deep`, `--sample`, `--compare`, and `--skip-verified-within` ([`verify`]).
+//! - `prune` removes backups (their manifests) that a retention policy does not keep;
+//!   `gc` removes what no complete backup refers to ([`maintenance`]).
+//!
+//! Runs share the repository through leases ([`lease`]): two backups of one image at once
+//! make one backup, and `gc` never deletes a chunk while a backup that may refer to it runs.
 
-use std::fs;
-use std::path::PathBuf;
+mod lease;
+mod maintenance;
+mod store;
+mod verify;
 
-use backup_repo::{encode_name, write_atomically, Result};
+use std::time::Duration;
+
+use backup_repo::{encode_name, Result};
 use dedup_repo::chunk::ChunkId;
 use dedup_repo::config::{Config, Keys};
 use dedup_repo::index::{Entry, Index};
@@ -27,9 +38,71 @@ use dedup_repo::manifest::Manifest;
 use rbd_wasm_guest::s3::Bucket;
 use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Image};
 
+use lease::{Lease, Taken};
+use store::{now, random, Store};
+
 const ROOT: &str = "/out";
-const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] init [--chunk-size BYTES] | backup POOL IMAGE | restore POOL IMAGE (TARGET | -) [--backup N] | verify POOL IMAGE [--backup N] [--deep]";
+pub const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] COMMAND, one of\n\
+  init [--chunk-size BYTES]\n\
+  backup POOL IMAGE\n\
+  restore POOL IMAGE (TARGET | -) [--backup N]\n\
+  verify POOL IMAGE [--backup N | --all] [--deep | --sample PERCENT] [--compare] [--skip-verified-within DAYS]\n\
+  prune POOL IMAGE [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--dry-run]\n\
+  gc [--dry-run]\n\
+and with any command: [--stale-after SECS] (a lease without heartbeat this long is a dead run's; default 120) [--wait SECS] (longest wait for a sweep, or for runs before one; default 3600)";
 const SNAPSHOT_PREFIX: &str = "dedup-";
+
+/// A command's positional arguments and options.
+pub struct Opts<'a> {
+    pub positional: Vec<&'a str>,
+    values: Vec<(&'a str, &'a str)>,
+    flags: Vec<&'a str>,
+}
+
+const FLAGS: &[&str] = &["--deep", "--dry-run", "--compare", "--all"];
+const VALUES: &[&str] = &[
+    "--backup", "--chunk-size", "--stale-after", "--wait", "--sample", "--skip-verified-within", "--keep-last", "--keep-hourly",
+    "--keep-daily", "--keep-weekly", "--keep-monthly", "--keep-yearly",
+];
+
+impl<'a> Opts<'a> {
+    fn parse(args: &[&'a str]) -> Result<Opts<'a>> {
+        let mut opts = Opts { positional: Vec::new(), values: Vec::new(), flags: Vec::new() };
+        let mut rest = args.iter();
+        while let Some(&arg) = rest.next() {
+            if FLAGS.contains(&arg) {
+                opts.flags.push(arg);
+            } else if VALUES.contains(&arg) {
+                let value = rest.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                opts.values.push((arg, value));
+            } else if arg.starts_with("--") {
+                return Err(format!("unknown option {arg}\n{USAGE}").into());
+            } else {
+                opts.positional.push(arg);
+            }
+        }
+        Ok(opts)
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.contains(&name)
+    }
+
+    pub fn number(&self, name: &str) -> Result<Option<u64>> {
+        match self.values.iter().rev().find(|(k, _)| *k == name) {
+            None => Ok(None),
+            Some((_, v)) => Ok(Some(v.parse().map_err(|_| format!("{name} {v:?}: not a number"))?)),
+        }
+    }
+
+    fn stale(&self) -> Result<u64> {
+        Ok(self.number("--stale-after")?.unwrap_or(lease::STALE_SECS).max(4))
+    }
+
+    fn wait(&self) -> Result<Duration> {
+        Ok(Duration::from_secs(self.number("--wait")?.unwrap_or(3600)))
+    }
+}
 
 fn run(args: Vec<String>) -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -38,111 +111,41 @@ fn run(args: Vec<String>) -> Result<()> {
             let bucket = Bucket::from_secrets(endpoint, bucket, "default", "s3-access-key", "s3-secret-key")?;
             (Store::S3 { bucket, prefix: prefix.trim_matches('/').to_owned() }, rest)
         }
-        rest => (Store::Dir(PathBuf::from(ROOT)), rest),
+        rest => (Store::Dir(ROOT.into()), rest),
     };
-    match args {
+    let opts = Opts::parse(args)?;
+    let (stale, wait) = (opts.stale()?, opts.wait()?);
+    match opts.positional.as_slice() {
         // 256 KiB: bench/README.md, "The dedup repository's chunk size".
-        ["init"] => init(&store, 256 << 10),
-        ["init", "--chunk-size", n] => init(&store, n.parse().map_err(|_| format!("--chunk-size {n:?}: not a number"))?),
-        ["backup", pool, image] => backup(&store, pool, image),
-        ["restore", pool, image, "-"] => restore_to_stdout(&store, pool, image, None),
-        ["restore", pool, image, "-", "--backup", n] => restore_to_stdout(&store, pool, image, Some(number(n)?)),
-        ["restore", pool, image, target] => restore(&store, pool, image, target, None),
-        ["restore", pool, image, target, "--backup", n] => restore(&store, pool, image, target, Some(number(n)?)),
-        ["verify", pool, image, rest @ ..] => {
-            let deep = rest.contains(&"--deep");
-            let number = match rest.iter().position(|a| *a == "--backup") {
-                Some(i) => Some(rest.get(i + 1).and_then(|n| n.parse().ok()).ok_or("--backup needs a number")?),
-                None => None,
-            };
-            verify(&store, pool, image, number, deep)
+        ["init"] => init(&store, opts.number("--chunk-size")?.unwrap_or(256 << 10).try_into().map_err(|_| "--chunk-size: too large")?),
+        ["backup", pool, image] => backup(&store, pool, image, stale, wait),
+        ["restore", pool, image, target] => {
+            let _lease = read_lease(&store, pool, image, stale, wait)?;
+            match *target {
+                "-" => restore_to_stdout(&store, pool, image, opts.number("--backup")?),
+                target => restore(&store, pool, image, target, opts.number("--backup")?),
+            }
         }
+        ["verify", pool, image] => {
+            let _lease = read_lease(&store, pool, image, stale, wait)?;
+            verify::verify(&store, pool, image, &opts)
+        }
+        ["prune", pool, image] => maintenance::prune(&store, pool, image, &opts),
+        ["gc"] => maintenance::gc(&store, opts.flag("--dry-run"), stale, wait),
         _ => Err(USAGE.into()),
     }
 }
 
-fn number(n: &str) -> Result<u64> {
-    Ok(n.parse().map_err(|_| format!("--backup {n:?}: not a number"))?)
-}
-
-/// Where the repository is: the output directory, or a bucket under a prefix. The same
-/// paths in both; a file is complete when it appears (a rename, or a PUT).
-enum Store {
-    Dir(PathBuf),
-    S3 { bucket: Bucket, prefix: String },
-}
-
-/// The largest file the job reads whole (an index of a 16 TiB image in 1 MiB chunks is 528 MiB
-/// at worst; configs and manifests are small).
-const MAX_READ: u64 = 1 << 30;
-
-impl Store {
-    fn key(&self, rel: &str) -> String {
-        match self {
-            Store::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{rel}"),
-            _ => rel.to_owned(),
-        }
-    }
-
-    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        match self {
-            Store::Dir(root) => match fs::read(root.join(rel)) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(format!("{}: {e}", root.join(rel).display()).into()),
-            },
-            Store::S3 { bucket, .. } => Ok(bucket.get(&self.key(rel), MAX_READ)?),
-        }
-    }
-
-    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        match self {
-            Store::Dir(root) => {
-                let path = root.join(rel);
-                fs::create_dir_all(path.parent().ok_or("a file has a directory")?)?;
-                write_atomically(&path, bytes)
-            }
-            Store::S3 { bucket, .. } => Ok(bucket.put(&self.key(rel), bytes)?),
-        }
-    }
-
-    fn exists(&self, rel: &str) -> Result<bool> {
-        match self {
-            Store::Dir(root) => Ok(root.join(rel).exists()),
-            Store::S3 { bucket, .. } => Ok(bucket.head(&self.key(rel))?.is_some()),
-        }
-    }
-
-    /// The names of the files directly in directory `rel`.
-    fn list(&self, rel: &str) -> Result<Vec<String>> {
-        match self {
-            Store::Dir(root) => match fs::read_dir(root.join(rel)) {
-                Ok(entries) => entries.map(|e| Ok(e?.file_name().to_string_lossy().into_owned())).collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(format!("{}: {e}", root.join(rel).display()).into()),
-            },
-            Store::S3 { bucket, .. } => {
-                let dir = format!("{}/", self.key(rel));
-                Ok(bucket.list(&dir)?.into_iter().filter_map(|o| o.key.strip_prefix(&dir).filter(|n| !n.contains('/')).map(str::to_owned)).collect())
-            }
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Store::Dir(root) => root.display().to_string(),
-            Store::S3 { prefix, .. } => format!("the bucket, under {prefix:?}"),
-        }
+/// The lease of a restore or a verify: a sweep waits for it.
+fn read_lease<'a>(store: &'a Store, pool: &str, image: &str, stale: u64, wait: Duration) -> Result<Lease<'a>> {
+    match Lease::for_run(store, "read", pool, image, stale, wait)? {
+        Taken::Held(lease) => Ok(lease),
+        Taken::Busy(_) => Err("a read lease is never busy".into()),
     }
 }
 
-fn passphrase() -> Result<Vec<u8>> {
+pub(crate) fn passphrase() -> Result<Vec<u8>> {
     Ok(rbd_wasm_guest::secrets::get("repo-passphrase").map_err(|e| format!("the secret repo-passphrase: {e}"))?)
-}
-
-fn random(buf: &mut [u8]) {
-    let bytes = wasip2::random::random::get_random_bytes(buf.len() as u64);
-    buf.copy_from_slice(&bytes);
 }
 
 fn init(store: &Store, chunk_size: u32) -> Result<()> {
@@ -156,7 +159,7 @@ fn init(store: &Store, chunk_size: u32) -> Result<()> {
 }
 
 /// The repository's config and keys.
-fn open_repo(store: &Store) -> Result<(Config, Keys)> {
+pub(crate) fn open_repo(store: &Store) -> Result<(Config, Keys)> {
     let bytes = store.get("config")?.ok_or_else(|| format!("{} has no config (run `init` first)", store.describe()))?;
     let config = Config::parse(&bytes)?;
     let keys = config.open(&passphrase()?)?;
@@ -164,13 +167,13 @@ fn open_repo(store: &Store) -> Result<(Config, Keys)> {
 }
 
 /// `indexes/POOL/IMAGE` and `backups/POOL/IMAGE`, relative to the repository.
-fn image_dirs(pool: &str, image: &str) -> Result<(String, String)> {
+pub(crate) fn image_dirs(pool: &str, image: &str) -> Result<(String, String)> {
     let (p, i) = (encode_name(pool)?, encode_name(image)?);
     Ok((format!("indexes/{p}/{i}"), format!("backups/{p}/{i}")))
 }
 
 /// The image's complete backups, oldest first, each manifest authenticated.
-fn manifests(store: &Store, keys: &Keys, pool: &str, image: &str) -> Result<Vec<Manifest>> {
+pub(crate) fn manifests(store: &Store, keys: &Keys, pool: &str, image: &str) -> Result<Vec<Manifest>> {
     let (_, backups) = image_dirs(pool, image)?;
     let mut found = Vec::new();
     for name in store.list(&backups)? {
@@ -188,7 +191,7 @@ fn manifests(store: &Store, keys: &Keys, pool: &str, image: &str) -> Result<Vec<
 }
 
 /// A backup's index, authenticated and checked against its manifest.
-fn read_index(store: &Store, keys: &Keys, manifest: &Manifest) -> Result<Index> {
+pub(crate) fn read_index(store: &Store, keys: &Keys, manifest: &Manifest) -> Result<Index> {
     let path = &manifest.index;
     let bytes = store.get(path)?.ok_or_else(|| format!("{path}: missing"))?;
     if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != manifest.index_sha256 {
@@ -198,7 +201,7 @@ fn read_index(store: &Store, keys: &Keys, manifest: &Manifest) -> Result<Index> 
 }
 
 /// Every chunk of `index`, one entry each: `None` for zeroes.
-fn per_chunk(index: &Index) -> Vec<Option<ChunkId>> {
+pub(crate) fn per_chunk(index: &Index) -> Vec<Option<ChunkId>> {
     let mut out = Vec::with_capacity(index.chunks() as usize);
     for entry in &index.entries {
         match entry {
@@ -209,23 +212,33 @@ fn per_chunk(index: &Index) -> Vec<Option<ChunkId>> {
     out
 }
 
-fn backup(store: &Store, pool_name: &str, image_name: &str) -> Result<()> {
+fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Duration) -> Result<()> {
     let (config, keys) = open_repo(store)?;
+    let mut lease = match Lease::for_run(store, "backup", pool_name, image_name, stale, wait)? {
+        Taken::Held(lease) => lease,
+        Taken::Busy(other) => {
+            println!("another runner (since {}, lease {}) is backing up {pool_name}/{image_name}: nothing to do", other.started, other.id);
+            return Ok(());
+        }
+    };
     let chunk = u64::from(config.chunk_size);
     let codec = ChunkCodec::new(&keys.data, &keys.id)?;
+    // Read under the lease: a sweep cannot remove the base's chunks until it ends.
     let previous = manifests(store, &keys, pool_name, image_name)?;
     let n = previous.last().map_or(1, |m| m.number + 1);
     let snapshot = format!("{SNAPSHOT_PREFIX}{n}");
     let pool = open_pool(pool_name)?;
     let head = pool.open(image_name)?;
     let snaps: Vec<String> = head.list_snaps()?.into_iter().map(|s| s.name).collect();
-    // A `dedup-N` without manifest N is a killed run's (the manifest is written last): it
-    // is taken again, so a kill never blocks the next run.
+    // A `dedup-N` without manifest N is a killed run's (the manifest is written last, and no
+    // other run of this image holds a lease): it is taken again, so a kill never blocks the
+    // next run.
     if snaps.contains(&snapshot) {
         head.remove_snap(&snapshot)?;
         println!("removed {snapshot}, left by a run that did not finish");
     }
     head.create_snap(&snapshot)?;
+    println!("took {snapshot}");
     let image = pool.open_at_snapshot(image_name, &snapshot)?;
     let size = image.size()?;
     let chunks = size.div_ceil(chunk);
@@ -252,6 +265,7 @@ fn backup(store: &Store, pool_name: &str, image_name: &str) -> Result<()> {
         if !touched[k as usize] {
             continue;
         }
+        lease.heartbeat()?;
         let offset = k * chunk;
         let data = image.read(offset, chunk.min(size - offset))?;
         read += 1;
@@ -262,6 +276,9 @@ fn backup(store: &Store, pool_name: &str, image_name: &str) -> Result<()> {
                 store.put(&id.path(), &sealed.sealed)?;
                 stored += 1;
                 written += sealed.sealed.len() as u64;
+                if stored % 64 == 0 {
+                    println!("stored {stored} chunks");
+                }
             }
         }
         ids[k as usize] = id;
@@ -277,27 +294,38 @@ fn backup(store: &Store, pool_name: &str, image_name: &str) -> Result<()> {
     let index_rel = format!("{index_dir}/{n}.idx");
     let index_bytes = index.encode(&keys.mac);
     store.put(&index_rel, &index_bytes)?;
+    println!("wrote the index of backup {n}");
     let manifest = Manifest {
         pool: pool_name.into(),
         image: image_name.into(),
         number: n,
-        snapshot,
+        snapshot: snapshot.clone(),
         image_size: size,
         index: index_rel,
         index_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&index_bytes)),
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created: now(),
     };
+    // The commit point: only while the lease certainly holds (a sweep that took this run
+    // for dead may have removed chunks it found stored).
+    lease.check()?;
     store.put(&format!("{backups_dir}/{n}.json"), &manifest.encode(&keys.mac))?;
+    drop(lease);
     println!(
         "backup {n} of {pool_name}/{image_name}: {read} chunks read{}, {stored} new stored ({written} bytes sealed)",
         if base.is_some() { " (changed since the last backup)" } else { "" }
     );
+    // Only the newest snapshot is a base for the next backup.
+    for old in snaps.iter().filter(|s| s.strip_prefix(SNAPSHOT_PREFIX).and_then(|k| k.parse::<u64>().ok()).is_some_and(|k| k < n)) {
+        if let Err(e) = head.remove_snap(old) {
+            eprintln!("removing the older snapshot {old}: {e}");
+        }
+    }
     Ok(())
 }
 
 /// The keys, a codec, and backup `number` (the newest if none) of an image with its index,
 /// each authenticated.
-fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<(Keys, ChunkCodec, Manifest, Index)> {
+pub(crate) fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<(Keys, ChunkCodec, Manifest, Index)> {
     let (_, keys) = open_repo(store)?;
     let codec = ChunkCodec::new(&keys.data, &keys.id)?;
     let mut all = manifests(store, &keys, pool_name, image_name)?;
@@ -359,46 +387,6 @@ fn restore_to_stdout(store: &Store, pool_name: &str, image_name: &str, number: O
     std::io::Write::flush(&mut stdout)?;
     eprintln!("backup {} of {pool_name}/{image_name} written to standard output: {bytes} bytes, each chunk checked against its id", manifest.number);
     Ok(())
-}
-
-/// Check a backup: its manifest and index authenticate, and every chunk it refers to is
-/// there; with `deep`, every chunk also opens (its tag, its decompression, its id).
-fn verify(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>, deep: bool) -> Result<()> {
-    let (_, codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
-    let manifest = &manifest;
-    let mut ids: Vec<ChunkId> = index.chunk_ids().copied().collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let (mut missing, mut damaged) = (Vec::new(), Vec::new());
-    for id in &ids {
-        if deep {
-            match store.get(&id.path())? {
-                None => missing.push(id.hex()),
-                Some(sealed) => {
-                    if let Err(e) = codec.open(&id.0, &sealed) {
-                        damaged.push(format!("{}: {e}", id.hex()));
-                    }
-                }
-            }
-        } else if !store.exists(&id.path())? {
-            missing.push(id.hex());
-        }
-    }
-    let what = if deep { "present and whole (opened, decompressed, rehashed)" } else { "present" };
-    if missing.is_empty() && damaged.is_empty() {
-        println!("backup {} of {pool_name}/{image_name}: all {} chunks {what}", manifest.number, ids.len());
-        return Ok(());
-    }
-    Err(format!(
-        "backup {} of {pool_name}/{image_name}: {} of {} chunks missing {:?}, {} damaged {:?}",
-        manifest.number,
-        missing.len(),
-        ids.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        damaged.len(),
-        damaged.iter().take(5).collect::<Vec<_>>()
-    )
-    .into())
 }
 
 fn write_all(image: &Image, offset: u64, data: &[u8]) -> Result<()> {

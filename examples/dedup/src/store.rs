@@ -1,0 +1,143 @@
+//! Where the repository is: the job's output directory, or a bucket under a prefix. The
+//! same relative paths in both; a file is complete when it appears under its name (a
+//! rename of a uniquely named temporary file, or a PUT).
+
+use std::fs;
+use std::path::PathBuf;
+
+use backup_repo::Result;
+use rbd_wasm_guest::s3::Bucket;
+
+pub enum Store {
+    Dir(PathBuf),
+    S3 { bucket: Bucket, prefix: String },
+}
+
+/// The largest file the job reads whole (an index of a 16 TiB image in 256 KiB chunks is
+/// 2 GiB at worst, with no zero runs: a limit, checked; configs, manifests and markers are
+/// small).
+const MAX_READ: u64 = 1 << 30;
+
+/// Marks a temporary file (`NAME.tmp.RANDOM`): never a repository file, removed by `gc`.
+pub const TMP: &str = ".tmp.";
+
+impl Store {
+    fn key(&self, rel: &str) -> String {
+        match self {
+            Store::S3 { prefix, .. } if !prefix.is_empty() => format!("{prefix}/{rel}"),
+            _ => rel.to_owned(),
+        }
+    }
+
+    pub fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Dir(root) => match fs::read(root.join(rel)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("{}: {e}", root.join(rel).display()).into()),
+            },
+            Store::S3 { bucket, .. } => Ok(bucket.get(&self.key(rel), MAX_READ)?),
+        }
+    }
+
+    /// Write `rel` whole. In a directory: a temporary file of its own (two runners storing
+    /// the same chunk at once must not write into one), synced, then renamed.
+    pub fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        match self {
+            Store::Dir(root) => {
+                use std::io::Write;
+                let path = root.join(rel);
+                fs::create_dir_all(path.parent().ok_or("a file has a directory")?)?;
+                let tmp = root.join(format!("{rel}{TMP}{}", random_hex(8)));
+                let context = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
+                let mut f = fs::File::create(&tmp).map_err(context)?;
+                f.write_all(bytes).map_err(context)?;
+                f.sync_all().map_err(context)?;
+                fs::rename(&tmp, &path).map_err(context)?;
+                Ok(())
+            }
+            Store::S3 { bucket, .. } => Ok(bucket.put(&self.key(rel), bytes)?),
+        }
+    }
+
+    pub fn exists(&self, rel: &str) -> Result<bool> {
+        match self {
+            Store::Dir(root) => Ok(root.join(rel).exists()),
+            Store::S3 { bucket, .. } => Ok(bucket.head(&self.key(rel))?.is_some()),
+        }
+    }
+
+    /// Remove `rel`; nothing if it is not there.
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        match self {
+            Store::Dir(root) => match fs::remove_file(root.join(rel)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("removing {}: {e}", root.join(rel).display()).into()),
+            },
+            Store::S3 { bucket, .. } => Ok(bucket.delete(&self.key(rel))?),
+        }
+    }
+
+    /// Every file under directory `rel`, as (path relative to `rel`, size), in no order.
+    pub fn list_tree(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        match self {
+            Store::Dir(root) => {
+                let mut found = Vec::new();
+                let mut dirs = vec![String::new()];
+                while let Some(dir) = dirs.pop() {
+                    let path = root.join(rel).join(&dir);
+                    let entries = match fs::read_dir(&path) {
+                        Ok(entries) => entries,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+                    };
+                    for entry in entries {
+                        let entry = entry?;
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        let sub = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                        let meta = entry.metadata()?;
+                        if meta.is_dir() {
+                            dirs.push(sub);
+                        } else {
+                            found.push((sub, meta.len()));
+                        }
+                    }
+                }
+                Ok(found)
+            }
+            Store::S3 { bucket, .. } => {
+                let dir = format!("{}/", self.key(rel));
+                Ok(bucket.list(&dir)?.into_iter().filter_map(|o| Some((o.key.strip_prefix(&dir)?.to_owned(), o.size))).collect())
+            }
+        }
+    }
+
+    /// The names of the files directly in directory `rel`.
+    pub fn list(&self, rel: &str) -> Result<Vec<String>> {
+        Ok(self.list_tree(rel)?.into_iter().filter(|(n, _)| !n.contains('/')).map(|(n, _)| n).collect())
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Dir(root) => root.display().to_string(),
+            Store::S3 { prefix, .. } => format!("the bucket, under {prefix:?}"),
+        }
+    }
+}
+
+pub fn random(buf: &mut [u8]) {
+    let bytes = wasip2::random::random::get_random_bytes(buf.len() as u64);
+    buf.copy_from_slice(&bytes);
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    random(&mut buf);
+    hex::encode(buf)
+}
+
+/// Seconds since the Unix epoch, by the host's wall clock.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
