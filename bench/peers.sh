@@ -18,6 +18,8 @@
 #   BENCH_CEPH_DIR     directory of the throwaway cluster (default /tmp/rbd-wasm-peers-ceph)
 #   BENCH_CEPH_PORT    its monitor port (default 6798)
 #   BENCH_RGW_PORT     its gateway's port (default 7598)
+#   BENCH_OSD_STORE    its OSD's object store: bluestore (default; a sparse file of 20 times
+#                      the image under BENCH_CEPH_DIR) or memstore (RAM; small sizes only)
 #   BENCH_WORK         scratch directory (default: a new one under /tmp, removed at the end)
 #   BENCH_RESULTS      where peers-<UTC timestamp>.jsonl goes (default bench/results)
 #   BENJI_VENV         Benji's virtual environment (default /opt/rbd-wasm/benji)
@@ -73,11 +75,14 @@ if [[ -n "${BENCH_CEPH_CONF:-}" ]]; then
 else
     ceph_dir=${BENCH_CEPH_DIR:-/tmp/rbd-wasm-peers-ceph}
     log "starting a throwaway cluster with a gateway in $ceph_dir"
-    # Room in the OSD's RAM for, per round: the two images and the copies their snapshots
-    # keep (the three tools' snapshots of one state share them), one restored image at a
-    # time, and the three buckets (Benji's 4 MiB blocks store the most, about 3.5 times
-    # the image after the series).
+    # A bluestore OSD (a sparse file under the cluster's directory) by default: the series
+    # keeps two images, the copies their snapshots keep, one restored image at a time and
+    # three buckets (about 8.5 GB at 1 GiB: Benji's 4 MiB blocks store 3.3 times the
+    # image), and a memstore OSD holding that took 22 GB of RAM (its buffers are larger than
+    # the data they keep) and was killed by the kernel on this 24 GiB machine.
     conf=$(RBD_WASM_CEPH_PORT=${BENCH_CEPH_PORT:-6798} RBD_WASM_CEPH_RGW_PORT=${BENCH_RGW_PORT:-7598} \
+        RBD_WASM_CEPH_OSD_STORE=${BENCH_OSD_STORE:-bluestore} \
+        RBD_WASM_CEPH_BLUESTORE_BYTES=$(((mib * 20 + 4096) << 20)) \
         RBD_WASM_CEPH_MEMSTORE_BYTES=$(((mib * 14 + 2048) << 20)) \
         scripts/ceph-cluster.sh start "$ceph_dir")
     s3_env=$ceph_dir/s3.env

@@ -20,11 +20,13 @@ object per measurement to RESULTS/peers-<UTC timestamp>.jsonl and prints a Markd
 import argparse
 import base64
 import datetime
+import hashlib
 import json
 import os
 import resource
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,10 +66,14 @@ class Peers:
         self.access = s3["RBD_WASM_S3_ACCESS_KEY"]
         self.secret = s3["RBD_WASM_S3_SECRET_KEY"]
         self.region = s3.get("RBD_WASM_S3_REGION", "default")
-        target = args.target_dir
-        self.rbd_wasm = os.path.join(target, "release", "rbd-wasm")
-        self.native = os.path.join(target, "release", "bench-native")
-        self.dedup_wasm = os.path.join(target, "wasm32-wasip2", "release", "dedup.wasm")
+        # Copies of the binaries, so that a build during the run cannot change them midway.
+        target, bin_dir = args.target_dir, os.path.join(args.work, "bin")
+        os.makedirs(bin_dir, exist_ok=True)
+        for name, path in [("rbd_wasm", ("release", "rbd-wasm")), ("native", ("release", "bench-native")),
+                           ("dedup_wasm", ("wasm32-wasip2", "release", "dedup.wasm"))]:
+            copy = os.path.join(bin_dir, path[-1])
+            shutil.copy2(os.path.join(target, *path), copy)
+            setattr(self, name, copy)
         self.benji = os.path.join(args.benji_venv, "bin", "benji")
         self.stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         os.makedirs(args.results, exist_ok=True)
@@ -93,11 +99,19 @@ class Peers:
             cmd = ["bash", "-c", "set -euo pipefail\n" + cmd]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        p = subprocess.run(cmd, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Its own process group, so that a command that hangs (a stopped OSD) is ended whole.
+        p = subprocess.Popen(cmd, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+        try:
+            p.stdout_bytes, p.stderr_bytes = p.communicate(timeout=self.args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            raise Failed(f"{shlex.join(cmd)[:2000]} did not finish in {self.args.timeout} s")
         secs = time.perf_counter() - t
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+        out, err = p.stdout_bytes.decode(errors="replace"), p.stderr_bytes.decode(errors="replace")
         if log_as:
             with open(os.path.join(self.round_dir, f"{log_as}.log"), "w") as f:
                 f.write(f"$ {shlex.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}\n")
@@ -111,7 +125,9 @@ class Peers:
         return ["rbd", "-c", self.conf, *args, *quiet]
 
     def record(self, **fields):
-        fields = {"round": self.round, "image_mib": self.args.mib, **fields}
+        # The machine's load (1-minute average) goes with each sample: the run shares the
+        # 2 cores with the cluster, and anything else running shows up in the times.
+        fields = {"round": self.round, "image_mib": self.args.mib, **fields, "load1": os.getloadavg()[0]}
         self.samples.append(fields)
         with open(self.out, "a") as f:
             f.write(json.dumps(fields) + "\n")
@@ -138,9 +154,7 @@ class Peers:
                 "objects": main.get("num_objects", 0)}
 
     def remove_bucket(self, name):
-        subprocess.run(["radosgw-admin", "-c", self.conf, "bucket", "rm", "--bucket", name,
-                        "--purge-objects", "--bypass-gc"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        quietly(["radosgw-admin", "-c", self.conf, "bucket", "rm", "--bucket", name, "--purge-objects", "--bypass-gc"])
 
     # --- the tools ------------------------------------------------------------------------
 
@@ -240,7 +254,8 @@ ios:
         if report.get("status") != "ok":
             raise Failed(f"dedup {' '.join(args)}: {report}\n{err[-3000:]}")
         said = [line.split("] ", 1)[-1] for line in err.splitlines() if line.startswith("[dedup]")]
-        return secs, cpu, {"job_elapsed_secs": report.get("elapsed_secs"), "said": said}
+        return secs, cpu, {"job_elapsed_secs": report.get("elapsed_secs"), "job_cpu_ms": report.get("usage", {}).get("cpu_ms"),
+                           "said": said[-1] if said else ""}
 
     def backup(self, tool, image, n):
         """Backup n of `image` by `tool`: (wall seconds, CPU seconds, details). The
@@ -371,8 +386,7 @@ ios:
 
     def cleanup_round(self):
         for name in getattr(self, "images", []):
-            subprocess.run([self.native, "-c", self.conf, "--pool", POOL, "rm", name],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            quietly([self.native, "-c", self.conf, "--pool", POOL, "rm", name])
         for tool in TOOLS:
             self.remove_bucket(self.bucket(tool))
 
@@ -421,8 +435,30 @@ ios:
                      f"rbd-wasm faster or smaller. Restores byte-identical: {'all' if identical else 'NOT ALL'}.")
         return "\n".join(lines)
 
+    def meta(self):
+        """What was measured, with what: one record before the samples."""
+        self.round = 0
+        store = "?"
+        with open(self.conf) as f:
+            for line in f:
+                if line.strip().startswith("osd objectstore"):
+                    store = line.split("=", 1)[1].strip()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        with open(self.dedup_wasm, "rb") as f:
+            wasm_sha = hashlib.sha256(f.read()).hexdigest()[:16]
+        self.record(kind="meta", commit=commit, dedup_wasm_sha256=wasm_sha, osd_objectstore=store,
+                    ceph=self.run(["ceph", "--version"]).strip(),
+                    restic=self.run(["restic", "version"]).strip(),
+                    benji=self.run([os.path.join(self.args.benji_venv, "bin", "python"), "-c",
+                                    "import importlib.metadata as m; print(m.version('benji'))"]).strip(),
+                    fraction=self.args.fraction, runs=self.args.runs)
+
     def main(self):
         self.rounds = self.args.runs
+        self.round_dir = self.args.work
+        self.meta()
         try:
             for rnd in range(1, self.rounds + 1):
                 try:
@@ -435,6 +471,14 @@ ios:
         table = self.table()
         print(table)
         return 0
+
+
+def quietly(cmd):
+    """A clean-up step: its failure is not the run's (but it may not hang the run)."""
+    try:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    except subprocess.TimeoutExpired:
+        log(f"gave up on {shlex.join(cmd)} after 300 s")
 
 
 def du(path):
@@ -462,6 +506,7 @@ def main():
     p.add_argument("--fraction", type=float, default=0.25)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the images and buckets")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds any one command may take")
     args = p.parse_args()
     try:
         return Peers(args).main()

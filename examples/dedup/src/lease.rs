@@ -81,6 +81,21 @@ fn live(m: &Marker, stale: u64) -> bool {
     now().saturating_sub(m.alive) < stale
 }
 
+/// Whether the run holding `marker` is alive: its heartbeat advances, or it ends (its marker
+/// goes), before the marker is stale. Watches for at most the stale time.
+fn heartbeats(store: &Store, marker: &Marker, stale: u64) -> Result<bool> {
+    let path = marker.path();
+    loop {
+        let current = store.get(&path)?.and_then(|b| serde_json::from_slice::<Marker>(&b).ok());
+        match current {
+            None => return Ok(true),
+            Some(m) if m.alive != marker.alive => return Ok(true),
+            Some(m) if !live(&m, stale) => return Ok(false),
+            Some(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
 /// What a backup that wants a lease found.
 pub enum Taken<'a> {
     Held(Lease<'a>),
@@ -116,7 +131,13 @@ impl<'a> Lease<'a> {
             if kind == "backup" {
                 if let Some(other) = others.into_iter().find(|m| m.kind == "backup" && m.pool == pool && m.image == image) {
                     drop(lease);
-                    return Ok(Taken::Busy(other));
+                    // A live runner heartbeats; a killed one's lease goes stale (so the
+                    // next run waits at most the stale time, then proceeds).
+                    if heartbeats(store, &other, stale)? {
+                        return Ok(Taken::Busy(other));
+                    }
+                    println!("the lease of a run of {pool}/{image} since {} went stale (killed?): taking over", other.started);
+                    continue;
                 }
             }
             return Ok(Taken::Held(lease));
@@ -160,9 +181,11 @@ impl<'a> Lease<'a> {
         Duration::from_secs(HEARTBEAT_SECS.min(self.stale / 4).max(1))
     }
 
-    /// Fail if the lease may have been taken for dead (no heartbeat for half the stale time).
+    /// Fail if the lease may have been taken for dead: no heartbeat for the stale time less
+    /// a margin (for the commit that follows and for clocks that differ between hosts).
     pub fn check(&self) -> Result<()> {
-        if self.beat.elapsed() > Duration::from_secs(self.stale / 2) {
+        let margin = (self.stale / 8).max(2);
+        if self.beat.elapsed() + Duration::from_secs(margin) >= Duration::from_secs(self.stale) {
             return Err(format!(
                 "this run's lease went {} s without a heartbeat (stale after {} s): another run may have taken it for dead, so this one stops",
                 self.beat.elapsed().as_secs(),

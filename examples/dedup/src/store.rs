@@ -93,10 +93,16 @@ impl Store {
                         Err(e) => return Err(format!("{}: {e}", path.display()).into()),
                     };
                     for entry in entries {
-                        let entry = entry?;
+                        let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
                         let name = entry.file_name().to_string_lossy().into_owned();
                         let sub = if dir.is_empty() { name } else { format!("{dir}/{name}") };
-                        let meta = entry.metadata()?;
+                        // Another run may remove a file between the listing and this look
+                        // (a lease it gave up, a temporary file it renamed).
+                        let meta = match entry.metadata() {
+                            Ok(meta) => meta,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(format!("{}: {e}", path.join(&sub).display()).into()),
+                        };
                         if meta.is_dir() {
                             dirs.push(sub);
                         } else {
