@@ -28,6 +28,7 @@ mod maintenance;
 mod store;
 mod verify;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use backup_repo::{encode_name, Result};
@@ -36,7 +37,7 @@ use dedup_repo::config::{Config, Keys};
 use dedup_repo::index::{Entry, Index};
 use dedup_repo::manifest::Manifest;
 use rbd_wasm_guest::s3::Bucket;
-use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Image};
+use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Image, Range};
 
 use lease::{Lease, Taken};
 use store::{now, random, Store};
@@ -51,6 +52,9 @@ pub const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] COMMAND, one of\n\
   gc [--dry-run]\n\
 and with any command: [--stale-after SECS] (a lease without heartbeat this long is a dead run's; default 120) [--wait SECS] (longest wait for a sweep, or for runs before one; default 3600)";
 const SNAPSHOT_PREFIX: &str = "dedup-";
+/// Chunks read, sealed and stored together (4 MiB of 256 KiB chunks); their reads are in
+/// flight while the batch before is sealed and stored.
+const BATCH: usize = 16;
 
 /// A command's positional arguments and options.
 pub struct Opts<'a> {
@@ -259,32 +263,51 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
             touched[k as usize] = true;
         }
     }
+    // The chunks the repository has: listed once (under the lease no sweep removes one),
+    // instead of a look per chunk.
+    let mut known: HashSet<ChunkId> = store
+        .list_tree("chunks")?
+        .into_iter()
+        .filter(|(rel, _)| !rel.contains(store::TMP))
+        .filter_map(|(rel, _)| ChunkId::parse(rel.rsplit('/').next()?).ok())
+        .collect();
+    let todo: Vec<u64> = (0..chunks).filter(|k| touched[*k as usize]).collect();
     let (mut read, mut stored, mut written) = (0u64, 0u64, 0u64);
-    let todo = touched.iter().filter(|t| **t).count() as u64;
-    for k in 0..chunks {
-        if !touched[k as usize] {
-            continue;
-        }
+    // Batches of chunks: the next batch's reads are in flight while this one is hashed,
+    // sealed and stored.
+    let ranges = |batch: &[u64]| -> Vec<Range> { batch.iter().map(|k| Range { offset: k * chunk, length: chunk.min(size - k * chunk) }).collect() };
+    let batches: Vec<&[u64]> = todo.chunks(BATCH).collect();
+    let mut next = match batches.first() {
+        Some(batch) => Some(image.start_reads(&ranges(batch), None)?),
+        None => None,
+    };
+    for (b, batch) in batches.iter().enumerate() {
         lease.heartbeat()?;
-        let offset = k * chunk;
-        let data = image.read(offset, chunk.min(size - offset))?;
-        read += 1;
-        let id = codec.ids(&data, config.chunk_size)[0].map(ChunkId);
-        if let Some(id) = id {
-            if !store.exists(&id.path())? {
-                let sealed = codec.seal(&data)?;
-                store.put(&id.path(), &sealed.sealed)?;
-                stored += 1;
-                written += sealed.sealed.len() as u64;
-                if stored % 64 == 0 {
-                    println!("stored {stored} chunks");
+        let results = next.take().ok_or("reads were started")?.wait()?;
+        if let Some(following) = batches.get(b + 1) {
+            next = Some(image.start_reads(&ranges(following), None)?);
+        }
+        let mut new: Vec<(String, Vec<u8>)> = Vec::new();
+        for (k, result) in batch.iter().zip(results) {
+            let data = result.data;
+            read += 1;
+            let id = codec.ids(&data, config.chunk_size)[0].map(ChunkId);
+            if let Some(id) = id {
+                if known.insert(id) {
+                    let sealed = codec.seal(&data)?;
+                    written += sealed.sealed.len() as u64;
+                    new.push((id.path(), sealed.sealed));
                 }
             }
+            ids[*k as usize] = id;
         }
-        ids[k as usize] = id;
-        if read % 64 == 0 {
-            report_progress(&format!("backup {pool_name}/{image_name}"), read, Some(todo));
+        let before = stored / 64;
+        stored += new.len() as u64;
+        store.put_all(new)?;
+        if stored / 64 > before {
+            println!("stored {} chunks", stored / 64 * 64);
         }
+        report_progress(&format!("backup {pool_name}/{image_name}"), read, Some(todo.len() as u64));
     }
     let mut index = Index { chunk_size: config.chunk_size, image_size: size, entries: Vec::new() };
     for id in ids {

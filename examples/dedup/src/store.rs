@@ -18,6 +18,10 @@ pub enum Store {
 /// small).
 const MAX_READ: u64 = 1 << 30;
 
+/// Requests a bucket keeps open at once when storing chunks (the host's default
+/// `http_connections` is 8).
+const PUTS_IN_FLIGHT: usize = 8;
+
 /// Marks a temporary file (`NAME.tmp.RANDOM`): never a repository file, removed by `gc`.
 pub const TMP: &str = ".tmp.";
 
@@ -57,6 +61,17 @@ impl Store {
                 Ok(())
             }
             Store::S3 { bucket, .. } => Ok(bucket.put(&self.key(rel), bytes)?),
+        }
+    }
+
+    /// Write several files (chunks): to a bucket several at once.
+    pub fn put_all(&self, files: Vec<(String, Vec<u8>)>) -> Result<()> {
+        match self {
+            Store::Dir(_) => files.iter().try_for_each(|(rel, bytes)| self.put(rel, bytes)),
+            Store::S3 { bucket, .. } => {
+                let keyed: Vec<(String, Vec<u8>)> = files.into_iter().map(|(rel, bytes)| (self.key(&rel), bytes)).collect();
+                Ok(bucket.put_all(&keyed, PUTS_IN_FLIGHT)?)
+            }
         }
     }
 
