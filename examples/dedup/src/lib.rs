@@ -37,7 +37,7 @@ use dedup_repo::config::{Config, Keys};
 use dedup_repo::index::{Entry, Index};
 use dedup_repo::manifest::Manifest;
 use rbd_wasm_guest::s3::Bucket;
-use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Image, Range};
+use rbd_wasm_guest::{open_pool, report_progress, ChunkCodec, Range};
 
 use lease::{Lease, Taken};
 use store::{now, random, Store};
@@ -52,9 +52,11 @@ pub const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] COMMAND, one of\n\
   gc [--dry-run]\n\
 and with any command: [--stale-after SECS] (a lease without heartbeat this long is a dead run's; default 120) [--wait SECS] (longest wait for a sweep, or for runs before one; default 3600)";
 const SNAPSHOT_PREFIX: &str = "dedup-";
-/// Chunks read, sealed and stored together (4 MiB of 256 KiB chunks); their reads are in
-/// flight while the batch before is sealed and stored.
-const BATCH: usize = 16;
+/// How many chunks are read, sealed and stored (or fetched, opened and written) together:
+/// 4 MiB of them, 1 to 64. A backup's next batch is read while one is sealed and stored.
+fn batch_len(chunk: u64) -> usize {
+    ((4u64 << 20) / chunk.max(1)).clamp(1, 64) as usize
+}
 
 /// A command's positional arguments and options.
 pub struct Opts<'a> {
@@ -276,7 +278,7 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
     // Batches of chunks: the next batch's reads are in flight while this one is hashed,
     // sealed and stored.
     let ranges = |batch: &[u64]| -> Vec<Range> { batch.iter().map(|k| Range { offset: k * chunk, length: chunk.min(size - k * chunk) }).collect() };
-    let batches: Vec<&[u64]> = todo.chunks(BATCH).collect();
+    let batches: Vec<&[u64]> = todo.chunks(batch_len(chunk)).collect();
     let mut next = match batches.first() {
         Some(batch) => Some(image.start_reads(&ranges(batch), None)?),
         None => None,
@@ -363,21 +365,35 @@ pub(crate) fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, nu
 
 fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, number: Option<u64>) -> Result<()> {
     let (_, codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
-    let manifest = &manifest;
     let pool = open_pool(pool_name)?;
     pool.create(target, manifest.image_size)?;
     let image = pool.open(target)?;
     let chunk = u64::from(index.chunk_size);
+    let stored: Vec<(u64, ChunkId)> = per_chunk(&index).into_iter().enumerate().filter_map(|(k, id)| Some((k as u64 * chunk, id?))).collect();
     let mut written = 0u64;
-    for (k, id) in per_chunk(&index).into_iter().enumerate() {
-        let Some(id) = id else { continue };
-        let sealed = store.get(&id.path())?.ok_or_else(|| format!("chunk {} of backup {}: missing", id.hex(), manifest.number))?;
-        let data = codec.open(&id.0, &sealed).map_err(|e| format!("backup {}: {e}", manifest.number))?;
-        write_all(&image, k as u64 * chunk, &data)?;
-        written += 1;
+    for batch in stored.chunks(batch_len(chunk)) {
+        let writes = open_chunks(store, &codec, manifest.number, batch)?;
+        written += writes.len() as u64;
+        image.write_ranges(writes)?;
+        report_progress(&format!("restore {target}"), written, Some(stored.len() as u64));
     }
     println!("restored backup {} of {pool_name}/{image_name} to {target}: {written} chunks, each checked against its id", manifest.number);
     Ok(())
+}
+
+/// The plaintext of each chunk of `batch` (image offset, id), fetched together and each
+/// checked by the host to be the chunk its id names.
+fn open_chunks(store: &Store, codec: &ChunkCodec, backup: u64, batch: &[(u64, ChunkId)]) -> Result<Vec<(u64, Vec<u8>)>> {
+    let sealed = store.get_all(&batch.iter().map(|(_, id)| id.path()).collect::<Vec<_>>())?;
+    batch
+        .iter()
+        .zip(sealed)
+        .map(|((offset, id), sealed)| {
+            let sealed = sealed.ok_or_else(|| format!("chunk {} of backup {backup}: missing", id.hex()))?;
+            let data = codec.open(&id.0, &sealed).map_err(|e| format!("backup {backup}: {e}"))?;
+            Ok((*offset, data))
+        })
+        .collect()
 }
 
 /// Write backup `number` of an image to standard output as an `rbd export-diff` v1 stream
@@ -390,35 +406,37 @@ fn restore_to_stdout(store: &Store, pool_name: &str, image_name: &str, number: O
     let chunk = u64::from(index.chunk_size);
     let size = manifest.image_size;
     let mut out = backup_repo::stream::StreamWriter::new(rbd_wasm_guest::data_stdout(), None, &manifest.snapshot, size)?;
+    // Runs of stored chunks are fetched in batches; zero runs are `z` records.
     let mut offset = 0u64;
+    let mut pending: Vec<(u64, ChunkId)> = Vec::new();
+    let flush = |pending: &mut Vec<(u64, ChunkId)>, out: &mut backup_repo::stream::StreamWriter<_>| -> Result<()> {
+        for (at, data) in open_chunks(store, &codec, manifest.number, pending)? {
+            out.data(at, &data)?;
+        }
+        pending.clear();
+        Ok(())
+    };
     for entry in &index.entries {
         match entry {
             Entry::Zeroes(n) => {
+                flush(&mut pending, &mut out)?;
                 let length = (n * chunk).min(size - offset);
                 out.zero(offset, length)?;
                 offset += length;
             }
             Entry::Chunk(id) => {
-                let sealed = store.get(&id.path())?.ok_or_else(|| format!("chunk {} of backup {}: missing", id.hex(), manifest.number))?;
-                let data = codec.open(&id.0, &sealed).map_err(|e| format!("backup {}: {e}", manifest.number))?;
-                out.data(offset, &data)?;
-                offset += data.len() as u64;
+                pending.push((offset, *id));
+                offset += chunk.min(size - offset);
+                if pending.len() == batch_len(chunk) {
+                    flush(&mut pending, &mut out)?;
+                }
             }
         }
     }
+    flush(&mut pending, &mut out)?;
     let (mut stdout, _, bytes) = out.finish()?;
     std::io::Write::flush(&mut stdout)?;
     eprintln!("backup {} of {pool_name}/{image_name} written to standard output: {bytes} bytes, each chunk checked against its id", manifest.number);
-    Ok(())
-}
-
-fn write_all(image: &Image, offset: u64, data: &[u8]) -> Result<()> {
-    let mut at = 0usize;
-    while at < data.len() {
-        let piece = &data[at..(at + (4 << 20)).min(data.len())];
-        image.write(offset + at as u64, piece)?;
-        at += piece.len();
-    }
     Ok(())
 }
 

@@ -18,9 +18,9 @@ pub enum Store {
 /// small).
 const MAX_READ: u64 = 1 << 30;
 
-/// Requests a bucket keeps open at once when storing chunks (the host's default
+/// Requests a bucket keeps open at once when storing or fetching chunks (the host's default
 /// `http_connections` is 8).
-const PUTS_IN_FLIGHT: usize = 8;
+const REQUESTS_IN_FLIGHT: usize = 8;
 
 /// Marks a temporary file (`NAME.tmp.RANDOM`): never a repository file, removed by `gc`.
 pub const TMP: &str = ".tmp.";
@@ -70,7 +70,18 @@ impl Store {
             Store::Dir(_) => files.iter().try_for_each(|(rel, bytes)| self.put(rel, bytes)),
             Store::S3 { bucket, .. } => {
                 let keyed: Vec<(String, Vec<u8>)> = files.into_iter().map(|(rel, bytes)| (self.key(&rel), bytes)).collect();
-                Ok(bucket.put_all(&keyed, PUTS_IN_FLIGHT)?)
+                Ok(bucket.put_all(&keyed, REQUESTS_IN_FLIGHT)?)
+            }
+        }
+    }
+
+    /// Read several files (chunks): from a bucket several at once.
+    pub fn get_all(&self, rels: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        match self {
+            Store::Dir(_) => rels.iter().map(|rel| self.get(rel)).collect(),
+            Store::S3 { bucket, .. } => {
+                let keys: Vec<String> = rels.iter().map(|rel| self.key(rel)).collect();
+                Ok(bucket.get_all(&keys, MAX_READ, REQUESTS_IN_FLIGHT)?)
             }
         }
     }

@@ -192,6 +192,23 @@ impl Bucket {
         read_all(expect(response, &[200])?, max).map(Some)
     }
 
+    /// Each object of `keys` whole (`None` where there is none), up to `in_flight` requests
+    /// open at once; each at most `max` bytes.
+    pub fn get_all(&self, keys: &[String], max: u64, in_flight: usize) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for wave in keys.chunks(in_flight.max(1)) {
+            let mut started = Vec::with_capacity(wave.len());
+            for key in wave {
+                started.push(self.start(Method::Get, key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?);
+            }
+            for request in started {
+                let response = request.response()?;
+                found.push(if response.status() == 404 { None } else { Some(read_all(expect(response, &[200])?, max)?) });
+            }
+        }
+        Ok(found)
+    }
+
     /// The size of object `key`, if it exists.
     pub fn head(&self, key: &str) -> Result<Option<u64>> {
         let response = self.send(Method::Head, key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?;
