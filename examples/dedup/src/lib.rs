@@ -303,11 +303,13 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
             }
             ids[*k as usize] = id;
         }
-        let before = stored / 64;
+        let before = stored;
         stored += new.len() as u64;
         store.put_all(new)?;
-        if stored / 64 > before {
-            println!("stored {} chunks", stored / 64 * 64);
+        // At 64 chunks stored, then at each doubling.
+        let mark = (before + 1).max(64).next_power_of_two();
+        if stored >= mark {
+            println!("stored {} chunks", mark);
         }
         report_progress(&format!("backup {pool_name}/{image_name}"), read, Some(todo.len() as u64));
     }

@@ -76,6 +76,9 @@ pub struct Object {
     pub size: u64,
 }
 
+/// How long a request waits in all for a connection the host has not given back yet.
+const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One bucket of an S3 endpoint, addressed path-style (`/BUCKET/KEY`, which Ceph's gateway
 /// and every S3 implementation answer).
 pub struct Bucket {
@@ -201,8 +204,11 @@ impl Bucket {
             for key in wave {
                 started.push(self.start(Method::Get, key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?);
             }
-            for request in started {
-                let response = request.response()?;
+            for (request, key) in started.into_iter().zip(wave) {
+                let response = match request.response() {
+                    Err(e) if e.code == "ConnectionLimitReached" => self.send(Method::Get, key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?,
+                    other => other?,
+                };
                 found.push(if response.status() == 404 { None } else { Some(read_all(expect(response, &[200])?, max)?) });
             }
         }
@@ -309,22 +315,54 @@ impl Bucket {
     }
 
     /// Send one signed request for `key` (empty: the bucket itself).
+    /// A request whose body can be sent again (none, or bytes) waits for a free connection
+    /// ([`Bucket::retrying`]); a streamed body is sent once.
     fn send(&self, method: Method, key: &str, query: &[(&str, &str)], headers: &[(&str, &str)], body: Body<'_>, payload_hash: &str) -> Result<IncomingResponse> {
-        self.start(method, key, query, headers, body, payload_hash)?.response()
+        match body {
+            Body::Stream(..) => self.start(method, key, query, headers, body, payload_hash)?.response(),
+            Body::Empty => self.retrying(|| self.start(method.clone(), key, query, headers, Body::Empty, payload_hash)?.response()),
+            Body::Bytes(bytes) => self.retrying(|| self.start(method.clone(), key, query, headers, Body::Bytes(bytes), payload_hash)?.response()),
+        }
+    }
+
+    /// `request()`, again while the host answers that the job's connections are all open:
+    /// a finished exchange's connection is given back by the host a moment after its
+    /// response is read, so a request made right after may find none free.
+    fn retrying(&self, request: impl Fn() -> Result<IncomingResponse>) -> Result<IncomingResponse> {
+        let mut wait = std::time::Duration::from_millis(2);
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match request() {
+                Err(e) if e.code == "ConnectionLimitReached" && waited < CONNECTION_WAIT => {
+                    std::thread::sleep(wait);
+                    waited += wait;
+                    wait = (wait * 2).min(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Store each `(key, data)`, keeping up to `in_flight` requests open at once (their
     /// bodies written one after another, their answers awaited together): many small objects
     /// go up at the speed of several connections rather than of one round trip each.
+    ///
+    /// The bodies are sent `UNSIGNED-PAYLOAD` (the request itself is signed): for objects
+    /// that carry their own authentication, as sealed chunks do, hashing them again for the
+    /// signature only costs time.
     pub fn put_all(&self, objects: &[(String, Vec<u8>)], in_flight: usize) -> Result<()> {
         for wave in objects.chunks(in_flight.max(1)) {
             let mut started = Vec::with_capacity(wave.len());
             for (key, data) in wave {
-                let hash: String = crate::sha256_chunks(data, 0).first().map(|d| d.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default();
-                started.push(self.start(Method::Put, key, &[], &[], Body::Bytes(data), &hash)?);
+                started.push(self.start(Method::Put, key, &[], &[], Body::Bytes(data), sigv4::UNSIGNED_PAYLOAD)?);
             }
-            for request in started {
-                expect(request.response()?, &[200])?;
+            for (request, (key, data)) in started.into_iter().zip(wave) {
+                let response = match request.response() {
+                    // Sent again, once a connection is free.
+                    Err(e) if e.code == "ConnectionLimitReached" => self.send(Method::Put, key, &[], &[], Body::Bytes(data), sigv4::UNSIGNED_PAYLOAD)?,
+                    other => other?,
+                };
+                expect(response, &[200])?;
             }
         }
         Ok(())
