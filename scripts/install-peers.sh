@@ -9,10 +9,10 @@
 #   BENJI_VENV   where the virtual environment goes (default /opt/rbd-wasm/benji)
 #
 # Benji 0.17.0 (its last release, 2022) does not install with a plain `pip install benji`
-# on Python 3.11: it pins ruamel.yaml <0.16, whose sources no longer build there. Its
-# other requirements install within its own ranges; ruamel.yaml 0.16 keeps the API it
-# uses (`ruamel.yaml.load(f, Loader=SafeLoader)`), so the dependencies are installed
-# first, ruamel.yaml at 0.16, and Benji itself with --no-deps. Its RBD source needs the
+# on Python 3.11: it pins ruamel.yaml <0.16, whose sources no longer build there.
+# ruamel.yaml 0.16 keeps the API it uses (`ruamel.yaml.load(f, Loader=SafeLoader)`), so
+# its dependencies are installed first, each at a version verified with it (ruamel.yaml
+# at 0.16.13, the others within Benji's own ranges), and Benji itself with --no-deps. Its RBD source needs the
 # `rados` and `rbd` modules, which are not on PyPI: Debian's (python3-rados, python3-rbd,
 # built for the system's Python) are linked into the environment, which is therefore made
 # with the system's /usr/bin/python3, not another Python on the PATH.
@@ -63,31 +63,35 @@ for module in rados rbd; do
     "${sudo_cmd[@]}" ln -sf "$so" "$site/$(basename "$so")"
 done
 
-# Benji's install_requires (setup.py of 0.17.0) within its own ranges, but ruamel.yaml;
-# its s3 and compression extras (boto3, zstandard). boto3 below 1.36: from 1.36 on it
-# sends CRC32 checksums with every PUT by default, which Pacific's radosgw may refuse.
+# Benji's install_requires (setup.py of 0.17.0) and its s3 and compression extras (boto3,
+# zstandard), each at the version verified with it here (within Benji's ranges but
+# ruamel.yaml's), so that a later release of one of them does not change the install:
+# Benji imports private names (structlog._frames) and old APIs. boto3 below 1.36: from
+# 1.36 on it sends CRC32 checksums with every PUT by default, which Pacific's radosgw may
+# refuse.
 pip=("${sudo_cmd[@]}" "$venv/bin/pip" install --quiet --disable-pip-version-check)
+"${pip[@]}" wheel
 "${pip[@]}" \
-    'PrettyTable>=0.7.2,<1' \
-    'sqlalchemy>=1.4.14,<2' \
-    'setproctitle>=1.1.8,<2' \
-    'python-dateutil>=2.6.0,<3' \
-    'alembic>=1.0.5,<2' \
-    'ruamel.yaml>0.16,<0.17' \
-    'psycopg2-binary>=2.7.4,<3' \
-    'argcomplete>=1.9.4,<2' \
-    'sparsebitfield>=0.2.5,<1' \
-    'cerberus>=1.2,<2' \
-    'pycryptodome>=3.6.1,<4' \
-    'pyparsing>=2.3.0,<3' \
-    'semantic_version>=2.8.1,<3' \
-    'dateparser>=1.1.1,<2' \
-    'structlog>=19.1.0' \
-    'colorama>=0.4.1,<1' \
-    'diskcache>=3.0.6' \
-    'attrs>=21.4.0,<22' \
-    'zstandard>=0.9.0' \
-    'boto3>=1.15.0,<1.36'
+    'PrettyTable==0.7.2' \
+    'sqlalchemy==1.4.54' \
+    'setproctitle==1.3.8' \
+    'python-dateutil==2.9.0.post0' \
+    'alembic==1.19.2' \
+    'ruamel.yaml==0.16.13' \
+    'psycopg2-binary==2.9.13' \
+    'argcomplete==1.12.3' \
+    'sparsebitfield==0.2.5' \
+    'cerberus==1.3.8' \
+    'pycryptodome==3.24.1' \
+    'pyparsing==2.4.7' \
+    'semantic_version==2.10.0' \
+    'dateparser==1.5.0' \
+    'structlog==26.1.0' \
+    'colorama==0.4.6' \
+    'diskcache==5.6.3' \
+    'attrs==21.4.0' \
+    'zstandard==0.25.0' \
+    'boto3==1.35.99'
 "${pip[@]}" --no-deps "benji==$benji_version"
 
 "$venv/bin/python" -c "$imports" || { log "benji in $venv does not import"; exit 1; }
