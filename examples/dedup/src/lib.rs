@@ -283,29 +283,44 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
         Some(batch) => Some(image.start_reads(&ranges(batch), None)?),
         None => None,
     };
+    // Chunks go up while the next are read and sealed.
+    let mut uploads = store.uploads();
+    let mut hits = Hits::new(known.is_empty());
     for (b, batch) in batches.iter().enumerate() {
         lease.heartbeat()?;
         let results = next.take().ok_or("reads were started")?.wait()?;
         if let Some(following) = batches.get(b + 1) {
             next = Some(image.start_reads(&ranges(following), None)?);
         }
-        let mut new: Vec<(String, Vec<u8>)> = Vec::new();
+        let before = stored;
         for (k, result) in batch.iter().zip(results) {
             let data = result.data;
             read += 1;
-            let id = codec.ids(&data, config.chunk_size)[0].map(ChunkId);
+            // Sealing gives the id too: while most chunks are new, seal at once (one pass
+            // of the keyed hash, not two); while most are stored already, ask the id first
+            // (no sealing of chunks that are not stored).
+            let (id, sealed) = if hits.mostly_new() && !data.iter().all(|&b| b == 0) {
+                let sealed = codec.seal(&data)?;
+                let id = ChunkId(sealed.id.as_slice().try_into().map_err(|_| "the host's chunk id is 32 bytes")?);
+                (Some(id), Some(sealed))
+            } else {
+                (codec.ids(&data, config.chunk_size)[0].map(ChunkId), None)
+            };
             if let Some(id) = id {
-                if known.insert(id) {
-                    let sealed = codec.seal(&data)?;
+                let new = known.insert(id);
+                hits.record(!new);
+                if new {
+                    let sealed = match sealed {
+                        Some(sealed) => sealed,
+                        None => codec.seal(&data)?,
+                    };
                     written += sealed.sealed.len() as u64;
-                    new.push((id.path(), sealed.sealed));
+                    stored += 1;
+                    uploads.put(&id.path(), sealed.sealed)?;
                 }
             }
             ids[*k as usize] = id;
         }
-        let before = stored;
-        stored += new.len() as u64;
-        store.put_all(new)?;
         // At 64 chunks stored, then at each doubling.
         let mark = (before + 1).max(64).next_power_of_two();
         if stored >= mark {
@@ -313,6 +328,7 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
         }
         report_progress(&format!("backup {pool_name}/{image_name}"), read, Some(todo.len() as u64));
     }
+    uploads.finish()?;
     let mut index = Index { chunk_size: config.chunk_size, image_size: size, entries: Vec::new() };
     for id in ids {
         index.push(id);
@@ -350,6 +366,39 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
     Ok(())
 }
 
+/// How many of the last chunks were stored already: decides whether the next is sealed
+/// before its id is known.
+struct Hits {
+    window: std::collections::VecDeque<bool>,
+    hits: usize,
+    /// With no history: whether to assume chunks are new (a fresh repository).
+    fresh: bool,
+}
+
+impl Hits {
+    const WINDOW: usize = 64;
+
+    fn new(fresh: bool) -> Hits {
+        Hits { window: std::collections::VecDeque::with_capacity(Self::WINDOW), hits: 0, fresh }
+    }
+
+    fn record(&mut self, hit: bool) {
+        if self.window.len() == Self::WINDOW && self.window.pop_front() == Some(true) {
+            self.hits -= 1;
+        }
+        self.window.push_back(hit);
+        self.hits += usize::from(hit);
+    }
+
+    /// Fewer than a quarter of the recent chunks were stored already.
+    fn mostly_new(&self) -> bool {
+        if self.window.len() < 8 {
+            return self.fresh;
+        }
+        self.hits * 4 < self.window.len()
+    }
+}
+
 /// The keys, a codec, and backup `number` (the newest if none) of an image with its index,
 /// each authenticated.
 pub(crate) fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<(Keys, ChunkCodec, Manifest, Index)> {
@@ -372,30 +421,35 @@ fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, numbe
     let image = pool.open(target)?;
     let chunk = u64::from(index.chunk_size);
     let stored: Vec<(u64, ChunkId)> = per_chunk(&index).into_iter().enumerate().filter_map(|(k, id)| Some((k as u64 * chunk, id?))).collect();
+    let total = stored.len() as u64;
     let mut written = 0u64;
-    for batch in stored.chunks(batch_len(chunk)) {
-        let writes = open_chunks(store, &codec, manifest.number, batch)?;
-        written += writes.len() as u64;
-        image.write_ranges(writes)?;
-        report_progress(&format!("restore {target}"), written, Some(stored.len() as u64));
+    let mut writes = Vec::new();
+    // The next chunks are fetched while these are opened and written.
+    for (offset, data) in opened_chunks(store, &codec, manifest.number, stored) {
+        writes.push(data.map(|d| (offset, d))?);
+        if writes.len() == batch_len(chunk) {
+            written += writes.len() as u64;
+            image.write_ranges(std::mem::take(&mut writes))?;
+            report_progress(&format!("restore {target}"), written, Some(total));
+        }
     }
+    written += writes.len() as u64;
+    image.write_ranges(writes)?;
     println!("restored backup {} of {pool_name}/{image_name} to {target}: {written} chunks, each checked against its id", manifest.number);
     Ok(())
 }
 
-/// The plaintext of each chunk of `batch` (image offset, id), fetched together and each
+/// The plaintext of each chunk of `chunks` (image offset, id) in order, read ahead, each
 /// checked by the host to be the chunk its id names.
-fn open_chunks(store: &Store, codec: &ChunkCodec, backup: u64, batch: &[(u64, ChunkId)]) -> Result<Vec<(u64, Vec<u8>)>> {
-    let sealed = store.get_all(&batch.iter().map(|(_, id)| id.path()).collect::<Vec<_>>())?;
-    batch
-        .iter()
-        .zip(sealed)
-        .map(|((offset, id), sealed)| {
+fn opened_chunks<'a>(store: &'a Store, codec: &'a ChunkCodec, backup: u64, chunks: Vec<(u64, ChunkId)>) -> impl Iterator<Item = (u64, Result<Vec<u8>>)> + 'a {
+    let paths: Vec<String> = chunks.iter().map(|(_, id)| id.path()).collect();
+    chunks.into_iter().zip(store.read_ahead(paths)).map(move |((offset, id), sealed)| {
+        let data = sealed.and_then(|sealed| {
             let sealed = sealed.ok_or_else(|| format!("chunk {} of backup {backup}: missing", id.hex()))?;
-            let data = codec.open(&id.0, &sealed).map_err(|e| format!("backup {backup}: {e}"))?;
-            Ok((*offset, data))
-        })
-        .collect()
+            Ok(codec.open(&id.0, &sealed).map_err(|e| format!("backup {backup}: {e}"))?)
+        });
+        (offset, data)
+    })
 }
 
 /// Write backup `number` of an image to standard output as an `rbd export-diff` v1 stream
@@ -408,34 +462,33 @@ fn restore_to_stdout(store: &Store, pool_name: &str, image_name: &str, number: O
     let chunk = u64::from(index.chunk_size);
     let size = manifest.image_size;
     let mut out = backup_repo::stream::StreamWriter::new(rbd_wasm_guest::data_stdout(), None, &manifest.snapshot, size)?;
-    // Runs of stored chunks are fetched in batches; zero runs are `z` records.
+    // Chunks are read ahead across zero runs; a zero run is a `z` record.
+    let mut stored = Vec::new();
+    let mut runs = Vec::new();
     let mut offset = 0u64;
-    let mut pending: Vec<(u64, ChunkId)> = Vec::new();
-    let flush = |pending: &mut Vec<(u64, ChunkId)>, out: &mut backup_repo::stream::StreamWriter<_>| -> Result<()> {
-        for (at, data) in open_chunks(store, &codec, manifest.number, pending)? {
-            out.data(at, &data)?;
-        }
-        pending.clear();
-        Ok(())
-    };
     for entry in &index.entries {
         match entry {
             Entry::Zeroes(n) => {
-                flush(&mut pending, &mut out)?;
                 let length = (n * chunk).min(size - offset);
-                out.zero(offset, length)?;
+                runs.push((stored.len(), offset, length));
                 offset += length;
             }
             Entry::Chunk(id) => {
-                pending.push((offset, *id));
+                stored.push((offset, *id));
                 offset += chunk.min(size - offset);
-                if pending.len() == batch_len(chunk) {
-                    flush(&mut pending, &mut out)?;
-                }
             }
         }
     }
-    flush(&mut pending, &mut out)?;
+    let mut runs = runs.into_iter().peekable();
+    for (k, (at, data)) in opened_chunks(store, &codec, manifest.number, stored).enumerate() {
+        while let Some((_, zero_at, length)) = runs.next_if(|(before, _, _)| *before <= k) {
+            out.zero(zero_at, length)?;
+        }
+        out.data(at, &data?)?;
+    }
+    for (_, zero_at, length) in runs {
+        out.zero(zero_at, length)?;
+    }
     let (mut stdout, _, bytes) = out.finish()?;
     std::io::Write::flush(&mut stdout)?;
     eprintln!("backup {} of {pool_name}/{image_name} written to standard output: {bytes} bytes, each chunk checked against its id", manifest.number);

@@ -18,9 +18,10 @@ pub enum Store {
 /// small).
 const MAX_READ: u64 = 1 << 30;
 
-/// Requests a bucket keeps open at once when storing or fetching chunks (the host's default
-/// `http_connections` is 8).
-const REQUESTS_IN_FLIGHT: usize = 8;
+/// Requests a bucket keeps open at once when storing or fetching chunks: under the host's
+/// default `http_connections` of 8, which also counts a response not yet read whole (read
+/// ahead), and leaving room for a lease's heartbeat.
+const REQUESTS_IN_FLIGHT: usize = 6;
 
 /// Marks a temporary file (`NAME.tmp.RANDOM`): never a repository file, removed by `gc`.
 pub const TMP: &str = ".tmp.";
@@ -64,26 +65,15 @@ impl Store {
         }
     }
 
-    /// Write several files (chunks): to a bucket several at once.
-    pub fn put_all(&self, files: Vec<(String, Vec<u8>)>) -> Result<()> {
-        match self {
-            Store::Dir(_) => files.iter().try_for_each(|(rel, bytes)| self.put(rel, bytes)),
-            Store::S3 { bucket, .. } => {
-                let keyed: Vec<(String, Vec<u8>)> = files.into_iter().map(|(rel, bytes)| (self.key(&rel), bytes)).collect();
-                Ok(bucket.put_all(&keyed, REQUESTS_IN_FLIGHT)?)
-            }
-        }
+    /// Writes of files (chunks) that may still be on their way: to a bucket several at once.
+    pub fn uploads(&self) -> Uploads<'_> {
+        Uploads { store: self, pending: std::collections::VecDeque::new() }
     }
 
-    /// Read several files (chunks): from a bucket several at once.
-    pub fn get_all(&self, rels: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        match self {
-            Store::Dir(_) => rels.iter().map(|rel| self.get(rel)).collect(),
-            Store::S3 { bucket, .. } => {
-                let keys: Vec<String> = rels.iter().map(|rel| self.key(rel)).collect();
-                Ok(bucket.get_all(&keys, MAX_READ, REQUESTS_IN_FLIGHT)?)
-            }
-        }
+    /// The files `rels` in order, read ahead: from a bucket up to [`REQUESTS_IN_FLIGHT`]
+    /// GETs open while the job works on the ones before.
+    pub fn read_ahead(&self, rels: Vec<String>) -> ReadAhead<'_> {
+        ReadAhead { store: self, rels: rels.into_iter(), pending: std::collections::VecDeque::new() }
     }
 
     pub fn exists(&self, rel: &str) -> Result<bool> {
@@ -172,4 +162,68 @@ pub fn random_hex(bytes: usize) -> String {
 /// Seconds since the Unix epoch, by the host's wall clock.
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Files being written ([`Store::uploads`]): to a bucket up to [`REQUESTS_IN_FLIGHT`] PUTs
+/// open while the job prepares the next; to a directory each at once. Complete only after
+/// [`Uploads::finish`].
+pub struct Uploads<'a> {
+    store: &'a Store,
+    pending: std::collections::VecDeque<rbd_wasm_guest::s3::PendingPut>,
+}
+
+impl Uploads<'_> {
+    pub fn put(&mut self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        match self.store {
+            Store::Dir(_) => self.store.put(rel, &bytes),
+            Store::S3 { bucket, .. } => {
+                if self.pending.len() >= REQUESTS_IN_FLIGHT {
+                    if let Some(oldest) = self.pending.pop_front() {
+                        bucket.finish_put(oldest)?;
+                    }
+                }
+                self.pending.push_back(bucket.start_put(self.store.key(rel), bytes)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Wait until every file is written.
+    pub fn finish(mut self) -> Result<()> {
+        if let Store::S3 { bucket, .. } = self.store {
+            while let Some(put) = self.pending.pop_front() {
+                bucket.finish_put(put)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Files read in order, the next ones already asked for ([`Store::read_ahead`]).
+pub struct ReadAhead<'a> {
+    store: &'a Store,
+    rels: std::vec::IntoIter<String>,
+    pending: std::collections::VecDeque<rbd_wasm_guest::s3::PendingGet>,
+}
+
+impl Iterator for ReadAhead<'_> {
+    /// A file's bytes, `None` if it is not there.
+    type Item = Result<Option<Vec<u8>>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.store {
+            Store::Dir(_) => self.rels.next().map(|rel| self.store.get(&rel)),
+            Store::S3 { bucket, .. } => {
+                while self.pending.len() < REQUESTS_IN_FLIGHT {
+                    let Some(rel) = self.rels.next() else { break };
+                    match bucket.start_get(self.store.key(&rel)) {
+                        Ok(get) => self.pending.push_back(get),
+                        Err(e) => return Some(Err(e.into())),
+                    }
+                }
+                let get = self.pending.pop_front()?;
+                Some(bucket.finish_get(get, MAX_READ).map_err(Into::into))
+            }
+        }
+    }
 }

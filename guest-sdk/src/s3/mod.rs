@@ -195,24 +195,42 @@ impl Bucket {
         read_all(expect(response, &[200])?, max).map(Some)
     }
 
-    /// Each object of `keys` whole (`None` where there is none), up to `in_flight` requests
-    /// open at once; each at most `max` bytes.
+    /// Each object of `keys` whole (`None` where there is none), up to `in_flight` GETs
+    /// open at once (a sliding window of [`Bucket::start_get`]); each at most `max` bytes.
     pub fn get_all(&self, keys: &[String], max: u64, in_flight: usize) -> Result<Vec<Option<Vec<u8>>>> {
         let mut found = Vec::with_capacity(keys.len());
-        for wave in keys.chunks(in_flight.max(1)) {
-            let mut started = Vec::with_capacity(wave.len());
-            for key in wave {
-                started.push(self.start(Method::Get, key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?);
+        let mut window = std::collections::VecDeque::new();
+        for key in keys {
+            if window.len() >= in_flight.max(1) {
+                if let Some(oldest) = window.pop_front() {
+                    found.push(self.finish_get(oldest, max)?);
+                }
             }
-            for (request, key) in started.into_iter().zip(wave) {
-                let response = match request.response() {
-                    Err(e) if e.code == "ConnectionLimitReached" => self.send(Method::Get, key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?,
-                    other => other?,
-                };
-                found.push(if response.status() == 404 { None } else { Some(read_all(expect(response, &[200])?, max)?) });
-            }
+            window.push_back(self.start_get(key.clone())?);
+        }
+        for get in window {
+            found.push(self.finish_get(get, max)?);
         }
         Ok(found)
+    }
+
+    /// Send a GET of `key` and return at once; [`Bucket::finish_get`] takes the object.
+    pub fn start_get(&self, key: String) -> Result<PendingGet> {
+        let started = self.start(Method::Get, &key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?;
+        Ok(PendingGet { started, key })
+    }
+
+    /// The object of a GET started by [`Bucket::start_get`] (`None` if there is none), at
+    /// most `max` bytes; one the host refused for want of a free connection is sent again.
+    pub fn finish_get(&self, get: PendingGet, max: u64) -> Result<Option<Vec<u8>>> {
+        let response = match get.started.response() {
+            Err(e) if e.code == "ConnectionLimitReached" => self.send(Method::Get, &get.key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?,
+            other => other?,
+        };
+        if response.status() == 404 {
+            return Ok(None);
+        }
+        read_all(expect(response, &[200])?, max).map(Some)
     }
 
     /// The size of object `key`, if it exists.
@@ -343,28 +361,40 @@ impl Bucket {
         }
     }
 
-    /// Store each `(key, data)`, keeping up to `in_flight` requests open at once (their
-    /// bodies written one after another, their answers awaited together): many small objects
-    /// go up at the speed of several connections rather than of one round trip each.
-    ///
-    /// The bodies are sent `UNSIGNED-PAYLOAD` (the request itself is signed): for objects
-    /// that carry their own authentication, as sealed chunks do, hashing them again for the
-    /// signature only costs time.
-    pub fn put_all(&self, objects: &[(String, Vec<u8>)], in_flight: usize) -> Result<()> {
-        for wave in objects.chunks(in_flight.max(1)) {
-            let mut started = Vec::with_capacity(wave.len());
-            for (key, data) in wave {
-                started.push(self.start(Method::Put, key, &[], &[], Body::Bytes(data), sigv4::UNSIGNED_PAYLOAD)?);
+    /// Store each `(key, data)`, keeping up to `in_flight` PUTs open at once (a sliding
+    /// window of [`Bucket::start_put`]): many small objects go up at the speed of several
+    /// connections rather than of one round trip each.
+    pub fn put_all(&self, objects: Vec<(String, Vec<u8>)>, in_flight: usize) -> Result<()> {
+        let mut window = std::collections::VecDeque::new();
+        for (key, data) in objects {
+            if window.len() >= in_flight.max(1) {
+                if let Some(oldest) = window.pop_front() {
+                    self.finish_put(oldest)?;
+                }
             }
-            for (request, (key, data)) in started.into_iter().zip(wave) {
-                let response = match request.response() {
-                    // Sent again, once a connection is free.
-                    Err(e) if e.code == "ConnectionLimitReached" => self.send(Method::Put, key, &[], &[], Body::Bytes(data), sigv4::UNSIGNED_PAYLOAD)?,
-                    other => other?,
-                };
-                expect(response, &[200])?;
-            }
+            window.push_back(self.start_put(key, data)?);
         }
+        window.into_iter().try_for_each(|p| self.finish_put(p))
+    }
+
+    /// Send a PUT of `data` as `key` and return once its body is handed to the host; its
+    /// answer comes with [`Bucket::finish_put`], so the job can prepare the next object
+    /// meanwhile. The body is sent `UNSIGNED-PAYLOAD` (the request itself is signed): for
+    /// objects that carry their own authentication, as sealed chunks do, hashing them again
+    /// for the signature only costs time.
+    pub fn start_put(&self, key: String, data: Vec<u8>) -> Result<PendingPut> {
+        let started = self.start(Method::Put, &key, &[], &[], Body::Bytes(&data), sigv4::UNSIGNED_PAYLOAD)?;
+        Ok(PendingPut { started, key, data })
+    }
+
+    /// Wait for a PUT started by [`Bucket::start_put`]; one the host refused for want of a
+    /// free connection is sent again once one is.
+    pub fn finish_put(&self, put: PendingPut) -> Result<()> {
+        let response = match put.started.response() {
+            Err(e) if e.code == "ConnectionLimitReached" => self.send(Method::Put, &put.key, &[], &[], Body::Bytes(&put.data), sigv4::UNSIGNED_PAYLOAD)?,
+            other => other?,
+        };
+        expect(response, &[200])?;
         Ok(())
     }
 
@@ -420,6 +450,19 @@ impl Bucket {
         let finished = OutgoingBody::finish(out, None).map_err(transport);
         Ok(Started { pending, written, finished, what: format!("{method_name} {key}") })
     }
+}
+
+/// A GET on its way ([`Bucket::start_get`]).
+pub struct PendingGet {
+    started: Started,
+    key: String,
+}
+
+/// A PUT on its way ([`Bucket::start_put`]).
+pub struct PendingPut {
+    started: Started,
+    key: String,
+    data: Vec<u8>,
 }
 
 /// A request sent, its body written (or failed), its answer to come.
