@@ -150,7 +150,13 @@ impl<'a> Lease<'a> {
         let mut lease = Lease::write(store, "sweep", "", "", stale)?;
         let started = Instant::now();
         loop {
-            let running: Vec<Marker> = markers(store)?.into_iter().filter_map(|(_, m)| m).filter(|m| m.id != lease.marker.id && live(m, stale)).collect();
+            // Other sweeps do not count: two sweeps at once delete only what no complete
+            // backup refers to, each, and a deletion of what is gone is no error.
+            let running: Vec<Marker> = markers(store)?
+                .into_iter()
+                .filter_map(|(_, m)| m)
+                .filter(|m| m.id != lease.marker.id && m.kind != "sweep" && live(m, stale))
+                .collect();
             if running.is_empty() {
                 return Ok(Some(lease));
             }

@@ -122,8 +122,17 @@ fn run(args: Vec<String>) -> Result<()> {
     let opts = Opts::parse(args)?;
     let (stale, wait) = (opts.stale()?, opts.wait()?);
     match opts.positional.as_slice() {
-        // 256 KiB: bench/README.md, "The dedup repository's chunk size".
-        ["init"] => init(&store, opts.number("--chunk-size")?.unwrap_or(256 << 10).try_into().map_err(|_| "--chunk-size: too large")?),
+        // By measurement (bench/README.md, "The dedup repository's chunk size"): 256 KiB in
+        // a directory (files are cheap: the least stored); 1 MiB on S3, where each object
+        // costs the gateway and the OSD more than the extra bytes do (a 1 GiB backup 6.2 s
+        // against 11.0 s, a restore 5.9 s against 8.7 s).
+        ["init"] => {
+            let default = match store {
+                Store::Dir(_) => 256 << 10,
+                Store::S3 { .. } => 1 << 20,
+            };
+            init(&store, opts.number("--chunk-size")?.unwrap_or(default).try_into().map_err(|_| "--chunk-size: too large")?)
+        }
         ["backup", pool, image] => backup(&store, pool, image, stale, wait),
         ["restore", pool, image, target] => {
             let _lease = read_lease(&store, pool, image, stale, wait)?;
