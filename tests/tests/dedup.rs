@@ -404,10 +404,11 @@ fn kills_lose_nothing(site: Site) {
     let (_conf, manifest) = manifest(repo.path(), pass, None);
     let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut made = 0u64;
-    for (k, point) in ["took dedup-", "stored 64 chunks", "wrote the index of backup"].into_iter().enumerate() {
+    // `--pause-at` holds the run at the point until it is killed there.
+    for (k, point) in ["snapshot", "chunks", "index"].into_iter().enumerate() {
         write(10 + k as u64, (k as u64 * 7) << 20, 6 << 20);
-        let (child, lines) = spawn_dedup(&site, &manifest, &["backup", "rbd", &image, stale[0], stale[1]]);
-        assert!(kill_at(child, lines, point), "the backup never printed {point:?}");
+        let (child, lines) = spawn_dedup(&site, &manifest, &["backup", "rbd", &image, stale[0], stale[1], "--pause-at", point]);
+        assert!(kill_at(child, lines, &format!("pausing at {point}")), "the backup never reached {point:?}");
         assert!(!repo.path().join(format!("backups/rbd/{image}/{}.json", made + 1)).exists(), "a backup killed at {point:?} looks complete");
         let next = ok(dedup(&site, repo.path(), pass, &["backup", "rbd", &image, stale[0], stale[1]]));
         made += 1;
@@ -416,8 +417,8 @@ fn kills_lose_nothing(site: Site) {
     }
     // Give gc something to sweep: prune the first backup, whose chunks the others changed.
     ok(dedup(&site, repo.path(), pass, &["prune", "rbd", &image, "--keep-last", "2"]));
-    let (child, lines) = spawn_dedup(&site, &manifest, &["gc", stale[0], stale[1]]);
-    assert!(kill_at(child, lines, "sweep: removed 64 chunks"), "gc never reached its sweep");
+    let (child, lines) = spawn_dedup(&site, &manifest, &["gc", stale[0], stale[1], "--pause-at", "sweep"]);
+    assert!(kill_at(child, lines, "pausing at sweep"), "gc never reached its sweep");
     // A backup waits out the killed sweep's lease, then runs.
     write(20, 30 << 20, 1 << 20);
     let next = ok(dedup(&site, repo.path(), pass, &["backup", "rbd", &image, stale[0], stale[1]]));

@@ -50,7 +50,7 @@ pub const USAGE: &str = "usage: [--s3 ENDPOINT BUCKET PREFIX] COMMAND, one of\n\
   verify POOL IMAGE [--backup N | --all] [--deep | --sample PERCENT] [--compare] [--skip-verified-within DAYS]\n\
   prune POOL IMAGE [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--dry-run]\n\
   gc [--dry-run]\n\
-and with any command: [--stale-after SECS] (a lease without heartbeat this long is a dead run's; default 120) [--wait SECS] (longest wait for a sweep, or for runs before one; default 3600)";
+and with any command: [--stale-after SECS] (a lease without heartbeat this long is a dead run's; default 120) [--wait SECS] (longest wait for a sweep, or for runs before one; default 3600) [--pause-at snapshot|chunks|index|sweep] (kill tests: wait a minute there)";
 const SNAPSHOT_PREFIX: &str = "dedup-";
 /// How many chunks are read, sealed and stored (or fetched, opened and written) together:
 /// 4 MiB of them, 1 to 64. A backup's next batch is read while one is sealed and stored.
@@ -68,7 +68,7 @@ pub struct Opts<'a> {
 const FLAGS: &[&str] = &["--deep", "--dry-run", "--compare", "--all"];
 const VALUES: &[&str] = &[
     "--backup", "--chunk-size", "--stale-after", "--wait", "--sample", "--skip-verified-within", "--keep-last", "--keep-hourly",
-    "--keep-daily", "--keep-weekly", "--keep-monthly", "--keep-yearly",
+    "--keep-daily", "--keep-weekly", "--keep-monthly", "--keep-yearly", "--pause-at",
 ];
 
 impl<'a> Opts<'a> {
@@ -92,6 +92,10 @@ impl<'a> Opts<'a> {
 
     pub fn flag(&self, name: &str) -> bool {
         self.flags.contains(&name)
+    }
+
+    pub fn value(&self, name: &str) -> Option<&'a str> {
+        self.values.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
 
     pub fn number(&self, name: &str) -> Result<Option<u64>> {
@@ -133,7 +137,7 @@ fn run(args: Vec<String>) -> Result<()> {
             };
             init(&store, opts.number("--chunk-size")?.unwrap_or(default).try_into().map_err(|_| "--chunk-size: too large")?)
         }
-        ["backup", pool, image] => backup(&store, pool, image, stale, wait),
+        ["backup", pool, image] => backup(&store, pool, image, stale, wait, opts.value("--pause-at")),
         ["restore", pool, image, target] => {
             let _lease = read_lease(&store, pool, image, stale, wait)?;
             match *target {
@@ -146,8 +150,18 @@ fn run(args: Vec<String>) -> Result<()> {
             verify::verify(&store, pool, image, &opts)
         }
         ["prune", pool, image] => maintenance::prune(&store, pool, image, &opts),
-        ["gc"] => maintenance::gc(&store, opts.flag("--dry-run"), stale, wait),
+        ["gc"] => maintenance::gc(&store, opts.flag("--dry-run"), stale, wait, opts.value("--pause-at")),
         _ => Err(USAGE.into()),
+    }
+}
+
+/// Fault injection for the kill tests (`--pause-at POINT`): at POINT (a backup's
+/// `snapshot`, `chunks` (64 stored), `index`; gc's `sweep` (64 removed)) say so and wait a
+/// minute, so that a test can kill the run there and not a moment later.
+pub(crate) fn pause(pause_at: Option<&str>, point: &str) {
+    if pause_at == Some(point) {
+        println!("pausing at {point}");
+        std::thread::sleep(Duration::from_secs(60));
     }
 }
 
@@ -227,7 +241,7 @@ pub(crate) fn per_chunk(index: &Index) -> Vec<Option<ChunkId>> {
     out
 }
 
-fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Duration) -> Result<()> {
+fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Duration, pause_at: Option<&str>) -> Result<()> {
     let (config, keys) = open_repo(store)?;
     let mut lease = match Lease::for_run(store, "backup", pool_name, image_name, stale, wait)? {
         Taken::Held(lease) => lease,
@@ -254,6 +268,7 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
     }
     head.create_snap(&snapshot)?;
     println!("took {snapshot}");
+    pause(pause_at, "snapshot");
     let image = pool.open_at_snapshot(image_name, &snapshot)?;
     let size = image.size()?;
     let chunks = size.div_ceil(chunk);
@@ -334,6 +349,9 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
         let mark = (before + 1).max(64).next_power_of_two();
         if stored >= mark {
             println!("stored {} chunks", mark);
+            if mark == 64 {
+                pause(pause_at, "chunks");
+            }
         }
         report_progress(&format!("backup {pool_name}/{image_name}"), read, Some(todo.len() as u64));
     }
@@ -347,6 +365,7 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
     let index_bytes = index.encode(&keys.mac);
     store.put(&index_rel, &index_bytes)?;
     println!("wrote the index of backup {n}");
+    pause(pause_at, "index");
     let manifest = Manifest {
         pool: pool_name.into(),
         image: image_name.into(),

@@ -64,7 +64,7 @@ pub fn prune(store: &Store, pool_name: &str, image_name: &str, opts: &Opts) -> R
     Ok(())
 }
 
-pub fn gc(store: &Store, dry: bool, stale: u64, wait: Duration) -> Result<()> {
+pub fn gc(store: &Store, dry: bool, stale: u64, wait: Duration, pause_at: Option<&str>) -> Result<()> {
     let (_, keys) = open_repo(store)?;
     // A dry run changes nothing and takes no lease: what it counts may change meanwhile.
     let mut lease = match dry {
@@ -107,6 +107,9 @@ pub fn gc(store: &Store, dry: bool, stale: u64, wait: Duration) -> Result<()> {
         bytes += size;
         if chunks % 64 == 0 {
             println!("sweep: {} {chunks} chunks", if dry { "would remove" } else { "removed" });
+            if chunks == 64 {
+                crate::pause(pause_at, "sweep");
+            }
         }
     }
     for dir in ["indexes", "backups", "verified"] {

@@ -109,7 +109,13 @@ impl Store {
                         Err(e) => return Err(format!("{}: {e}", path.display()).into()),
                     };
                     for entry in entries {
-                        let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+                        // Under WASI the listing looks each name up: one removed meanwhile
+                        // (a lease given up, a temporary file renamed) is an error here.
+                        let entry = match entry {
+                            Ok(entry) => entry,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+                        };
                         let name = entry.file_name().to_string_lossy().into_owned();
                         let sub = if dir.is_empty() { name } else { format!("{dir}/{name}") };
                         // Another run may remove a file between the listing and this look
