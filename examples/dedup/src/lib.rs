@@ -195,10 +195,15 @@ pub(crate) fn open_repo(store: &Store) -> Result<(Config, Keys)> {
     Ok((config, keys))
 }
 
-/// `indexes/POOL/IMAGE` and `backups/POOL/IMAGE`, relative to the repository.
+/// `DIR/POOL/IMAGE`, relative to the repository (POOL and IMAGE encoded as in the plain
+/// repository).
+pub(crate) fn image_dir(dir: &str, pool: &str, image: &str) -> Result<String> {
+    Ok(format!("{dir}/{}/{}", encode_name(pool)?, encode_name(image)?))
+}
+
+/// `indexes/POOL/IMAGE` and `backups/POOL/IMAGE`.
 pub(crate) fn image_dirs(pool: &str, image: &str) -> Result<(String, String)> {
-    let (p, i) = (encode_name(pool)?, encode_name(image)?);
-    Ok((format!("indexes/{p}/{i}"), format!("backups/{p}/{i}")))
+    Ok((image_dir("indexes", pool, image)?, image_dir("backups", pool, image)?))
 }
 
 /// The image's complete backups, oldest first, each manifest authenticated.
@@ -427,9 +432,9 @@ impl Hits {
     }
 }
 
-/// The keys, a codec, and backup `number` (the newest if none) of an image with its index,
+/// A codec, and backup `number` (the newest if none) of an image with its index,
 /// each authenticated.
-pub(crate) fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<(Keys, ChunkCodec, Manifest, Index)> {
+pub(crate) fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<(ChunkCodec, Manifest, Index)> {
     let (_, keys) = open_repo(store)?;
     let codec = ChunkCodec::new(&keys.data, &keys.id)?;
     let mut all = manifests(store, &keys, pool_name, image_name)?;
@@ -439,11 +444,11 @@ pub(crate) fn chosen_backup(store: &Store, pool_name: &str, image_name: &str, nu
     };
     let manifest = all.swap_remove(at);
     let index = read_index(store, &keys, &manifest)?;
-    Ok((keys, codec, manifest, index))
+    Ok((codec, manifest, index))
 }
 
 fn restore(store: &Store, pool_name: &str, image_name: &str, target: &str, number: Option<u64>) -> Result<()> {
-    let (_, codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
+    let (codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
     let pool = open_pool(pool_name)?;
     pool.create(target, manifest.image_size)?;
     let image = pool.open(target)?;
@@ -486,7 +491,7 @@ fn opened_chunks<'a>(store: &'a Store, codec: &'a ChunkCodec, backup: u64, chunk
 /// zero chunks are `z` records. A run that fails midway leaves the stream without its end
 /// record, which `rbd import-diff` refuses.
 fn restore_to_stdout(store: &Store, pool_name: &str, image_name: &str, number: Option<u64>) -> Result<()> {
-    let (_, codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
+    let (codec, manifest, index) = chosen_backup(store, pool_name, image_name, number)?;
     let chunk = u64::from(index.chunk_size);
     let size = manifest.image_size;
     let mut out = backup_repo::stream::StreamWriter::new(rbd_wasm_guest::data_stdout(), None, &manifest.snapshot, size)?;

@@ -23,7 +23,7 @@ use dedup_repo::chunk::ChunkId;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{now, random, Store};
-use crate::{image_dirs, manifests, open_repo, per_chunk, read_index, Opts};
+use crate::{image_dir, manifests, open_repo, per_chunk, read_index, Opts};
 
 /// How thorough a pass was; a record of a stronger pass also covers a weaker one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -60,8 +60,8 @@ pub fn verify(store: &Store, pool_name: &str, image_name: &str, opts: &Opts) -> 
         (false, Some(n)) => return Err(format!("no complete backup {n} of {pool_name}/{image_name}").into()),
         (false, None) => vec![all.last().ok_or_else(|| format!("no complete backup of {pool_name}/{image_name}"))?.number],
     };
-    let (_, backups_dir) = image_dirs(pool_name, image_name)?;
-    let record_path = |n: u64| format!("verified/{}/{n}.json", backups_dir.trim_start_matches("backups/"));
+    let verified_dir = image_dir("verified", pool_name, image_name)?;
+    let record_path = |n: u64| format!("{verified_dir}/{n}.json");
     let within = opts.number("--skip-verified-within")?.map(|days| days * 86_400);
 
     let codec = rbd_wasm_guest::ChunkCodec::new(&keys.data, &keys.id)?;

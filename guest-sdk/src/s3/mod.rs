@@ -195,25 +195,6 @@ impl Bucket {
         read_all(expect(response, &[200])?, max).map(Some)
     }
 
-    /// Each object of `keys` whole (`None` where there is none), up to `in_flight` GETs
-    /// open at once (a sliding window of [`Bucket::start_get`]); each at most `max` bytes.
-    pub fn get_all(&self, keys: &[String], max: u64, in_flight: usize) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut found = Vec::with_capacity(keys.len());
-        let mut window = std::collections::VecDeque::new();
-        for key in keys {
-            if window.len() >= in_flight.max(1) {
-                if let Some(oldest) = window.pop_front() {
-                    found.push(self.finish_get(oldest, max)?);
-                }
-            }
-            window.push_back(self.start_get(key.clone())?);
-        }
-        for get in window {
-            found.push(self.finish_get(get, max)?);
-        }
-        Ok(found)
-    }
-
     /// Send a GET of `key` and return at once; [`Bucket::finish_get`] takes the object.
     pub fn start_get(&self, key: String) -> Result<PendingGet> {
         let started = self.start(Method::Get, &key, &[], &[], Body::Empty, &sigv4::sha256_hex(b""))?;
@@ -359,22 +340,6 @@ impl Bucket {
                 other => return other,
             }
         }
-    }
-
-    /// Store each `(key, data)`, keeping up to `in_flight` PUTs open at once (a sliding
-    /// window of [`Bucket::start_put`]): many small objects go up at the speed of several
-    /// connections rather than of one round trip each.
-    pub fn put_all(&self, objects: Vec<(String, Vec<u8>)>, in_flight: usize) -> Result<()> {
-        let mut window = std::collections::VecDeque::new();
-        for (key, data) in objects {
-            if window.len() >= in_flight.max(1) {
-                if let Some(oldest) = window.pop_front() {
-                    self.finish_put(oldest)?;
-                }
-            }
-            window.push_back(self.start_put(key, data)?);
-        }
-        window.into_iter().try_for_each(|p| self.finish_put(p))
     }
 
     /// Send a PUT of `data` as `key` and return once its body is handed to the host; its
