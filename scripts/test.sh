@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-rust-deps.sh
 scripts/install-ceph.sh
+scripts/install-prometheus.sh
 scripts/install-js-deps.sh
 scripts/install-py-deps.sh
 

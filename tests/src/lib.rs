@@ -4,6 +4,7 @@
 //! wasm32-wasip2` (skipped when every `.wasm` is newer than the sources it comes from), and
 //! run through one shared [`Runtime`] with its compiled-component cache under `target/`.
 
+pub mod prometheus;
 pub mod rogue_http;
 
 use std::path::{Path, PathBuf};

@@ -11,9 +11,11 @@
 
 pub mod embedded;
 mod error;
+pub mod lease;
 pub mod librbd;
 
 pub use error::{Error, Result};
+pub use lease::Leases;
 
 /// Feature bits of RBD images (librbd's `RBD_FEATURE_*`).
 pub mod features {

@@ -50,6 +50,9 @@ pub struct Meter {
     /// Outbound HTTP body bytes, sent and received (the quota's counter), and sent alone.
     network: AtomicU64,
     network_sent: AtomicU64,
+    /// Calls answered `permission-denied` and `quota-exceeded` (for the service's metrics).
+    permission_denials: AtomicU64,
+    quota_denials: AtomicU64,
     bucket: Mutex<Bucket>,
 }
 
@@ -74,6 +77,8 @@ impl Meter {
             host_memory_peak: AtomicU64::new(0),
             network: AtomicU64::new(0),
             network_sent: AtomicU64::new(0),
+            permission_denials: AtomicU64::new(0),
+            quota_denials: AtomicU64::new(0),
             bucket: Mutex::new(Bucket { tokens, last: Instant::now() }),
         }
     }
@@ -188,6 +193,15 @@ impl Meter {
         }
     }
 
+    /// Count a call the job was refused, if it was refused for want of a grant or a quota.
+    pub fn count_denial(&self, e: &Error) {
+        match e {
+            Error::PermissionDenied(_) => self.permission_denials.fetch_add(1, Ordering::Relaxed),
+            Error::QuotaExceeded(_) => self.quota_denials.fetch_add(1, Ordering::Relaxed),
+            _ => return,
+        };
+    }
+
     /// Bytes read and written so far.
     pub fn totals(&self) -> (u64, u64) {
         (self.read.load(Ordering::Relaxed), self.written.load(Ordering::Relaxed))
@@ -203,6 +217,8 @@ impl Meter {
             host_memory_peak_bytes: self.host_memory_peak.load(Ordering::Relaxed),
             network_sent_bytes: self.network_sent.load(Ordering::Relaxed),
             network_received_bytes: self.network.load(Ordering::Relaxed).saturating_sub(self.network_sent.load(Ordering::Relaxed)),
+            permission_denials: self.permission_denials.load(Ordering::Relaxed),
+            quota_denials: self.quota_denials.load(Ordering::Relaxed),
             ..Usage::default()
         }
     }
@@ -225,6 +241,10 @@ pub struct Usage {
     /// Outbound HTTP body bytes sent and received.
     pub network_sent_bytes: u64,
     pub network_received_bytes: u64,
+    /// RBD calls refused for want of a grant (`permission-denied`) or over a quota
+    /// (`quota-exceeded`).
+    pub permission_denials: u64,
+    pub quota_denials: u64,
 }
 
 /// Add `bytes` to `counter` unless that passes `quota`: check and charge in one step, so two

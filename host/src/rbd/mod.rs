@@ -178,6 +178,9 @@ impl HasData for HasRbd {
 
 impl types::Host for RbdView<'_> {
     fn convert_error(&mut self, err: HostError) -> wasmtime::Result<types::Error> {
+        if let HostError::Rbd(e) = &err {
+            self.ctx.meter().count_denial(e);
+        }
         match err {
             HostError::Rbd(e) => Ok(to_wit_error(e)),
             HostError::Trap(t) => Err(t),

@@ -27,6 +27,7 @@ mod blocklist;
 mod diff;
 mod header;
 mod image;
+mod leases;
 mod locks;
 mod objects;
 mod overlap;
@@ -43,6 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use image::EmbeddedImage;
+pub use leases::FileLeases;
 
 use locks::Identity;
 use pool::PoolTxn;
@@ -80,6 +82,12 @@ impl EmbeddedBackend {
             return Err(Error::Exists(format!("pool {name:?}")));
         }
         store::make_pool(root, name)
+    }
+
+    /// Leases of this store (its `leases/` directory), held as `holder`: for processes of
+    /// this machine that share the store, as `rbd-wasm serve`'s are.
+    pub fn leases(&self, holder: &str) -> Result<FileLeases> {
+        FileLeases::open(&self.store.root.path().join("leases"), holder)
     }
 
     /// The store's root, for a call of this client: `ConnectionShutdown` once it is

@@ -15,6 +15,23 @@ use libloading::Library;
 
 pub type rados_t = *mut c_void;
 pub type rados_ioctx_t = *mut c_void;
+pub type rados_write_op_t = *mut c_void;
+
+/// `struct timeval` of Linux on 64-bit targets (a lock's duration).
+#[repr(C)]
+pub struct timeval {
+    pub tv_sec: i64,
+    pub tv_usec: i64,
+}
+
+/// `LIBRADOS_LOCK_FLAG_MAY_RENEW`: take the lock, or renew it if this client holds it.
+pub const LOCK_FLAG_MAY_RENEW: u8 = 1;
+/// `LIBRADOS_LOCK_FLAG_MUST_RENEW`: renew only; ENOENT if this client does not hold it.
+pub const LOCK_FLAG_MUST_RENEW: u8 = 2;
+/// `LIBRADOS_CMPXATTR_OP_EQ`.
+pub const CMPXATTR_OP_EQ: u8 = 1;
+/// `LIBRADOS_CREATE_IDEMPOTENT`.
+pub const CREATE_IDEMPOTENT: c_int = 0;
 pub type rbd_image_t = *mut c_void;
 pub type rbd_image_options_t = *mut c_void;
 pub type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
@@ -125,6 +142,17 @@ api! {
     rados_ioctx_create: fn(rados_t, *const c_char, *mut rados_ioctx_t) -> c_int;
     rados_ioctx_destroy: fn(rados_ioctx_t) -> ();
     rados_get_instance_id: fn(rados_t) -> u64;
+    rados_ioctx_set_namespace: fn(rados_ioctx_t, *const c_char) -> ();
+    rados_lock_exclusive: fn(rados_ioctx_t, *const c_char, *const c_char, *const c_char, *const c_char, *mut timeval, u8) -> c_int;
+    rados_unlock: fn(rados_ioctx_t, *const c_char, *const c_char, *const c_char) -> c_int;
+    rados_list_lockers: fn(rados_ioctx_t, *const c_char, *const c_char, *mut c_int, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize) -> isize;
+    rados_getxattr: fn(rados_ioctx_t, *const c_char, *const c_char, *mut c_char, usize) -> c_int;
+    rados_create_write_op: fn() -> rados_write_op_t;
+    rados_release_write_op: fn(rados_write_op_t) -> ();
+    rados_write_op_create: fn(rados_write_op_t, c_int, *const c_char) -> ();
+    rados_write_op_cmpxattr: fn(rados_write_op_t, *const c_char, u8, *const c_char, usize) -> ();
+    rados_write_op_setxattr: fn(rados_write_op_t, *const c_char, *const c_char, usize) -> ();
+    rados_write_op_operate: fn(rados_write_op_t, rados_ioctx_t, *const c_char, *mut i64, c_int) -> c_int;
 
     rbd_version: fn(*mut c_int, *mut c_int, *mut c_int) -> ();
     rbd_image_options_create: fn(*mut rbd_image_options_t) -> ();

@@ -8,6 +8,9 @@
 
 mod aio;
 mod ffi;
+mod leases;
+
+pub use leases::RadosLeases;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -131,6 +134,23 @@ impl LibrbdBackend {
 
     fn api(&self) -> &'static Api {
         self.cluster.api
+    }
+
+    /// Leases on the objects of `pool` (in `namespace`; "" for the default one), held by
+    /// this client under a cookie of their own; `holder` describes the holder to
+    /// whoever lists a lease's holders.
+    pub fn leases(&self, pool: &str, namespace: &str, holder: &str) -> Result<RadosLeases> {
+        let name = cstr(pool, "pool name")?;
+        let ns = cstr(namespace, "namespace")?;
+        let mut handle: ffi::rados_ioctx_t = ptr::null_mut();
+        // SAFETY: connected cluster, C string, out-pointer.
+        check(unsafe { (self.api().rados_ioctx_create)(self.cluster.handle, name.as_ptr(), &mut handle) }, || {
+            format!("pool `{pool}`")
+        })?;
+        let io = Arc::new(IoCtx { cluster: self.cluster.clone(), handle });
+        // SAFETY: an ioctx of its own (the images' ioctxs keep the default namespace).
+        unsafe { (self.api().rados_ioctx_set_namespace)(io.handle, ns.as_ptr()) };
+        RadosLeases::new(io, holder)
     }
 
     fn ioctx(&self, pool: &str) -> Result<Arc<IoCtx>> {

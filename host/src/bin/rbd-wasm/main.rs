@@ -15,7 +15,9 @@ mod build_py;
 mod image;
 mod pool;
 mod progress;
+mod report;
 mod run;
+mod serve;
 
 /// Run sandboxed WebAssembly jobs against Ceph RBD images.
 #[derive(Parser)]
@@ -38,6 +40,9 @@ enum Command {
     /// Build a Python job into a component (offline, with the pinned componentize-py that
     /// scripts/install-py-deps.sh installs): `rbd-wasm build-py app.py -o job.wasm`.
     BuildPy(build_py::BuildPyArgs),
+    /// Run the jobs of a configuration on their schedules, once per tick between every
+    /// process serving it (on any host), with /metrics, /status and /healthz over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 /// Where the images are: a Ceph cluster (with `--conf`), else the embedded store.
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => report(image::image_command(cmd)),
         Command::Pool(cmd) => report(pool::pool_command(cmd)),
         Command::BuildPy(args) => report(build_py::build_py(args)),
+        Command::Serve(args) => serve::serve(args),
     }
 }
 
@@ -119,7 +125,7 @@ pub(crate) fn open_embedded(store: &StoreArgs) -> anyhow::Result<Arc<EmbeddedBac
     Ok(Arc::new(backend))
 }
 
-fn default_store_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_store_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
         return Ok(PathBuf::from(dir).join("rbd-wasm").join("store"));
     }

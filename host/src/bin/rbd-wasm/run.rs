@@ -15,7 +15,8 @@ use rbd_wasm::audit::cut;
 use rbd_wasm::output::terminal_safe;
 use rbd_wasm::{AuditSink, Endpoints, Grant, Grants, OutputSink, Usage};
 
-use crate::progress::{ProgressEntry, ProgressMode, ProgressView};
+use crate::progress::{ProgressMode, ProgressView};
+use crate::report::RunReport;
 use crate::{open_backend, StoreArgs};
 
 #[derive(Args)]
@@ -78,22 +79,6 @@ enum ProgressArg {
     Bars,
     Lines,
     None,
-}
-
-/// What `run --json` prints.
-#[derive(serde::Serialize)]
-struct RunReport {
-    job_id: String,
-    component: PathBuf,
-    /// `ok`, or the kind of failure (`failed`, `trap`, `deadline`, `setup`...).
-    status: &'static str,
-    exit_code: i32,
-    error: Option<String>,
-    elapsed_secs: f64,
-    /// The host process's peak resident memory (the kernel's VmHWM), when known.
-    host_peak_rss_bytes: Option<u64>,
-    usage: Usage,
-    progress: Vec<ProgressEntry>,
 }
 
 /// What to run: the manifest (if any) with the command line's overrides applied.
@@ -251,17 +236,8 @@ pub fn run_job(args: RunArgs) -> ExitCode {
         }
     };
     if args.json {
-        let report = RunReport {
-            job_id,
-            component: component_path,
-            status: result.as_ref().err().map_or("ok", JobError::kind),
-            exit_code,
-            error: result.as_ref().err().map(|e| e.to_string()),
-            elapsed_secs: started.elapsed().as_secs_f64(),
-            host_peak_rss_bytes: peak_rss_bytes(),
-            usage: *usage.lock().unwrap_or_else(|p| p.into_inner()),
-            progress,
-        };
+        let usage = *usage.lock().unwrap_or_else(|p| p.into_inner());
+        let report = RunReport::new(job_id, component_path, &result, exit_code, started.elapsed(), usage, progress);
         match serde_json::to_string_pretty(&report) {
             // Standard output is the job's data: the report is standard error's last lines.
             Ok(json) if report_to_stderr => eprintln!("{json}"),
@@ -272,14 +248,6 @@ pub fn run_job(args: RunArgs) -> ExitCode {
     ExitCode::from(u8::try_from(exit_code).unwrap_or(1))
 }
 
-
-/// This process's peak resident set size, from `/proc/self/status` (Linux).
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
-}
 
 /// How long the process waits, once the job has ended, for host threads still in a backend
 /// call before it exits without them.
