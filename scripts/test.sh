@@ -15,7 +15,7 @@ scripts/install-js-deps.sh
 scripts/install-py-deps.sh
 
 # The guest components (wasm32-wasip2 only), and the crates the native test run leaves out.
-guests=(hello snapshots conformance plain-command differential hostile read-throughput backup restore verify offsite dedup snap-rotate)
+guests=(hello snapshots conformance plain-command differential hostile read-throughput backup restore verify offsite dedup snap-rotate tick-probe)
 not_native=(--exclude rbd-wasm-guest)
 # snap-rotate's policy unit tests run natively (wit-bindgen stands in for the imports there).
 for g in "${guests[@]}"; do [[ $g == snap-rotate ]] || not_native+=(--exclude "$g"); done

@@ -24,7 +24,7 @@ use rbd_wasm::runtime::{JobComponent, JobConfig, JobError, JobLimits, Runtime, R
 /// Every guest crate the tests run, with its package name.
 pub const GUESTS: &[&str] =
     &["hello", "snapshots", "conformance", "plain-command", "differential", "hostile", "read-throughput", "backup",
-      "restore", "verify", "offsite", "dedup", "snap-rotate"];
+      "restore", "verify", "offsite", "dedup", "snap-rotate", "tick-probe"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()

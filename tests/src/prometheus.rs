@@ -237,7 +237,7 @@ pub fn config_yaml(scrape_targets: &[(&str, String, Option<String>)], scrape_int
 }
 
 /// A loopback port nobody listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("its address").port()
 }
@@ -260,12 +260,18 @@ pub fn percent_encode(s: &str) -> String {
 /// One `GET path` to `authority` over HTTP/1.1: its status and its body (de-chunked).
 /// `Connection: close` makes the end of the stream the end of the answer, so the whole
 /// stream is read and the headers decide only how to take the body out of it.
-fn http_get(authority: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+pub fn http_get(authority: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    http_get_with(authority, path, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer TOKEN` when a token is given.
+pub fn http_get_with(authority: &str, path: &str, bearer: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
     let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut stream = TcpStream::connect(authority)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n")?;
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
 

@@ -1,0 +1,393 @@
+//! `rbd-wasm serve`: two processes with one configuration run every job once per tick
+//! between them, through leases on the store (RADOS objects on Ceph, flock'd files on the
+//! embedded store); one killed mid-run is taken over once its lease runs out and leaves no
+//! lock behind; a real Prometheus scrapes both and its API returns the runs; reloads with
+//! a broken file keep the running configuration; SIGTERM stops within its grace time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use rbd_wasm_tests::prometheus::{free_port, http_get, http_get_with, scalar_sum, Prometheus};
+use rbd_wasm_tests::{ceph_conf, guest, host_binary, unique_prefix};
+use serde_json::Value;
+
+/// The schedule of the test jobs: a tick every 3 s.
+const EVERY: i64 = 3;
+/// The lease's time to live.
+const LEASE: f64 = 6.0;
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn rbd(args: &[&str]) -> String {
+    let out = Command::new("rbd").arg("-c").arg(ceph_conf()).args(args).output().expect("run rbd");
+    assert!(out.status.success(), "rbd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rados(args: &[&str]) -> String {
+    let out = Command::new("rados").arg("-c").arg(ceph_conf()).args(args).output().expect("run rados");
+    assert!(out.status.success(), "rados {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A probe job's manifest: snapshot `tick-TICK` of `image`, then hold on for `hold_ms`.
+fn probe_manifest(dir: &Path, name: &str, image: &str, hold_ms: u64) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "schema = 1\n[job]\ncomponent = {:?}\nargs = [\"rbd\", {image:?}, \"{{tick_unix}}\", \"{hold_ms}\"]\n\
+         [[grants]]\npool = \"rbd\"\nimages = {image:?}\noperations = [\"all\"]\n",
+        guest("tick-probe")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One `rbd-wasm serve` process, killed on drop.
+struct Serve {
+    child: Child,
+    listen: String,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(config: &Path, state: PathBuf) -> Serve {
+        let listen = format!("127.0.0.1:{}", free_port());
+        std::fs::create_dir_all(&state).unwrap();
+        let log = state.with_extension("log");
+        let child = Command::new(host_binary())
+            .args(["serve", "--config"])
+            .arg(config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &listen])
+            .env("RBD_WASM_CACHE", rbd_wasm_tests::test_cache_dir())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start rbd-wasm serve");
+        let serve = Serve { child, listen, state, log };
+        let started = Instant::now();
+        while http_get(&serve.listen, "/healthz").ok().map(|(s, _)| s) != Some(200) {
+            assert!(started.elapsed() < Duration::from_secs(60), "serve did not come up:\n{}", serve.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        serve
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn status(&self) -> Value {
+        let (code, body) = http_get(&self.listen, "/status").expect("GET /status");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// The tick of `job` this process runs now, if it runs one.
+    fn running(&self, job: &str) -> Option<String> {
+        let status = self.status();
+        let job = status["jobs"].as_array()?.iter().find(|j| j["name"] == job)?.clone();
+        job["running"]["tick"].as_str().map(str::to_owned)
+    }
+
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM, and the time it took to exit (asserted successful).
+    fn stop(mut self) -> Duration {
+        let started = Instant::now();
+        self.signal("TERM");
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "serve did not stop:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "serve exited with {status}:\n{}", self.log_text());
+        started.elapsed()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every record of the history files in `states`.
+fn history(states: &[&Path]) -> Vec<Value> {
+    let mut records = Vec::new();
+    for state in states {
+        let Ok(text) = std::fs::read_to_string(state.join("history.jsonl")) else { continue };
+        records.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).expect("a history line parses")));
+    }
+    records
+}
+
+/// The ticks of `job` that succeeded, with how many times each did.
+fn successes(records: &[Value], job: &str) -> BTreeMap<i64, usize> {
+    let mut ticks = BTreeMap::new();
+    for r in records.iter().filter(|r| r["job"] == job && r["outcome"] == "success") {
+        *ticks.entry(r["tick"].as_i64().unwrap()).or_insert(0) += 1;
+    }
+    ticks
+}
+
+/// Each tick from the first success to the last succeeded exactly once, but for ticks in
+/// `gap` (seconds), which may be missing.
+fn assert_once_per_tick(records: &[Value], job: &str, gap: Option<(f64, f64)>, at_least: usize) -> BTreeMap<i64, usize> {
+    let ticks = successes(records, job);
+    let twice: Vec<_> = ticks.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "job {job}: ticks that ran more than once: {twice:?}");
+    assert!(ticks.len() >= at_least, "job {job}: {} ticks ran, wanted at least {at_least}: {ticks:?}", ticks.len());
+    let (first, last) = (*ticks.keys().next().unwrap(), *ticks.keys().last().unwrap());
+    let missing: Vec<i64> = (first..=last)
+        .step_by(EVERY as usize)
+        .filter(|t| !ticks.contains_key(t))
+        .filter(|t| !gap.is_some_and(|(from, to)| (*t as f64) >= from && (*t as f64) <= to))
+        .collect();
+    assert!(missing.is_empty(), "job {job}: ticks that never ran: {missing:?} (gap allowed: {gap:?}); ran: {ticks:?}");
+    ticks
+}
+
+#[test]
+fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_the_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("serve");
+    let jobs = ["probe-a", "probe-b"];
+    for job in jobs {
+        // Layering only: no exclusive lock, so a run killed mid-snapshot leaves no image
+        // lock that the next run would wait 30 s for (the job's own business, not the
+        // scheduler's).
+        rbd(&["create", "--size", "1M", "--image-feature", "layering", &format!("rbd/{prefix}-{job}")]);
+        probe_manifest(dir.path(), job, &format!("{prefix}-{job}"), 1200);
+    }
+    let service = prefix.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let config = dir.path().join("serve.toml");
+    let mut text = format!(
+        "version = 1\nname = {service:?}\nstate_dir = \"unused\"\n[store]\nconf = {:?}\n\
+         [coordination]\npool = \"rbd\"\nlease = \"{LEASE}s\"\n[limits]\nshutdown_grace = \"20s\"\n",
+        ceph_conf()
+    );
+    for job in jobs {
+        text += &format!("[[job]]\nname = {job:?}\nmanifest = \"{job}.toml\"\nevery = {EVERY}\n");
+    }
+    std::fs::write(&config, text).unwrap();
+
+    let a = Serve::start(&config, dir.path().join("a"));
+    let b = Serve::start(&config, dir.path().join("b"));
+    let prometheus = Prometheus::start(
+        &dir.path().join("prometheus"),
+        &[("serve-a", a.listen.clone(), None), ("serve-b", b.listen.clone(), None)],
+        Duration::from_secs(1),
+    );
+    let states = [a.state.clone(), b.state.clone()];
+    let state_refs: Vec<&Path> = states.iter().map(PathBuf::as_path).collect();
+
+    // Eight ticks of probe-a, then kill whichever process is in the middle of one.
+    let started = Instant::now();
+    while successes(&history(&state_refs), "probe-a").len() < 8 {
+        assert!(started.elapsed() < Duration::from_secs(90), "no runs:\n{}\n{}", a.log_text(), b.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (victim, survivor) = loop {
+        if a.running("probe-a").is_some() {
+            break (a, b);
+        }
+        if b.running("probe-a").is_some() {
+            break (b, a);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut victim = victim;
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let killed_at = unix_now();
+
+    // At least 24 ticks in all.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while successes(&history(&state_refs), "probe-a").len() < 24 || successes(&history(&state_refs), "probe-b").len() < 24 {
+        assert!(Instant::now() < deadline, "too few runs after the kill:\n{}", survivor.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Prometheus has scraped every success of both processes (the killed one's last
+    // scrape included; its series went stale with it, hence max_over_time).
+    let query = "sum(max_over_time(rbd_wasm_runs_total{outcome=\"success\"}[15m]))";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let made: usize = jobs.iter().map(|j| successes(&history(&state_refs), j).values().sum::<usize>()).sum();
+        let seen = scalar_sum(&prometheus.query(query));
+        if seen == Some(made as f64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Prometheus sees {seen:?} successful runs, the histories {made}\n{}", prometheus.targets());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let by_job = prometheus.query("sum by (job_name) (max_over_time(rbd_wasm_runs_total{outcome=\"success\"}[15m]))");
+    assert_eq!(by_job["data"]["result"].as_array().map(Vec::len), Some(2), "{by_job}");
+
+    let stop_time = survivor.stop();
+    assert!(stop_time < Duration::from_secs(10), "SIGTERM took {stop_time:?}");
+
+    let records = history(&state_refs);
+    // The ticks from the kill until the lease ran out (and the survivor's poll, and the
+    // run it was holding) may be missing; no other.
+    let gap = (killed_at - EVERY as f64, killed_at + LEASE + 1.0 + 1.2 + 2.0 * EVERY as f64);
+    for job in jobs {
+        let ticks = assert_once_per_tick(&records, job, Some(gap), 20);
+        let after_kill = ticks.keys().find(|t| **t as f64 > killed_at).copied();
+        assert!(
+            after_kill.is_some_and(|t| (t as f64) <= killed_at + LEASE + 2.0 * EVERY as f64),
+            "job {job}: the first tick after the kill at {killed_at} was {after_kill:?}"
+        );
+        // The snapshots the job made: every tick that succeeded, and at most the killed
+        // run's and the one stopped by SIGTERM besides.
+        let image = format!("rbd/{prefix}-{job}");
+        let snaps: Value = serde_json::from_str(&rbd(&["snap", "ls", "--format", "json", &image])).unwrap();
+        let snaps: BTreeSet<i64> =
+            snaps.as_array().unwrap().iter().filter_map(|s| s["name"].as_str()?.strip_prefix("tick-")?.parse().ok()).collect();
+        for tick in ticks.keys() {
+            assert!(snaps.contains(tick), "job {job}: tick {tick} succeeded without its snapshot");
+        }
+        assert!(snaps.len() <= ticks.len() + 2, "job {job}: {} snapshots for {} ticks", snaps.len(), ticks.len());
+        // No lock left: not the lease (the killed process's ran out and was taken; the
+        // survivor let its own go), not an image lock.
+        let lease = rados(&["-p", "rbd", "lock", "info", &format!("rbd-wasm-serve.{service}.{job}"), "rbd-wasm-lease"]);
+        let lease: Value = serde_json::from_str(&lease).unwrap();
+        assert_eq!(lease["lockers"], serde_json::json!([]), "job {job}: the lease is still held: {lease}");
+        assert_eq!(rbd(&["lock", "ls", "--format", "json", &image]).trim(), "[]", "job {job}: an image lock is left");
+    }
+    for job in jobs {
+        let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["snap", "purge", &format!("rbd/{prefix}-{job}")]).status();
+        let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", &format!("rbd/{prefix}-{job}")]).status();
+    }
+}
+
+#[test]
+fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let backend = rbd_wasm::backend::embedded::EmbeddedBackend::open(&store).unwrap();
+    use rbd_wasm::backend::Backend;
+    for image in ["one", "two"] {
+        backend.create("rbd", image, 1 << 20, &Default::default()).unwrap();
+        probe_manifest(dir.path(), image, image, 300);
+    }
+    let config = dir.path().join("serve.toml");
+    let base = format!(
+        "version = 1\nname = \"local\"\nstate_dir = \"unused\"\n[store]\ndir = {store:?}\n[limits]\nshutdown_grace = \"10s\"\n\
+         [[job]]\nname = \"one\"\nmanifest = \"one.toml\"\nevery = {EVERY}\n"
+    );
+    std::fs::write(&config, &base).unwrap();
+
+    // A configuration that does not check is refused with the reason.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, base.replace("every = 3", "every = 3\nschedule = \"0 2 * * *\"")).unwrap();
+    let out = Command::new(host_binary()).args(["serve", "--check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("either `schedule`"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let a = Serve::start(&config, dir.path().join("a"));
+    let b = Serve::start(&config, dir.path().join("b"));
+    let states = [a.state.clone(), b.state.clone()];
+    let state_refs: Vec<&Path> = states.iter().map(PathBuf::as_path).collect();
+    let wait_for = |job: &str, n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while successes(&history(&state_refs), job).len() < n {
+            assert!(Instant::now() < deadline, "{what}:\n{}\n{}", a.log_text(), b.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("one", 4, "job one did not run");
+
+    // A broken file on SIGHUP: refused, and the running configuration goes on.
+    std::fs::write(&config, "version = 1\nname = \"local\"\n[[job]]\nname = \"one\"\n").unwrap();
+    a.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.log_text().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no refusal:\n{}", a.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ran = successes(&history(&state_refs), "one").len();
+    wait_for("one", ran + 3, "job one stopped after a refused reload");
+
+    // A good one adds a job.
+    std::fs::write(&config, format!("{base}[[job]]\nname = \"two\"\nmanifest = \"two.toml\"\nevery = {EVERY}\n")).unwrap();
+    a.signal("HUP");
+    b.signal("HUP");
+    wait_for("two", 4, "the job added by the reload did not run");
+    let (code, metrics) = http_get(&a.listen, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("rbd_wasm_config_reloads_total{job_name=\"\",outcome=\"refused\"} 1"), "{metrics}");
+    assert!(metrics.contains("rbd_wasm_config_reloads_total{job_name=\"\",outcome=\"success\"} 1"), "{metrics}");
+    assert!(metrics.contains("rbd_wasm_host_resident_memory_bytes "), "{metrics}");
+    let (code, _) = http_get_with(&a.listen, "/status", Some("not-needed-on-loopback")).unwrap();
+    assert_eq!(code, 200);
+
+    let (ta, tb) = (a.stop(), b.stop());
+    assert!(ta < Duration::from_secs(5) && tb < Duration::from_secs(5), "SIGTERM took {ta:?} and {tb:?}");
+    let records = history(&state_refs);
+    assert_once_per_tick(&records, "one", None, 9);
+    assert_once_per_tick(&records, "two", None, 4);
+    let leases = backend.leases("test").unwrap();
+    use rbd_wasm::backend::Leases;
+    for job in ["one", "two"] {
+        assert!(leases.holders(&format!("rbd-wasm-serve.local.{job}")).unwrap().is_empty(), "{job}'s lease is left");
+    }
+    // Each process's history survives its restart.
+    let again = Serve::start(&config, dir.path().join("a"));
+    let status = again.status();
+    let one = status["jobs"].as_array().unwrap().iter().find(|j| j["name"] == "one").unwrap();
+    assert!(!one["last_runs"].as_array().unwrap().is_empty(), "{status}");
+}
+
+#[test]
+fn off_loopback_the_endpoint_wants_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    probe_manifest(dir.path(), "one", "one", 0);
+    let token = "s3cret-token-of-some-length";
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let port = free_port();
+    let config = dir.path().join("serve.toml");
+    let text = format!(
+        "version = 1\nname = \"t\"\n[store]\ndir = {store:?}\n[http]\nlisten = \"0.0.0.0:{port}\"\n\
+         [[job]]\nname = \"one\"\nmanifest = \"one.toml\"\nschedule = \"0 2 * * *\"\n"
+    );
+    std::fs::write(&config, &text).unwrap();
+    let out = Command::new(host_binary()).args(["serve", "--check", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token_file"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&config, text.replace("[[job]]", "token_file = \"token\"\n[[job]]")).unwrap();
+    let mut child = Command::new(host_binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let authority = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    while http_get(&authority, "/healthz").ok().map(|(s, _)| s) != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(30), "serve did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(&authority, "/metrics").unwrap().0, 401);
+    assert_eq!(http_get_with(&authority, "/status", Some("wrong-token-of-some-length")).unwrap().0, 401);
+    assert_eq!(http_get_with(&authority, "/metrics", Some(token)).unwrap().0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
