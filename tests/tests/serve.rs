@@ -34,12 +34,12 @@ fn rados(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A probe job's manifest: snapshot `tick-TICK` of `image`, then hold on for `hold_ms`.
-fn probe_manifest(dir: &Path, name: &str, image: &str, hold_ms: u64) -> PathBuf {
+/// A probe job's manifest: create the image `PREFIX-tTICK`, then hold on for `hold_ms`.
+fn probe_manifest(dir: &Path, name: &str, prefix: &str, hold_ms: u64) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
-        "schema = 1\n[job]\ncomponent = {:?}\nargs = [\"rbd\", {image:?}, \"{{tick_unix}}\", \"{hold_ms}\"]\n\
-         [[grants]]\npool = \"rbd\"\nimages = {image:?}\noperations = [\"all\"]\n",
+        "schema = 1\n[job]\ncomponent = {:?}\nargs = [\"rbd\", {prefix:?}, \"{{tick_unix}}\", \"{hold_ms}\"]\n\
+         [[grants]]\npool = \"rbd\"\nimages = \"{prefix}-t*\"\noperations = [\"all\"]\n",
         guest("tick-probe")
     );
     std::fs::write(&path, text).unwrap();
@@ -166,10 +166,6 @@ fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_th
     let prefix = unique_prefix("serve");
     let jobs = ["probe-a", "probe-b"];
     for job in jobs {
-        // Layering only: no exclusive lock, so a run killed mid-snapshot leaves no image
-        // lock that the next run would wait 30 s for (the job's own business, not the
-        // scheduler's).
-        rbd(&["create", "--size", "1M", "--image-feature", "layering", &format!("rbd/{prefix}-{job}")]);
         probe_manifest(dir.path(), job, &format!("{prefix}-{job}"), 1200);
     }
     let service = prefix.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
@@ -241,6 +237,11 @@ fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_th
     assert!(stop_time < Duration::from_secs(10), "SIGTERM took {stop_time:?}");
 
     let records = history(&state_refs);
+    let images: Vec<String> = serde_json::from_str::<Vec<String>>(&rbd(&["ls", "--format", "json", "rbd"]))
+        .unwrap()
+        .into_iter()
+        .filter(|name| name.starts_with(&format!("{prefix}-")))
+        .collect();
     // The ticks from the kill until the lease ran out (and the survivor's poll, and the
     // run it was holding) may be missing; no other.
     let gap = (killed_at - EVERY as f64, killed_at + LEASE + 1.0 + 1.2 + 2.0 * EVERY as f64);
@@ -251,26 +252,24 @@ fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_th
             after_kill.is_some_and(|t| (t as f64) <= killed_at + LEASE + 2.0 * EVERY as f64),
             "job {job}: the first tick after the kill at {killed_at} was {after_kill:?}"
         );
-        // The snapshots the job made: every tick that succeeded, and at most the killed
-        // run's and the one stopped by SIGTERM besides.
-        let image = format!("rbd/{prefix}-{job}");
-        let snaps: Value = serde_json::from_str(&rbd(&["snap", "ls", "--format", "json", &image])).unwrap();
-        let snaps: BTreeSet<i64> =
-            snaps.as_array().unwrap().iter().filter_map(|s| s["name"].as_str()?.strip_prefix("tick-")?.parse().ok()).collect();
+        // The images the job made: one for every tick that succeeded, and at most the
+        // killed run's and the one stopped by SIGTERM besides.
+        let marks: BTreeSet<i64> = images
+            .iter()
+            .filter_map(|name| name.strip_prefix(&format!("{prefix}-{job}-t"))?.parse().ok())
+            .collect();
         for tick in ticks.keys() {
-            assert!(snaps.contains(tick), "job {job}: tick {tick} succeeded without its snapshot");
+            assert!(marks.contains(tick), "job {job}: tick {tick} succeeded without its image");
         }
-        assert!(snaps.len() <= ticks.len() + 2, "job {job}: {} snapshots for {} ticks", snaps.len(), ticks.len());
-        // No lock left: not the lease (the killed process's ran out and was taken; the
-        // survivor let its own go), not an image lock.
+        assert!(marks.len() <= ticks.len() + 2, "job {job}: {} images for {} ticks", marks.len(), ticks.len());
+        // No lock left: the killed process's lease ran out and was taken, the survivor
+        // let its own go.
         let lease = rados(&["-p", "rbd", "lock", "info", &format!("rbd-wasm-serve.{service}.{job}"), "rbd-wasm-lease"]);
         let lease: Value = serde_json::from_str(&lease).unwrap();
         assert_eq!(lease["lockers"], serde_json::json!([]), "job {job}: the lease is still held: {lease}");
-        assert_eq!(rbd(&["lock", "ls", "--format", "json", &image]).trim(), "[]", "job {job}: an image lock is left");
     }
-    for job in jobs {
-        let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["snap", "purge", &format!("rbd/{prefix}-{job}")]).status();
-        let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", &format!("rbd/{prefix}-{job}")]).status();
+    for image in images {
+        let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", "--no-progress", &format!("rbd/{image}")]).status();
     }
 }
 
@@ -279,10 +278,8 @@ fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let backend = rbd_wasm::backend::embedded::EmbeddedBackend::open(&store).unwrap();
-    use rbd_wasm::backend::Backend;
-    for image in ["one", "two"] {
-        backend.create("rbd", image, 1 << 20, &Default::default()).unwrap();
-        probe_manifest(dir.path(), image, image, 300);
+    for job in ["one", "two"] {
+        probe_manifest(dir.path(), job, job, 300);
     }
     let config = dir.path().join("serve.toml");
     let base = format!(
@@ -390,4 +387,81 @@ fn off_loopback_the_endpoint_wants_the_token() {
     assert_eq!(http_get_with(&authority, "/metrics", Some(token)).unwrap().0, 200);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The ```toml block of README.md that starts with `first_line`.
+fn readme_block(first_line: &str) -> String {
+    let readme = std::fs::read_to_string(rbd_wasm_tests::workspace_root().join("README.md")).unwrap();
+    let start = readme.find(&format!("```toml\n{first_line}\n")).unwrap_or_else(|| panic!("README.md has no block {first_line}"));
+    let body = &readme[start + "```toml\n".len()..];
+    body[..body.find("```").unwrap()].to_owned()
+}
+
+/// The README's `serve` configuration, with its paths moved into a scratch directory, the
+/// test cluster's configuration, a fresh image for `vm-1` and ticks every few seconds: it
+/// backs the image up (dedup) and rotates its snapshots (snap-rotate) on schedule.
+#[test]
+fn the_readmes_serve_configuration_backs_up_and_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(etc.join("dedup")).unwrap();
+    let image = unique_prefix("readme-vm");
+    rbd(&["create", "--size", "8M", "--image-feature", "layering", &format!("rbd/{image}")]);
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let place = |text: String| {
+        text.replace("/etc/rbd-wasm/", &format!("{}/", etc.display()))
+            .replace("/usr/lib/rbd-wasm/dedup.wasm", &guest("dedup").display().to_string())
+            .replace("/usr/lib/rbd-wasm/snap_rotate.wasm", &guest("snap-rotate").display().to_string())
+            .replace("/var/backups/rbd-dedup", &repo.display().to_string())
+            .replace("/var/lib/rbd-wasm", &dir.path().join("state").display().to_string())
+            .replace("/etc/ceph/ceph.conf", &ceph_conf().display().to_string())
+            .replace("vm-1", &image)
+    };
+    let service = format!("readme-{}", std::process::id());
+    let serve = place(readme_block("# /etc/rbd-wasm/serve.toml"))
+        .replace("name = \"backups\"", &format!("name = {service:?}"))
+        .replace("schedule = \"0 1 * * *\"", "every = 4")
+        .replace("jitter = \"15m\"", "")
+        .replace("every = \"1h\"", "every = 4");
+    std::fs::write(etc.join("serve.toml"), serve).unwrap();
+    std::fs::write(etc.join("dedup.toml"), place(readme_block("# /etc/rbd-wasm/dedup.toml"))).unwrap();
+    std::fs::write(etc.join("snap-rotate.toml"), place(readme_block("# /etc/rbd-wasm/snap-rotate.toml"))).unwrap();
+    for secret in ["passphrase", "access-key", "secret-key"] {
+        std::fs::write(etc.join("dedup").join(secret), "a passphrase for the test").unwrap();
+    }
+    let config = etc.join("serve.toml");
+    let check = Command::new(host_binary()).args(["serve", "--check", "--config"]).arg(&config).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let init = Command::new(host_binary())
+        .args(["run", "-c"])
+        .arg(ceph_conf())
+        .arg("--manifest")
+        .arg(etc.join("dedup.toml"))
+        .args(["--", "init"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "dedup init: {}", String::from_utf8_lossy(&init.stderr));
+
+    let serve = Serve::start(&config, dir.path().join("state"));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let records = history(&[&serve.state]);
+        let ok = |job: &str| successes(&records, job).len() >= 2;
+        if ok(&format!("backup-{image}")) && ok(&format!("rotate-{image}")) {
+            break;
+        }
+        let failed: Vec<&Value> = records.iter().filter(|r| r["outcome"] != "success").collect();
+        assert!(failed.is_empty(), "runs failed: {failed:?}\n{}", serve.log_text());
+        assert!(Instant::now() < deadline, "the README's jobs did not run:\n{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    serve.stop();
+    // Backups in the repository (one manifest each) and the rotation's snapshots on the image.
+    let backups = std::fs::read_dir(repo.join("backups").join("rbd").join(&image)).map(|d| d.count()).unwrap_or(0);
+    assert!(backups > 0, "no backup in {}", repo.display());
+    let snaps = rbd(&["snap", "ls", &format!("rbd/{image}")]);
+    assert!(snaps.contains("autosnap_") && snaps.contains("_hourly"), "{snaps}");
+    let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["snap", "purge", &format!("rbd/{image}")]).status();
+    let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", &format!("rbd/{image}")]).status();
 }
