@@ -465,3 +465,56 @@ fn the_readmes_serve_configuration_backs_up_and_rotates() {
     let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["snap", "purge", &format!("rbd/{image}")]).status();
     let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", &format!("rbd/{image}")]).status();
 }
+
+/// SIGTERM in the middle of a run: the run is cancelled through the host, the process
+/// exits at once, and the other process takes the tick over without waiting for a lease to
+/// run out.
+#[test]
+fn sigterm_mid_run_hands_the_tick_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    probe_manifest(dir.path(), "long", "long", 8000);
+    let config = dir.path().join("serve.toml");
+    let text = format!(
+        "version = 1\nname = \"handover\"\n[store]\ndir = {store:?}\n[limits]\nshutdown_grace = \"20s\"\n\
+         [[job]]\nname = \"long\"\nmanifest = \"long.toml\"\nevery = 12\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let a = Serve::start(&config, dir.path().join("a"));
+    let b = Serve::start(&config, dir.path().join("b"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (holder, other, tick) = loop {
+        if let Some(tick) = a.running("long") {
+            break (a, b, tick);
+        }
+        if let Some(tick) = b.running("long") {
+            break (b, a, tick);
+        }
+        assert!(Instant::now() < deadline, "no run started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let holder_state = holder.state.clone();
+    let took = holder.stop();
+    assert!(took < Duration::from_secs(5), "SIGTERM mid-run took {took:?}");
+    let handed = Instant::now();
+    while other.running("long").as_deref() != Some(tick.as_str()) {
+        assert!(handed.elapsed() < Duration::from_secs(5), "tick {tick} was not taken over:\n{}", other.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let records = history(&[&holder_state, &other.state]);
+        if !successes(&records, "long").is_empty() {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "the taken-over run did not end:\n{}", other.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let cancelled: Vec<&Value> = records.iter().filter(|r| r["outcome"] == "cancelled").collect();
+    assert_eq!(cancelled.len(), 1, "{records:?}");
+    let done: Vec<&Value> = records.iter().filter(|r| r["outcome"] == "success").collect();
+    assert_eq!(done.len(), 1, "{records:?}");
+    assert_eq!(done[0]["tick_time"], tick.as_str());
+    assert_eq!(done[0]["took_over"], true);
+    assert_eq!(cancelled[0]["tick"], done[0]["tick"]);
+}
