@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use rbd_wasm_tests::prometheus::{free_port, http_get, http_get_with, scalar_sum, Prometheus};
+use rbd_wasm_tests::prometheus::{http_get, http_get_with, scalar_sum, Prometheus};
 use rbd_wasm_tests::{ceph_conf, guest, host_binary, unique_prefix};
 use serde_json::Value;
 
@@ -55,8 +55,13 @@ struct Serve {
 }
 
 impl Serve {
+    /// Start `rbd-wasm serve` on `config` with its own state directory, listening on a
+    /// port of its choosing (read back from the line it prints), and wait until it answers.
     fn start(config: &Path, state: PathBuf) -> Serve {
-        let listen = format!("127.0.0.1:{}", free_port());
+        Serve::start_with(config, state, "127.0.0.1:0")
+    }
+
+    fn start_with(config: &Path, state: PathBuf, listen: &str) -> Serve {
         std::fs::create_dir_all(&state).unwrap();
         let log = state.with_extension("log");
         let child = Command::new(host_binary())
@@ -64,19 +69,29 @@ impl Serve {
             .arg(config)
             .arg("--state-dir")
             .arg(&state)
-            .args(["--listen", &listen])
+            .args(["--listen", listen])
             .env("RBD_WASM_CACHE", rbd_wasm_tests::test_cache_dir())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start rbd-wasm serve");
-        let serve = Serve { child, listen, state, log };
+        let mut serve = Serve { child, listen: String::new(), state, log };
         let started = Instant::now();
-        while http_get(&serve.listen, "/healthz").ok().map(|(s, _)| s) != Some(200) {
-            assert!(started.elapsed() < Duration::from_secs(60), "serve did not come up:\n{}", serve.log_text());
+        loop {
+            if let Some(status) = serve.child.try_wait().unwrap() {
+                panic!("serve exited with {status}:\n{}", serve.log_text());
+            }
+            let log = serve.log_text();
+            if let Some(at) = log.find("http://") {
+                let rest = &log[at + "http://".len()..];
+                serve.listen = rest[..rest.find('/').unwrap()].to_owned();
+                if http_get(&serve.listen, "/healthz").ok().map(|(s, _)| s) == Some(200) {
+                    return serve;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "serve did not come up:\n{log}");
             std::thread::sleep(Duration::from_millis(100));
         }
-        serve
     }
 
     fn log_text(&self) -> String {
@@ -129,7 +144,9 @@ fn history(states: &[&Path]) -> Vec<Value> {
     let mut records = Vec::new();
     for state in states {
         let Ok(text) = std::fs::read_to_string(state.join("history.jsonl")) else { continue };
-        records.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).expect("a history line parses")));
+        // The last line may be in the middle of being written: whole lines only.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        records.extend(whole.lines().map(|l| serde_json::from_str::<Value>(l).expect("a history line parses")));
     }
     records
 }
@@ -196,6 +213,7 @@ fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_th
         assert!(started.elapsed() < Duration::from_secs(90), "no runs:\n{}\n{}", a.log_text(), b.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
     let (victim, survivor) = loop {
         if a.running("probe-a").is_some() {
             break (a, b);
@@ -203,8 +221,10 @@ fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_th
         if b.running("probe-a").is_some() {
             break (b, a);
         }
+        assert!(Instant::now() < deadline, "no run of probe-a under way");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let survivor_state = survivor.state.clone();
     let mut victim = victim;
     victim.child.kill().unwrap();
     victim.child.wait().unwrap();
@@ -217,24 +237,36 @@ fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_th
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Prometheus has scraped every success of both processes (the killed one's last
-    // scrape included; its series went stale with it, hence max_over_time).
-    let query = "sum(max_over_time(rbd_wasm_runs_total{outcome=\"success\"}[15m]))";
+    // Prometheus scraped the survivor's runs: its count of successes is the survivor's
+    // history's (the killed one's last runs may have gone unscraped); both processes and
+    // both jobs are there.
+    let instance = survivor.listen.clone();
+    let query = format!("sum(rbd_wasm_runs_total{{outcome=\"success\",instance=\"{instance}\"}})");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let made: usize = jobs.iter().map(|j| successes(&history(&state_refs), j).values().sum::<usize>()).sum();
-        let seen = scalar_sum(&prometheus.query(query));
+        let made: usize = jobs.iter().map(|j| successes(&history(&[&survivor_state]), j).values().sum::<usize>()).sum();
+        let seen = scalar_sum(&prometheus.query(&query));
         if seen == Some(made as f64) {
             break;
         }
-        assert!(Instant::now() < deadline, "Prometheus sees {seen:?} successful runs, the histories {made}\n{}", prometheus.targets());
+        assert!(Instant::now() < deadline, "Prometheus sees {seen:?} successful runs, the history {made}\n{}", prometheus.targets());
         std::thread::sleep(Duration::from_millis(300));
     }
-    let by_job = prometheus.query("sum by (job_name) (max_over_time(rbd_wasm_runs_total{outcome=\"success\"}[15m]))");
-    assert_eq!(by_job["data"]["result"].as_array().map(Vec::len), Some(2), "{by_job}");
+    let by = prometheus.query("count by (instance, job_name) (max_over_time(rbd_wasm_runs_total{outcome=\"success\"}[15m]))");
+    assert_eq!(by["data"]["result"].as_array().map(Vec::len), Some(4), "{by}");
+    let all = scalar_sum(&prometheus.query("sum(max_over_time(rbd_wasm_runs_total{outcome=\"success\"}[15m]))")).unwrap();
+    let made: usize = jobs.iter().map(|j| successes(&history(&state_refs), j).values().sum::<usize>()).sum();
+    assert!(all <= made as f64 && all >= made as f64 - 4.0, "Prometheus saw {all} runs of {made}");
 
     let stop_time = survivor.stop();
     assert!(stop_time < Duration::from_secs(10), "SIGTERM took {stop_time:?}");
+    // No lease left held (looked at at once, before a forgotten one could run out): the
+    // killed process's ran out and was taken over, the survivor let its own go.
+    for job in jobs {
+        let object = format!("rbd-wasm-serve.{service}.{job}");
+        let lease: Value = serde_json::from_str(&rados(&["-p", "rbd", "lock", "info", &object, "rbd-wasm-lease"])).unwrap();
+        assert_eq!(lease["lockers"], serde_json::json!([]), "job {job}: the lease is still held: {lease}");
+    }
 
     let records = history(&state_refs);
     let images: Vec<String> = serde_json::from_str::<Vec<String>>(&rbd(&["ls", "--format", "json", "rbd"]))
@@ -262,14 +294,12 @@ fn two_services_on_ceph_run_each_tick_once_survive_a_kill_and_prometheus_sees_th
             assert!(marks.contains(tick), "job {job}: tick {tick} succeeded without its image");
         }
         assert!(marks.len() <= ticks.len() + 2, "job {job}: {} images for {} ticks", marks.len(), ticks.len());
-        // No lock left: the killed process's lease ran out and was taken, the survivor
-        // let its own go.
-        let lease = rados(&["-p", "rbd", "lock", "info", &format!("rbd-wasm-serve.{service}.{job}"), "rbd-wasm-lease"]);
-        let lease: Value = serde_json::from_str(&lease).unwrap();
-        assert_eq!(lease["lockers"], serde_json::json!([]), "job {job}: the lease is still held: {lease}");
     }
     for image in images {
         let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", "--no-progress", &format!("rbd/{image}")]).status();
+    }
+    for job in jobs {
+        let _ = Command::new("rados").arg("-c").arg(ceph_conf()).args(["-p", "rbd", "rm", &format!("rbd-wasm-serve.{service}.{job}")]).status();
     }
 }
 
@@ -319,6 +349,15 @@ fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
     let ran = successes(&history(&state_refs), "one").len();
     wait_for("one", ran + 3, "job one stopped after a refused reload");
 
+    // One that changes what needs a restart: refused too.
+    std::fs::write(&config, base.replace("name = \"local\"", "name = \"other\"")).unwrap();
+    a.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.log_text().contains("changing name needs a restart") {
+        assert!(Instant::now() < deadline, "no refusal:\n{}", a.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A good one adds a job.
     std::fs::write(&config, format!("{base}[[job]]\nname = \"two\"\nmanifest = \"two.toml\"\nevery = {EVERY}\n")).unwrap();
     a.signal("HUP");
@@ -327,8 +366,8 @@ fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
     let (code, metrics) = http_get(&a.listen, "/metrics").unwrap();
     assert_eq!(code, 200);
     let metrics = String::from_utf8(metrics).unwrap();
-    assert!(metrics.contains("rbd_wasm_config_reloads_total{job_name=\"\",outcome=\"refused\"} 1"), "{metrics}");
-    assert!(metrics.contains("rbd_wasm_config_reloads_total{job_name=\"\",outcome=\"success\"} 1"), "{metrics}");
+    assert!(metrics.contains("rbd_wasm_config_reloads_total{outcome=\"refused\"} 2"), "{metrics}");
+    assert!(metrics.contains("rbd_wasm_config_reloads_total{outcome=\"success\"} 1"), "{metrics}");
     assert!(metrics.contains("rbd_wasm_host_resident_memory_bytes "), "{metrics}");
     let (code, _) = http_get_with(&a.listen, "/status", Some("not-needed-on-loopback")).unwrap();
     assert_eq!(code, 200);
@@ -338,10 +377,13 @@ fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
     let records = history(&state_refs);
     assert_once_per_tick(&records, "one", None, 9);
     assert_once_per_tick(&records, "two", None, 4);
+    // Every tick the processes ran is recorded done in the lease state.
     let leases = backend.leases("test").unwrap();
     use rbd_wasm::backend::Leases;
     for job in ["one", "two"] {
-        assert!(leases.holders(&format!("rbd-wasm-serve.local.{job}")).unwrap().is_empty(), "{job}'s lease is left");
+        let state: Value = serde_json::from_slice(&leases.state(&format!("rbd-wasm-serve.local.{job}")).unwrap()).unwrap();
+        let last = *successes(&records, job).keys().last().unwrap();
+        assert!(state["status"] == "done" && state["tick"].as_i64().unwrap() >= last, "{job}: {state}");
     }
     // Each process's history survives its restart.
     let again = Serve::start(&config, dir.path().join("a"));
@@ -357,10 +399,9 @@ fn off_loopback_the_endpoint_wants_the_token() {
     probe_manifest(dir.path(), "one", "one", 0);
     let token = "s3cret-token-of-some-length";
     std::fs::write(dir.path().join("token"), token).unwrap();
-    let port = free_port();
     let config = dir.path().join("serve.toml");
     let text = format!(
-        "version = 1\nname = \"t\"\n[store]\ndir = {store:?}\n[http]\nlisten = \"0.0.0.0:{port}\"\n\
+        "version = 1\nname = \"t\"\n[store]\ndir = {store:?}\n[http]\nlisten = \"0.0.0.0:9465\"\n\
          [[job]]\nname = \"one\"\nmanifest = \"one.toml\"\nschedule = \"0 2 * * *\"\n"
     );
     std::fs::write(&config, &text).unwrap();
@@ -368,25 +409,15 @@ fn off_loopback_the_endpoint_wants_the_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("token_file"), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(&config, text.replace("[[job]]", "token_file = \"token\"\n[[job]]")).unwrap();
-    let mut child = Command::new(host_binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let authority = format!("127.0.0.1:{port}");
-    let started = Instant::now();
-    while http_get(&authority, "/healthz").ok().map(|(s, _)| s) != Some(200) {
-        assert!(started.elapsed() < Duration::from_secs(30), "serve did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Off loopback (any address, a port of its choosing): /healthz for anyone, the rest
+    // for the token's holder.
+    let serve = Serve::start_with(&config, dir.path().join("state"), "0.0.0.0:0");
+    let authority = serve.listen.replace("0.0.0.0", "127.0.0.1");
     assert_eq!(http_get(&authority, "/metrics").unwrap().0, 401);
     assert_eq!(http_get_with(&authority, "/status", Some("wrong-token-of-some-length")).unwrap().0, 401);
     assert_eq!(http_get_with(&authority, "/metrics", Some(token)).unwrap().0, 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(http_get_with(&authority, "/status", Some(token)).unwrap().0, 200);
+    serve.stop();
 }
 
 /// The ```toml block of README.md that starts with `first_line`.
@@ -462,8 +493,8 @@ fn the_readmes_serve_configuration_backs_up_and_rotates() {
     assert!(backups > 0, "no backup in {}", repo.display());
     let snaps = rbd(&["snap", "ls", &format!("rbd/{image}")]);
     assert!(snaps.contains("autosnap_") && snaps.contains("_hourly"), "{snaps}");
-    let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["snap", "purge", &format!("rbd/{image}")]).status();
-    let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", &format!("rbd/{image}")]).status();
+    let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["snap", "purge", "--no-progress", &format!("rbd/{image}")]).status();
+    let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", "--no-progress", &format!("rbd/{image}")]).status();
 }
 
 /// SIGTERM in the middle of a run: the run is cancelled through the host, the process
@@ -517,4 +548,130 @@ fn sigterm_mid_run_hands_the_tick_over() {
     assert_eq!(done[0]["tick_time"], tick.as_str());
     assert_eq!(done[0]["took_over"], true);
     assert_eq!(cancelled[0]["tick"], done[0]["tick"]);
+}
+
+/// The peak resident memory of a process (the kernel's VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+}
+
+/// Hostile jobs on a schedule (many huge progress labels, a 64 MiB failure message retried,
+/// a 256 MiB line of output): what the service keeps of them (history, `/status`, its log, its
+/// memory) stays bounded however many ticks pass.
+#[test]
+fn hostile_jobs_on_a_schedule_cost_the_service_a_bounded_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let attacks = [
+        ("labels", "report_progress_with_huge_and_many_labels"),
+        ("failure", "fail_with_a_huge_message"),
+        ("flood", "print_a_huge_line"),
+    ];
+    let mut text = format!(
+        "version = 1\nname = \"hostile\"\n[store]\ndir = {store:?}\n[limits]\nmax_concurrent_runs = 2\n[history]\nkeep_runs = 3\n"
+    );
+    for (job, attack) in attacks {
+        std::fs::write(
+            dir.path().join(format!("{job}.toml")),
+            format!(
+                "schema = 1\n[job]\ncomponent = {:?}\nargs = [{attack:?}, \"h\"]\n[[grants]]\npool = \"rbd\"\nimages = \"h-job-*\"\n\
+                 operations = [\"all\"]\n[limits]\nmemory_mib = 256\noutput_bytes = 1048576\n",
+                guest("hostile")
+            ),
+        )
+        .unwrap();
+        text += &format!("[[job]]\nname = {job:?}\nmanifest = \"{job}.toml\"\nevery = 2\nretries = 1\nbackoff = \"1s\"\n");
+    }
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, text).unwrap();
+    let serve = Serve::start(&config, dir.path().join("state"));
+    let pid = serve.child.id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Attempts as the metrics count them (the history keeps the last 3 of each job).
+    let attempts_of = |job: &str| -> usize {
+        let (_, metrics) = http_get(&serve.listen, "/metrics").unwrap();
+        let metrics = String::from_utf8(metrics).unwrap();
+        let prefix = format!("rbd_wasm_runs_total{{job_name=\"{job}\",");
+        metrics.lines().filter(|l| l.starts_with(&prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok()).sum()
+    };
+    loop {
+        let attempts = |job: &str| attempts_of(job);
+        // The flood takes seconds a run (its ticks coalesce); the others a fraction of one.
+        if attempts("labels") >= 8 && attempts("failure") >= 8 && attempts("flood") >= 3 {
+            break;
+        }
+        let counts: Vec<(&str, usize)> = attacks.iter().map(|(job, _)| (*job, attempts(job))).collect();
+        assert!(Instant::now() < deadline, "too few runs: {counts:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let records = history(&[&serve.state]);
+    // 3 runs of each job kept; the file is compacted at twice that.
+    assert!(records.len() <= 19, "the history file holds {} records", records.len());
+    assert!(records.iter().any(|r| r["job"] == "failure" && r["outcome"] == "failed" && r["attempt"] == 2), "no retry recorded");
+    assert!(records.iter().any(|r| r["job"] == "labels" && r["outcome"] == "success"));
+    let history_bytes = std::fs::metadata(serve.state.join("history.jsonl")).unwrap().len();
+    assert!(history_bytes < 512 << 10, "the history holds {history_bytes} bytes");
+    let (_, status) = http_get(&serve.listen, "/status").unwrap();
+    assert!(status.len() < 512 << 10, "/status is {} bytes", status.len());
+    let rss = peak_rss(pid);
+    assert!(rss < 512 << 20, "the service's peak RSS is {rss} bytes");
+    let log = serve.log_text().len();
+    let runs: usize = attacks.iter().map(|(job, _)| attempts_of(job)).sum();
+    serve.stop();
+    // Each run's output is cut at its 1 MiB per stream; the failure message at 4 KiB.
+    assert!(log < runs * (3 << 20), "{log} bytes of log for {runs} runs");
+}
+
+/// A lease broken under a run (an operator's `rados lock break`, or a lease that ran out
+/// while the process stalled): the renewal finds it gone, the run is cancelled and
+/// recorded `lease-lost`, and the next tick runs as usual.
+#[test]
+fn a_run_whose_lease_is_broken_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("lost");
+    probe_manifest(dir.path(), "held", &prefix, 20_000);
+    let service = prefix.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nname = {service:?}\n[store]\nconf = {:?}\n[coordination]\npool = \"rbd\"\nlease = \"6s\"\n\
+             [[job]]\nname = \"held\"\nmanifest = \"held.toml\"\nevery = 12\n",
+            ceph_conf()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, dir.path().join("state"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while serve.running("held").is_none() {
+        assert!(Instant::now() < deadline, "no run started:\n{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let object = format!("rbd-wasm-serve.{service}.held");
+    let info: Value = serde_json::from_str(&rados(&["-p", "rbd", "lock", "info", &object, "rbd-wasm-lease"])).unwrap();
+    let locker = &info["lockers"][0];
+    let (client, cookie) = (locker["name"].as_str().unwrap(), locker["cookie"].as_str().unwrap());
+    let broken = Instant::now();
+    rados(&["-p", "rbd", "lock", "break", &object, "rbd-wasm-lease", client, "--lock-cookie", cookie]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let lost = loop {
+        let records = history(&[&serve.state]);
+        if let Some(r) = records.iter().find(|r| r["outcome"] == "lease-lost") {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "the run went on without its lease:\n{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Renewals come every third of the lease: the run stopped within one (and the cancel).
+    assert!(broken.elapsed() < Duration::from_secs(6), "the run stopped {:?} after its lease was broken", broken.elapsed());
+    assert!(serve.log_text().contains("is lost"), "{}", serve.log_text());
+    serve.stop();
+    assert_eq!(lost["job"], "held");
+    let images: Vec<String> = serde_json::from_str(&rbd(&["ls", "--format", "json", "rbd"])).unwrap();
+    for image in images.iter().filter(|n| n.starts_with(&format!("{prefix}-"))) {
+        let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["rm", "--no-progress", &format!("rbd/{image}")]).status();
+    }
+    let _ = Command::new("rados").arg("-c").arg(ceph_conf()).args(["-p", "rbd", "rm", &object]).status();
 }

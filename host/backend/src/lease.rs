@@ -20,8 +20,8 @@ use crate::Result;
 
 /// A set of named leases and their state values.
 pub trait Leases: Send + Sync {
-    /// Take the lease on `name` for `ttl`, or renew it when this holder has it already.
-    /// `Ok(false)` when another holder has it and its time has not run out.
+    /// Take the lease on `name` for `ttl`. `Ok(false)` when a holder has it (another, or
+    /// this one already: a lease is never taken twice) and its time has not run out.
     fn acquire(&self, name: &str, ttl: Duration) -> Result<bool>;
 
     /// Renew a lease this holder has; `Ok(false)` when it has not (it ran out and another

@@ -193,13 +193,16 @@ impl Meter {
         }
     }
 
-    /// Count a call the job was refused, if it was refused for want of a grant or a quota.
+    /// Count an RBD call answered `permission-denied` or `quota-exceeded`: refused by the
+    /// job's grants or quotas, or by the cluster itself (EACCES, EDQUOT), which the job
+    /// sees the same way.
     pub fn count_denial(&self, e: &Error) {
-        match e {
-            Error::PermissionDenied(_) => self.permission_denials.fetch_add(1, Ordering::Relaxed),
-            Error::QuotaExceeded(_) => self.quota_denials.fetch_add(1, Ordering::Relaxed),
+        let counter = match e {
+            Error::PermissionDenied(_) => &self.permission_denials,
+            Error::QuotaExceeded(_) => &self.quota_denials,
             _ => return,
         };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bytes read and written so far.

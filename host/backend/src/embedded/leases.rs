@@ -56,7 +56,8 @@ impl Leases for FileLeases {
     fn acquire(&self, name: &str, _ttl: Duration) -> Result<bool> {
         let mut held = self.held();
         if held.contains_key(name) {
-            return Ok(true);
+            // Held already: not taken twice (renewing is `renew`).
+            return Ok(false);
         }
         let mut file = self.open_file(name, "lock")?;
         match file.try_lock() {
@@ -133,7 +134,8 @@ mod tests {
         let (a, b) = (FileLeases::open(dir.path(), "a").unwrap(), FileLeases::open(dir.path(), "b").unwrap());
         let ttl = Duration::from_secs(5);
         assert!(a.acquire("job", ttl).unwrap());
-        assert!(a.acquire("job", ttl).unwrap(), "the holder renews");
+        assert!(!a.acquire("job", ttl).unwrap(), "not taken twice");
+        assert!(a.renew("job", ttl).unwrap());
         assert!(!b.acquire("job", ttl).unwrap());
         assert!(!b.renew("job", ttl).unwrap());
         assert_eq!(b.holders("job").unwrap(), vec!["a".to_string()]);

@@ -17,15 +17,6 @@ pub type rados_t = *mut c_void;
 pub type rados_ioctx_t = *mut c_void;
 pub type rados_write_op_t = *mut c_void;
 
-/// `struct timeval` of Linux on 64-bit targets (a lock's duration).
-#[repr(C)]
-pub struct timeval {
-    pub tv_sec: i64,
-    pub tv_usec: i64,
-}
-
-/// `LIBRADOS_LOCK_FLAG_MAY_RENEW`: take the lock, or renew it if this client holds it.
-pub const LOCK_FLAG_MAY_RENEW: u8 = 1;
 /// `LIBRADOS_LOCK_FLAG_MUST_RENEW`: renew only; ENOENT if this client does not hold it.
 pub const LOCK_FLAG_MUST_RENEW: u8 = 2;
 /// `LIBRADOS_CMPXATTR_OP_EQ`.
@@ -143,7 +134,7 @@ api! {
     rados_ioctx_destroy: fn(rados_ioctx_t) -> ();
     rados_get_instance_id: fn(rados_t) -> u64;
     rados_ioctx_set_namespace: fn(rados_ioctx_t, *const c_char) -> ();
-    rados_lock_exclusive: fn(rados_ioctx_t, *const c_char, *const c_char, *const c_char, *const c_char, *mut timeval, u8) -> c_int;
+    rados_lock_exclusive: fn(rados_ioctx_t, *const c_char, *const c_char, *const c_char, *const c_char, *mut libc::timeval, u8) -> c_int;
     rados_unlock: fn(rados_ioctx_t, *const c_char, *const c_char, *const c_char) -> c_int;
     rados_list_lockers: fn(rados_ioctx_t, *const c_char, *const c_char, *mut c_int, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize) -> isize;
     rados_getxattr: fn(rados_ioctx_t, *const c_char, *const c_char, *mut c_char, usize) -> c_int;

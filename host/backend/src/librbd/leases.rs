@@ -14,7 +14,7 @@ use std::ptr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ffi::{self, timeval};
+use super::ffi;
 use super::{cstr, IoCtx};
 use crate::lease::Leases;
 use crate::{Error, Result};
@@ -25,14 +25,7 @@ const LOCK_NAME: &str = "rbd-wasm-lease";
 const STATE_XATTR: &str = "rbd-wasm.state";
 /// The largest state value read back.
 const MAX_STATE: usize = 64 << 10;
-/// `ENODATA`: the object has no such xattr.
-const ENODATA: c_int = 61;
-/// `ENOENT`, `EBUSY`, `EEXIST`, `ECANCELED`, `ERANGE`.
-const ENOENT: c_int = 2;
-const EBUSY: c_int = 16;
-const EEXIST: c_int = 17;
-const ERANGE: c_int = 34;
-const ECANCELED: c_int = 125;
+use libc::{EBUSY, ECANCELED, EEXIST, ENODATA, ENOENT, ERANGE};
 
 /// Leases on the objects of one pool (and namespace).
 pub struct RadosLeases {
@@ -59,9 +52,9 @@ impl RadosLeases {
 
     fn lock(&self, name: &str, ttl: Duration, flags: u8) -> Result<c_int> {
         let oid = cstr(name, "lease name")?;
-        let mut duration = timeval {
-            tv_sec: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
-            tv_usec: i64::from(ttl.subsec_micros()),
+        let mut duration = libc::timeval {
+            tv_sec: libc::time_t::try_from(ttl.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(ttl.subsec_micros()),
         };
         // SAFETY: valid ioctx and C strings; the duration lives across the call.
         Ok(unsafe {
@@ -80,7 +73,8 @@ impl RadosLeases {
 
 impl Leases for RadosLeases {
     fn acquire(&self, name: &str, ttl: Duration) -> Result<bool> {
-        match self.lock(name, ttl, ffi::LOCK_FLAG_MAY_RENEW)? {
+        // No renew flag: a lease this holder has already is `EEXIST`, not taken twice.
+        match self.lock(name, ttl, 0)? {
             r if r >= 0 => Ok(true),
             r if r == -EBUSY || r == -EEXIST => Ok(false),
             r => Err(Error::from_errno(r, format!("lock the lease object `{name}`"))),
@@ -134,9 +128,9 @@ impl Leases for RadosLeases {
         if op.is_null() {
             return Err(Error::Io("rados_create_write_op returned null".into()));
         }
-        // One compound write, applied whole or not at all: the object exists (a lease that
-        // was never locked has none), the state is still `expected` (the OSD compares a
-        // missing xattr as empty), and then it is `new`.
+        // One compound write, applied whole or not at all: create the object if it is not
+        // there (a lease never locked has none), check the state is still `expected` (the
+        // OSD compares a missing xattr as empty), and then make it `new`.
         // SAFETY: valid op; the C strings and slices outlive the operate call.
         let r = unsafe {
             (api.rados_write_op_create)(op, ffi::CREATE_IDEMPOTENT, ptr::null());

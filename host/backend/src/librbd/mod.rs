@@ -33,6 +33,10 @@ pub struct ConnectOptions {
     pub id: Option<String>,
     /// `--keyring`; `None` uses the conf file's.
     pub keyring: Option<PathBuf>,
+    /// `rados_osd_op_timeout`: OSD operations give up (ETIMEDOUT) after this long. `None`
+    /// for none, as jobs want it (the host bounds a job by its deadline); a connection
+    /// for leases sets it, so that a renewal that cannot reach the OSD fails in time.
+    pub osd_op_timeout: Option<std::time::Duration>,
 }
 
 /// Turn a string into a C string; a NUL inside is python-rbd's `TypeError`.
@@ -114,7 +118,8 @@ impl LibrbdBackend {
         // cluster fails with a clear error. OSD ops get no timeout here: the host bounds a
         // job by its deadline and abandons a call that does not come back (the call owns its
         // buffers, so nothing is freed under it).
-        for (key, value) in [("client_mount_timeout", "30"), ("rados_mon_op_timeout", "30")] {
+        let osd_op_timeout = options.osd_op_timeout.map_or("0".to_string(), |t| t.as_secs().max(1).to_string());
+        for (key, value) in [("client_mount_timeout", "30"), ("rados_mon_op_timeout", "30"), ("rados_osd_op_timeout", osd_op_timeout.as_str())] {
             let (key, value) = (cstr(key, "option")?, cstr(value, "value")?);
             // SAFETY: valid handle and C strings.
             check(unsafe { (api.rados_conf_set)(handle, key.as_ptr(), value.as_ptr()) }, || "rados_conf_set".into())?;

@@ -104,7 +104,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 /// cluster named by `--conf`, or else the embedded store's directory.
 pub(crate) fn open_backend(store: &StoreArgs) -> anyhow::Result<Arc<dyn Backend>> {
     if let Some(conf) = &store.conf {
-        let options = ConnectOptions { conf: Some(conf.clone()), id: store.id.clone(), keyring: store.keyring.clone() };
+        let options = ConnectOptions { conf: Some(conf.clone()), id: store.id.clone(), keyring: store.keyring.clone(), ..ConnectOptions::default() };
         let backend = LibrbdBackend::connect(&options)
             .with_context(|| format!("cannot connect to the Ceph cluster of {}", conf.display()))?;
         return Ok(Arc::new(backend));

@@ -38,7 +38,8 @@ impl RunReport {
             component,
             status: result.as_ref().err().map_or("ok", JobError::kind),
             exit_code,
-            error: result.as_ref().err().map(|e| e.to_string()),
+            // A trap's backtrace can be long (a deep stack): cut, as the CLI prints it.
+            error: result.as_ref().err().map(|e| rbd_wasm::audit::cut(&e.to_string(), 64 << 10).into_owned()),
             elapsed_secs: elapsed.as_secs_f64(),
             host_peak_rss_bytes: peak_rss_bytes(),
             usage,
@@ -48,7 +49,7 @@ impl RunReport {
 }
 
 /// This process's peak resident set size, from `/proc/self/status` (Linux).
-pub fn peak_rss_bytes() -> Option<u64> {
+fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;

@@ -15,7 +15,7 @@
 //! state left `running`, and another takes the tick over at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rbd_wasm::backend::Leases;
 use serde::{Deserialize, Serialize};
@@ -61,7 +61,7 @@ impl TickState {
     }
 
     /// Whether `tick` is dealt with: this tick or a later one is done.
-    fn covers(&self, tick: Tick) -> bool {
+    pub fn covers(&self, tick: Tick) -> bool {
         self.tick > tick || (self.tick == tick && self.status == Status::Done)
     }
 }
@@ -83,45 +83,107 @@ pub enum Claim {
 
 /// A claimed tick: the lease is held and the state says `running` by this process.
 pub struct Held {
-    pub leases: Arc<dyn Leases>,
-    pub name: String,
-    pub tick: Tick,
+    leases: Arc<dyn Leases>,
+    name: String,
+    tick: Tick,
+    ttl: Duration,
+    /// Until when the lease is surely this process's: counted from before the call that
+    /// took (or last renewed) it, since the OSD counts from when it got the call.
+    valid_until: Instant,
     /// The state as this process wrote it, which finishing swaps from.
     running: Vec<u8>,
     /// The tick had been claimed by a process whose lease ran out.
-    pub took_over: bool,
+    took_over: bool,
 }
 
 /// Try to claim `tick` (blocking: call it off the async executor).
 pub fn claim(leases: &Arc<dyn Leases>, name: &str, tick: Tick, holder: &str, ttl: Duration) -> rbd_wasm::backend::Result<Claim> {
+    let asked = Instant::now();
     if !leases.acquire(name, ttl)? {
         let state = TickState::parse(&leases.state(name)?);
         return Ok(if state.is_some_and(|s| s.covers(tick)) { Claim::Done } else { Claim::Busy });
     }
-    let read = leases.state(name)?;
-    let state = TickState::parse(&read);
-    if state.as_ref().is_some_and(|s| s.covers(tick)) {
-        leases.release(name)?;
-        return Ok(Claim::Done);
-    }
-    let took_over = state.as_ref().is_some_and(|s| s.tick == tick && s.status == Status::Running);
-    let running = TickState { tick, holder: holder.to_owned(), status: Status::Running, outcome: None }.bytes();
-    if !leases.swap_state(name, &read, &running)? {
+    // From here on the lease is let go on every way out but a claim.
+    let claimed = (|| {
+        let read = leases.state(name)?;
+        let state = TickState::parse(&read);
+        if state.as_ref().is_some_and(|s| s.covers(tick)) {
+            return Ok(None);
+        }
+        let took_over = state.as_ref().is_some_and(|s| s.tick == tick && s.status == Status::Running);
+        let running = TickState { tick, holder: holder.to_owned(), status: Status::Running, outcome: None }.bytes();
         // Changed between the read and the swap: only a process that took the lease over
         // meanwhile does that, so it is not this one's any more.
-        leases.release(name)?;
-        return Ok(Claim::Busy);
+        Ok(leases.swap_state(name, &read, &running)?.then_some((running, took_over)))
+    })();
+    match claimed {
+        Ok(Some((running, took_over))) => Ok(Claim::Mine(Held {
+            leases: leases.clone(),
+            name: name.to_owned(),
+            tick,
+            ttl,
+            valid_until: asked + ttl,
+            running,
+            took_over,
+        })),
+        Ok(None) => {
+            leases.release(name)?;
+            Ok(Claim::Done)
+        }
+        Err(e) => {
+            let _ = leases.release(name);
+            Err(e)
+        }
     }
-    Ok(Claim::Mine(Held { leases: leases.clone(), name: name.to_owned(), tick, running, took_over }))
 }
 
 impl Held {
+    pub fn tick(&self) -> Tick {
+        self.tick
+    }
+
+    pub fn took_over(&self) -> bool {
+        self.took_over
+    }
+
+    /// Renew the lease every third of its time to live until `lost` is set by this or the
+    /// caller goes away. The lease counts as lost, and `on_lost` is called, when a renewal
+    /// says another process has it, or when none has succeeded in time: a renewal that
+    /// hangs (an OSD out of reach) is not waited for past the lease's end.
+    pub async fn keep(leases: Arc<dyn Leases>, name: String, ttl: Duration, mut valid_until: Instant, on_lost: impl FnOnce()) {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let (l, n, asked) = (leases.clone(), name.clone(), Instant::now());
+            let renewal = tokio::task::spawn_blocking(move || l.renew(&n, ttl));
+            let wait = valid_until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, renewal).await {
+                Ok(Ok(Ok(true))) => valid_until = asked + ttl,
+                Ok(Ok(Ok(false))) => break,
+                Ok(Ok(Err(e))) => tracing::warn!("cannot renew the lease `{name}`: {e}"),
+                Ok(Err(_)) => {}
+                Err(_) => break,
+            }
+            if Instant::now() >= valid_until {
+                break;
+            }
+        }
+        on_lost();
+    }
+
+    /// What [`Held::keep`] needs, taken before the run so the keeper owns its parts.
+    pub fn keeper_parts(&self) -> (Arc<dyn Leases>, String, Duration, Instant) {
+        (self.leases.clone(), self.name.clone(), self.ttl, self.valid_until)
+    }
+
     /// Record the tick as done (`Ok(false)` when the state changed under this process: its
-    /// lease ran out and another took the tick over) and release the lease.
+    /// lease ran out and another took the tick over) and release the lease (also when the
+    /// record could not be written).
     pub fn finish(self, holder: &str, outcome: &str) -> rbd_wasm::backend::Result<bool> {
         let done = TickState { tick: self.tick, holder: holder.to_owned(), status: Status::Done, outcome: Some(outcome.to_owned()) };
-        let recorded = self.leases.swap_state(&self.name, &self.running, &done.bytes())?;
-        self.leases.release(&self.name)?;
+        let recorded = self.leases.swap_state(&self.name, &self.running, &done.bytes());
+        let released = self.leases.release(&self.name);
+        let recorded = recorded?;
+        released?;
         Ok(recorded)
     }
 
@@ -157,7 +219,7 @@ mod tests {
         let Claim::Mine(held) = claim(&a, "j", 20, "a", ttl).unwrap() else { panic!() };
         held.abandon().unwrap();
         let Claim::Mine(taken) = claim(&b, "j", 20, "b", ttl).unwrap() else { panic!("b takes 20 over") };
-        assert!(taken.took_over);
+        assert!(taken.took_over());
         assert!(taken.finish("b", "success").unwrap());
         assert!(matches!(claim(&a, "j", 20, "a", ttl).unwrap(), Claim::Done));
         let state = current(&a, "j").unwrap().unwrap();

@@ -46,7 +46,7 @@ pub struct Config {
 }
 
 /// Where the images are (as `rbd-wasm run`'s `--store`, `--conf`, `--id`, `--keyring`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
     pub dir: Option<PathBuf>,
     pub conf: Option<PathBuf>,
@@ -64,7 +64,7 @@ pub struct Coordination {
     pub lease: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http {
     pub listen: SocketAddr,
     /// Required (a bearer token) when `listen` is not a loopback address.
@@ -318,11 +318,14 @@ impl Config {
         if !(1..=MAX_RUNS).contains(&max_concurrent_runs) {
             return Err(format!("limits.max_concurrent_runs: between 1 and {MAX_RUNS}"));
         }
-        if let Some((pool, _)) = raw.limits.pools.iter().find(|(_, n)| **n == 0) {
-            return Err(format!("limits.pools.{pool}: at least 1"));
+        if let Some((pool, _)) = raw.limits.pools.iter().find(|(_, n)| !(1..=MAX_RUNS).contains(*n)) {
+            return Err(format!("limits.pools.{pool}: between 1 and {MAX_RUNS}"));
         }
         let shutdown_grace =
             raw.limits.shutdown_grace.map(|s| s.get("limits.shutdown_grace")).transpose()?.unwrap_or(Duration::from_secs(60));
+        if shutdown_grace > Duration::from_secs(3600) {
+            return Err("limits.shutdown_grace: at most an hour".into());
+        }
         let keep_runs = raw.history.keep_runs.unwrap_or(100);
         if !(1..=100_000).contains(&keep_runs) {
             return Err("history.keep_runs: between 1 and 100000".into());
@@ -376,6 +379,10 @@ fn job_spec(raw: RawJob, base: &Path) -> Result<JobSpec, String> {
         (None, Some(every)) => {
             let interval = every.get("every").map_err(at)?;
             let start = raw.start.as_deref().map(super::schedule::parse_time).transpose().map_err(|e| at(format!("start: {e}")))?;
+            // Years 1970 to 9999: schedule arithmetic stays far from overflowing.
+            if start.is_some_and(|s| !(0..=253_402_300_799).contains(&s)) {
+                return Err(at("start: between 1970 and 9999".into()));
+            }
             Schedule::every(interval, start.unwrap_or(0)).map_err(at)?
         }
         _ => return Err(at("give either `schedule` (a calendar expression) or `every` (an interval)".into())),
@@ -393,6 +400,9 @@ fn job_spec(raw: RawJob, base: &Path) -> Result<JobSpec, String> {
     };
     if retry.retries > 100 {
         return Err(at("retries: at most 100".into()));
+    }
+    if retry.max_backoff > Duration::from_secs(86400) || retry.backoff > retry.max_backoff {
+        return Err(at("backoff: at most max_backoff, which is at most a day".into()));
     }
     let mut pools = manifest.grants.pools();
     pools.sort();

@@ -41,6 +41,9 @@ pub struct RunRecord {
 pub struct History {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// An `flock` on `state.lock`, held while this lives: two processes must not share a
+    /// history (their appends and compactions would cross).
+    _lock: File,
 }
 
 struct Inner {
@@ -55,6 +58,13 @@ impl History {
     /// Open (or start) the history in `dir`, keeping the last `keep` runs of each job.
     pub fn open(dir: &Path, keep: usize) -> std::io::Result<History> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("state.lock"))?;
+        if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock() {
+            return Err(std::io::Error::other(format!(
+                "another process uses the state directory {} (give each its own: --state-dir)",
+                dir.display()
+            )));
+        }
         let path = dir.join("history.jsonl");
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
         let mut bytes = Vec::new();
@@ -75,7 +85,7 @@ impl History {
                 Err(e) => tracing::warn!("{}: skipping a record that does not parse: {e}", path.display()),
             }
         }
-        let history = History { path, inner: Mutex::new(Inner { file, runs, lines, keep }) };
+        let history = History { path, inner: Mutex::new(Inner { file, runs, lines, keep }), _lock: lock };
         history.compact_if_due()?;
         Ok(history)
     }
@@ -86,8 +96,13 @@ impl History {
         line.push(b'\n');
         {
             let mut inner = self.lock();
-            inner.file.write_all(&line)?;
-            inner.file.sync_data()?;
+            let before = inner.file.metadata()?.len();
+            if let Err(e) = inner.file.write_all(&line).and_then(|()| inner.file.sync_data()) {
+                // A part of the line (the disk filled up): cut it off, or the next record
+                // would be appended to it and both lost.
+                let _ = inner.file.set_len(before);
+                return Err(e);
+            }
             inner.lines += 1;
             let keep = inner.keep;
             push(&mut inner.runs, record, keep);
@@ -95,9 +110,9 @@ impl History {
         self.compact_if_due()
     }
 
-    /// The last runs of `job`, oldest first.
-    pub fn runs(&self, job: &str) -> Vec<RunRecord> {
-        self.lock().runs.get(job).map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    /// The last `n` runs of `job`, newest first.
+    pub fn last(&self, job: &str, n: usize) -> Vec<RunRecord> {
+        self.lock().runs.get(job).map(|r| r.iter().rev().take(n).cloned().collect()).unwrap_or_default()
     }
 
     /// A new retention (after a reload).
@@ -180,21 +195,22 @@ mod tests {
                 h.append(record("a", t)).unwrap();
             }
             h.append(record("b", 100)).unwrap();
-            assert_eq!(h.runs("a").iter().map(|r| r.tick).collect::<Vec<_>>(), vec![7, 8, 9]);
+            assert_eq!(h.last("a", 5).iter().map(|r| r.tick).collect::<Vec<_>>(), vec![9, 8, 7]);
+            assert!(History::open(dir.path(), 3).is_err(), "one process a state directory");
         }
         let path = dir.path().join("history.jsonl");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"job\":\"a\",\"tick\":").unwrap();
         drop(f);
         let h = History::open(dir.path(), 3).unwrap();
-        assert_eq!(h.runs("a").iter().map(|r| r.tick).collect::<Vec<_>>(), vec![7, 8, 9]);
-        assert_eq!(h.runs("b").len(), 1);
+        assert_eq!(h.last("a", 5).iter().map(|r| r.tick).collect::<Vec<_>>(), vec![9, 8, 7]);
+        assert_eq!(h.last("b", 5).len(), 1);
         h.append(record("a", 10)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.lines().count() <= 8, "compacted: {text}");
         assert!(text.lines().all(|l| serde_json::from_str::<RunRecord>(l).is_ok()));
         drop(h);
         let h = History::open(dir.path(), 3).unwrap();
-        assert_eq!(h.runs("a").iter().map(|r| r.tick).collect::<Vec<_>>(), vec![8, 9, 10]);
+        assert_eq!(h.last("a", 2).iter().map(|r| r.tick).collect::<Vec<_>>(), vec![10, 9]);
     }
 }

@@ -11,20 +11,27 @@ use prometheus_client::registry::Registry;
 use rbd_wasm::Usage;
 use std::sync::atomic::AtomicU64;
 
+/// `job_name`, not `job`: Prometheus gives every scraped series a `job` label of its own
+/// (the scrape job), and would rename ours to `exported_job`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
-    job: String,
+    job_name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    job: String,
+    job_name: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
     outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DenialLabels {
-    job: String,
+    job_name: String,
     kind: String,
 }
 
@@ -39,7 +46,7 @@ pub struct Metrics {
     takeovers: Family<JobLabel, Counter>,
     running: Gauge,
     resident: Gauge,
-    reloads: Family<OutcomeLabels, Counter>,
+    reloads: Family<ReloadLabel, Counter>,
 }
 
 /// Run durations from 0.1 s to about 3.6 hours, doubling.
@@ -59,7 +66,7 @@ impl Metrics {
         let written_bytes = Family::<JobLabel, Counter>::default();
         registry.register("written_bytes", "Bytes the job's runs wrote to images", written_bytes.clone());
         let denials = Family::<DenialLabels, Counter>::default();
-        registry.register("denials", "RBD calls refused: kind=permission (no grant) or quota", denials.clone());
+        registry.register("denials", "RBD calls answered permission-denied (kind=permission) or quota-exceeded (kind=quota), by the grants and quotas or the cluster", denials.clone());
         let last_success = Family::<JobLabel, Gauge<f64, AtomicU64>>::default();
         registry.register("last_success_timestamp_seconds", "When the job's last successful run ended (Unix time)", last_success.clone());
         let takeovers = Family::<JobLabel, Counter>::default();
@@ -68,20 +75,20 @@ impl Metrics {
         registry.register("jobs_running", "Runs under way in this process", running.clone());
         let resident = Gauge::default();
         registry.register("host_resident_memory_bytes", "Resident memory of this process", resident.clone());
-        let reloads = Family::<OutcomeLabels, Counter>::default();
-        registry.register("config_reloads", "Configuration reloads (job=\"\"), by outcome", reloads.clone());
+        let reloads = Family::<ReloadLabel, Counter>::default();
+        registry.register("config_reloads", "Configuration reloads, by outcome", reloads.clone());
         Metrics { registry, runs, duration, read_bytes, written_bytes, denials, last_success, takeovers, running, resident, reloads }
     }
 
     /// An attempt ended.
     pub fn attempt(&self, job: &str, outcome: &str, seconds: f64, usage: &Usage, ended_unix: f64) {
-        let label = JobLabel { job: job.to_owned() };
-        self.runs.get_or_create(&OutcomeLabels { job: job.to_owned(), outcome: outcome.to_owned() }).inc();
+        let label = JobLabel { job_name: job.to_owned() };
+        self.runs.get_or_create(&OutcomeLabels { job_name: job.to_owned(), outcome: outcome.to_owned() }).inc();
         self.duration.get_or_create(&label).observe(seconds);
         self.read_bytes.get_or_create(&label).inc_by(usage.read_bytes);
         self.written_bytes.get_or_create(&label).inc_by(usage.written_bytes);
         for (kind, n) in [("permission", usage.permission_denials), ("quota", usage.quota_denials)] {
-            let counter = self.denials.get_or_create(&DenialLabels { job: job.to_owned(), kind: kind.to_owned() });
+            let counter = self.denials.get_or_create(&DenialLabels { job_name: job.to_owned(), kind: kind.to_owned() });
             counter.inc_by(n);
         }
         if outcome == "success" {
@@ -90,7 +97,7 @@ impl Metrics {
     }
 
     pub fn took_over(&self, job: &str) {
-        self.takeovers.get_or_create(&JobLabel { job: job.to_owned() }).inc();
+        self.takeovers.get_or_create(&JobLabel { job_name: job.to_owned() }).inc();
     }
 
     /// A run started (`+1`) or ended (`-1`).
@@ -100,13 +107,13 @@ impl Metrics {
 
     pub fn reload(&self, ok: bool) {
         let outcome = if ok { "success" } else { "refused" };
-        self.reloads.get_or_create(&OutcomeLabels { job: String::new(), outcome: outcome.into() }).inc();
+        self.reloads.get_or_create(&ReloadLabel { outcome: outcome.into() }).inc();
     }
 
     /// Make every job's series exist from the start (at zero), so a query sees the job
     /// before its first run.
     pub fn register_job(&self, job: &str) {
-        let label = JobLabel { job: job.to_owned() };
+        let label = JobLabel { job_name: job.to_owned() };
         let _ = self.read_bytes.get_or_create(&label);
         let _ = self.written_bytes.get_or_create(&label);
         let _ = self.takeovers.get_or_create(&label);

@@ -10,14 +10,16 @@
 //! host's cancellation (their locks are released), waits up to `shutdown_grace`, lets the
 //! leases go and exits.
 
+mod attempt;
 mod claim;
 mod config;
 mod history;
 mod http;
 mod metrics;
 mod schedule;
+mod ticks;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,17 +31,18 @@ use clap::Args;
 use rbd_wasm::backend::embedded::EmbeddedBackend;
 use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::{Backend, Leases};
-use rbd_wasm::runtime::{JobConfig, JobError, Runtime, RuntimeConfig};
-use rbd_wasm::{AuditSink, OutputSink, Usage};
+use rbd_wasm::runtime::{Runtime, RuntimeConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
-use crate::progress::{ProgressMode, ProgressView};
-use crate::report::RunReport;
+use attempt::Outcome;
 use claim::{Claim, Held};
-use config::{Config, JobSpec, Missed};
+use config::{Config, JobSpec};
 use history::{History, RunRecord};
 use metrics::Metrics;
-use schedule::{jitter_of, rfc3339, Tick};
+use schedule::{rfc3339, Tick};
+use ticks::{fire_time, latest_fired};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -62,6 +65,8 @@ pub struct ServeArgs {
 const POLL: Duration = Duration::from_secs(1);
 /// Runs of each job `/status` shows.
 const STATUS_RUNS: usize = 10;
+/// The least time between two warnings that a job's lease cannot be reached.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub fn serve(args: ServeArgs) -> ExitCode {
     let config = match load(&args) {
@@ -112,7 +117,8 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
 /// Everything the job tasks share.
 struct Service {
     config: watch::Sender<Arc<Config>>,
-    /// Who this process is, in lease states and history (`host:pid`).
+    /// Who this process is, in lease states and history: `host:pid:nonce` (containers
+    /// often share a pid and may share a host name; the nonce keeps two apart).
     holder: String,
     backend: Arc<dyn Backend>,
     leases: Arc<dyn Leases>,
@@ -121,6 +127,7 @@ struct Service {
     metrics: Arc<Metrics>,
     limits: Mutex<Slots>,
     running: Mutex<HashMap<String, Running>>,
+    /// Turns true when the service stops: the job tasks end, running attempts are told.
     stop: watch::Sender<bool>,
     stopping: Arc<AtomicBool>,
     started: f64,
@@ -149,8 +156,21 @@ impl Slots {
     }
 }
 
+/// The signals the service answers, watched from its start (a SIGHUP before it is ready
+/// must not end it).
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
 async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
-    let holder = format!("{}:{}", hostname(), std::process::id());
+    let mut signals = Signals {
+        hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+    };
+    let holder = format!("{}:{}:{:08x}", hostname(), std::process::id(), rand::random::<u32>());
     let (backend, leases) = open_store(&config, &holder)?;
     let runtime = Runtime::new(RuntimeConfig { max_concurrent_jobs: config::MAX_RUNS as u32, ..RuntimeConfig::default() })?;
     let history = History::open(&config.state_dir, config.keep_runs)
@@ -162,7 +182,6 @@ async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         metrics.register_job(&job.name);
     }
     let token = config.http.token.clone();
-    let (stop, _) = watch::channel(false);
     let service = Arc::new(Service {
         limits: Mutex::new(Slots::new(&config)),
         config: watch::channel(Arc::new(config)).0,
@@ -173,7 +192,7 @@ async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         history,
         metrics: metrics.clone(),
         running: Mutex::new(HashMap::new()),
-        stop,
+        stop: watch::channel(false).0,
         stopping: Arc::new(AtomicBool::new(false)),
         started: unix_now(),
     });
@@ -184,7 +203,9 @@ async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         token,
         stopping: service.stopping.clone(),
     });
-    tokio::spawn(http::serve(listener, endpoint, service.stop.subscribe()));
+    // The endpoint outlives the stop (its /healthz says 503 meanwhile).
+    let (http_stop, http_stopped) = watch::channel(false);
+    tokio::spawn(http::serve(listener, endpoint, http_stopped));
     eprintln!(
         "rbd-wasm serve: `{}` as {}: {} job(s); http://{listening}/metrics, /status, /healthz",
         service.config().name,
@@ -192,8 +213,23 @@ async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         service.config().jobs.len()
     );
     tokio::spawn(supervise(service.clone()));
-    wait_for_signals(&service, &args).await;
+    loop {
+        tokio::select! {
+            _ = signals.hangup.recv() => service.reload(&args),
+            _ = signals.terminate.recv() => break,
+            _ = signals.interrupt.recv() => break,
+        }
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = signals.terminate.recv() => {}
+            _ = signals.interrupt.recv() => {}
+        }
+        eprintln!("rbd-wasm serve: signalled again: exiting at once");
+        std::process::exit(1);
+    });
     service.shut_down().await;
+    http_stop.send_replace(true);
     Ok(())
 }
 
@@ -201,11 +237,22 @@ async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
 /// cluster, or the embedded store's directory.
 fn open_store(config: &Config, holder: &str) -> anyhow::Result<(Arc<dyn Backend>, Arc<dyn Leases>)> {
     if let Some(conf) = &config.store.conf {
-        let options = ConnectOptions { conf: Some(conf.clone()), id: config.store.id.clone(), keyring: config.store.keyring.clone() };
+        let options = ConnectOptions {
+            conf: Some(conf.clone()),
+            id: config.store.id.clone(),
+            keyring: config.store.keyring.clone(),
+            ..ConnectOptions::default()
+        };
         let backend = LibrbdBackend::connect(&options)
             .with_context(|| format!("cannot connect to the Ceph cluster of {}", conf.display()))?;
+        // The leases get a connection of their own whose OSD operations give up: a renewal
+        // that cannot reach the OSD must fail while the lease lasts (the jobs' connection
+        // waits, bounded by each job's deadline).
         let c = &config.coordination;
-        let leases = backend
+        let lease_options = ConnectOptions { osd_op_timeout: Some((c.lease / 3).max(Duration::from_secs(1))), ..options };
+        let lease_client = LibrbdBackend::connect(&lease_options)
+            .with_context(|| format!("cannot connect to the Ceph cluster of {}", conf.display()))?;
+        let leases = lease_client
             .leases(&c.pool, &c.namespace, holder)
             .with_context(|| format!("cannot use pool `{}` for the leases (coordination.pool)", c.pool))?;
         return Ok((Arc::new(backend), Arc::new(leases)));
@@ -219,57 +266,38 @@ fn open_store(config: &Config, holder: &str) -> anyhow::Result<(Arc<dyn Backend>
     Ok((Arc::new(backend), Arc::new(leases)))
 }
 
-/// SIGHUP reloads; SIGTERM and SIGINT return (a second one exits at once).
-async fn wait_for_signals(service: &Arc<Service>, args: &ServeArgs) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        eprintln!("rbd-wasm serve: cannot watch for signals; serving until killed");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => service.reload(args),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        eprintln!("rbd-wasm serve: signalled again: exiting at once");
-        std::process::exit(1);
-    });
-}
-
-/// Start a task for each job, and for each job a reload adds.
+/// Start a task for each job, and for each job a reload adds; a task that ended (its job
+/// removed by a reload) is started again only once it has ended, so a job removed and
+/// added back never has two.
 async fn supervise(service: Arc<Service>) {
     let mut config = service.config.subscribe();
-    let mut started: HashSet<String> = HashSet::new();
+    let mut stop = service.stop.subscribe();
+    let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
     loop {
         let names: Vec<String> = config.borrow_and_update().jobs.iter().map(|j| j.name.clone()).collect();
-        // A job removed by a reload ends its own task; one added back gets a new one.
-        started.retain(|name| names.contains(name));
         for name in names {
-            if started.insert(name.clone()) {
-                service.metrics.register_job(&name);
-                tokio::spawn(job_loop(service.clone(), name));
+            if tasks.get(&name).is_some_and(|task| !task.is_finished()) {
+                continue;
             }
+            if let Some(ended) = tasks.remove(&name) {
+                if let Err(e) = ended.await {
+                    eprintln!("rbd-wasm serve: job `{name}`'s task ended: {e}; starting it again");
+                }
+            }
+            service.metrics.register_job(&name);
+            tasks.insert(name.clone(), tokio::spawn(job_loop(service.clone(), name)));
         }
-        let mut stop = service.stop.subscribe();
         tokio::select! {
             changed = config.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
+            // A task that ends on its own (a panic) is reported and started again.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }
 
 /// What came of trying a tick.
-enum Outcome {
+enum Tried {
     /// Dealt with (run here or elsewhere, or found done).
     Handled,
     /// A newer tick came first: the loop goes for that one.
@@ -289,28 +317,23 @@ async fn job_loop(service: Arc<Service>, name: String) {
         }
         let current = config.borrow_and_update().clone();
         let Some(spec) = current.job(&name).cloned() else { return };
-        let now = unix_now();
-        let due = latest_fired(&current.name, &spec, now);
+        let due = latest_fired(&current.name, &spec, unix_now());
         let handled_tick = match handled {
             Some(t) => t,
-            None => {
-                let t = service.first_handled(&current.name, &spec, due).await;
-                handled = Some(t);
-                t
-            }
+            None => match service.start_tick(&current.name, &spec, due).await {
+                Some(t) => *handled.insert(t),
+                None => return,
+            },
         };
         if let Some(tick) = due.filter(|t| *t > handled_tick) {
             match service.handle(&current.name, &spec, tick).await {
-                Outcome::Handled => handled = Some(tick),
-                Outcome::Superseded => {}
-                Outcome::Stopping => return,
+                Tried::Handled => handled = Some(tick),
+                Tried::Superseded => {}
+                Tried::Stopping => return,
             }
             continue;
         }
-        let wake = spec
-            .schedule
-            .next_after(handled_tick.max(due.unwrap_or(i64::MIN)))
-            .map(|t| t as f64 + jitter_of(&current.name, &name, t, spec.jitter).as_secs_f64());
+        let wake = spec.schedule.next_after(handled_tick.max(due.unwrap_or(i64::MIN))).map(|t| fire_time(&current.name, &spec, t));
         let sleep = match wake {
             Some(at) => Duration::from_secs_f64((at - unix_now()).clamp(0.0, 86400.0)),
             None => Duration::from_secs(86400),
@@ -323,81 +346,62 @@ async fn job_loop(service: Arc<Service>, name: String) {
     }
 }
 
-/// The latest tick whose time (with its jitter) has come.
-fn latest_fired(service: &str, spec: &JobSpec, now: f64) -> Option<Tick> {
-    let fires = |t: Tick| t as f64 + jitter_of(service, &spec.name, t, spec.jitter).as_secs_f64();
-    let t = spec.schedule.at_or_before(now.floor() as i64)?;
-    if fires(t) <= now {
-        Some(t)
-    } else {
-        spec.schedule.at_or_before(t - 1)
-    }
-}
-
 impl Service {
     fn config(&self) -> Arc<Config> {
         self.config.borrow().clone()
     }
 
-    /// The tick a job's task starts from: which ticks before this process started count as
-    /// missed (the job's `missed`), from the last tick any process claimed.
-    async fn first_handled(&self, service: &str, spec: &JobSpec, due: Option<Tick>) -> Tick {
-        let leases = self.leases.clone();
+    /// The tick a job's task starts after ([`ticks::start_tick`]), from the job's lease
+    /// state, read again until it can be (`None`: the service stopped first).
+    async fn start_tick(&self, service: &str, spec: &JobSpec, due: Option<Tick>) -> Option<Tick> {
         let name = claim::lease_name(service, &spec.name);
-        let state = tokio::task::spawn_blocking(move || claim::current(&leases, &name)).await;
-        let state = match state {
-            Ok(Ok(state)) => state,
-            Ok(Err(e)) => {
-                tracing::warn!("job `{}`: cannot read its lease ({e}); ticks before now are not run", spec.name);
-                None
+        let mut stop = self.stop.subscribe();
+        let mut warned: Option<Instant> = None;
+        loop {
+            let (leases, lease) = (self.leases.clone(), name.clone());
+            match tokio::task::spawn_blocking(move || claim::current(&leases, &lease)).await {
+                Ok(Ok(state)) => return Some(ticks::start_tick(state.as_ref(), spec.missed, due)),
+                Ok(Err(e)) => warn_now(&mut warned, || format!("job `{}`: cannot read its lease: {e}", spec.name)),
+                Err(e) => warn_now(&mut warned, || format!("job `{}`: {e}", spec.name)),
             }
-            Err(_) => None,
-        };
-        let now_due = due.unwrap_or(i64::MIN);
-        match state {
-            // Never claimed anywhere: a new job misses nothing.
-            None => now_due,
-            Some(s) => {
-                // A tick left `running` may be taken over (its holder may be gone).
-                let last = if s.status == claim::Status::Running { s.tick - 1 } else { s.tick };
-                match spec.missed {
-                    Missed::RunOnce => last,
-                    Missed::Skip => last.max(now_due),
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.wait_for(|s| *s) => return None,
             }
         }
     }
 
     /// Claim `tick` of the job and run it, or find it dealt with; wait while another
     /// process holds the job's lease.
-    async fn handle(self: &Arc<Self>, service: &str, spec: &JobSpec, tick: Tick) -> Outcome {
+    async fn handle(self: &Arc<Self>, service: &str, spec: &JobSpec, tick: Tick) -> Tried {
         let mut stop = self.stop.subscribe();
         let name = claim::lease_name(service, &spec.name);
-        let ttl = self.config().coordination.lease;
+        let mut warned: Option<Instant> = None;
         loop {
             if self.stopping.load(Ordering::SeqCst) {
-                return Outcome::Stopping;
+                return Tried::Stopping;
             }
             if latest_fired(service, spec, unix_now()).is_some_and(|t| t > tick) {
-                return Outcome::Superseded;
+                return Tried::Superseded;
             }
             let permits = tokio::select! {
                 permits = self.slots(&spec.pools) => permits,
-                _ = stop.wait_for(|s| *s) => return Outcome::Stopping,
+                _ = stop.wait_for(|s| *s) => return Tried::Stopping,
             };
+            let ttl = self.config().coordination.lease;
             let (leases, lease, holder) = (self.leases.clone(), name.clone(), self.holder.clone());
             let claimed = tokio::task::spawn_blocking(move || claim::claim(&leases, &lease, tick, &holder, ttl)).await;
             match claimed {
-                Ok(Ok(Claim::Done)) => return Outcome::Handled,
+                Ok(Ok(Claim::Done)) => return Tried::Handled,
                 Ok(Ok(Claim::Mine(held))) => return self.run_tick(spec, held, permits).await,
                 Ok(Ok(Claim::Busy)) => {}
-                Ok(Err(e)) => tracing::warn!("job `{}`: cannot claim tick {}: {e}", spec.name, rfc3339(tick)),
-                Err(e) => tracing::warn!("job `{}`: claim failed: {e}", spec.name),
+                Ok(Err(e)) => warn_now(&mut warned, || format!("job `{}`: cannot claim tick {}: {e}", spec.name, rfc3339(tick))),
+                Err(e) => warn_now(&mut warned, || format!("job `{}`: claim failed: {e}", spec.name)),
             }
             drop(permits);
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = stop.wait_for(|s| *s) => return Outcome::Stopping,
+                _ = stop.wait_for(|s| *s) => return Tried::Stopping,
             }
         }
     }
@@ -420,143 +424,76 @@ impl Service {
 
     /// Run a claimed tick: attempts (with retries) while the lease is kept alive; then
     /// record it done and let the lease go.
-    async fn run_tick(self: &Arc<Self>, spec: &JobSpec, held: Held, permits: Vec<OwnedSemaphorePermit>) -> Outcome {
-        let tick = held.tick;
+    async fn run_tick(self: &Arc<Self>, spec: &JobSpec, held: Held, permits: Vec<OwnedSemaphorePermit>) -> Tried {
+        let (tick, took_over) = (held.tick(), held.took_over());
         let cancel = Arc::new(Notify::new());
         let lost = Arc::new(AtomicBool::new(false));
-        if held.took_over {
+        if took_over {
             self.metrics.took_over(&spec.name);
-            eprintln!("rbd-wasm serve: job `{}`: taking tick {} over (its holder's lease ran out)", spec.name, rfc3339(tick));
+            eprintln!("rbd-wasm serve: job `{}`: taking tick {} over (its holder's lease ran out or was let go)", spec.name, rfc3339(tick));
         }
-        let keeper = tokio::spawn(keep_lease(
-            held.leases.clone(),
-            held.name.clone(),
-            self.config().coordination.lease,
-            cancel.clone(),
-            lost.clone(),
-        ));
+        let (leases, lease, ttl, valid_until) = held.keeper_parts();
+        let keeper = {
+            let (cancel, lost) = (cancel.clone(), lost.clone());
+            tokio::spawn(Held::keep(leases, lease.clone(), ttl, valid_until, move || {
+                lost.store(true, Ordering::SeqCst);
+                eprintln!("rbd-wasm serve: the lease `{lease}` is lost: cancelling its run");
+                cancel.notify_one();
+            }))
+        };
         self.metrics.running(1);
-        let mut outcome = String::from("cancelled");
+        let mut outcome = Outcome::Cancelled;
         let mut stop = self.stop.subscribe();
         for attempt in 1..=spec.retry.retries + 1 {
             if attempt > 1 {
                 let wait = spec.retry.wait(attempt - 1);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => break,
-                    _ = cancel.notified() => break,
+                    _ = stop.wait_for(|s| *s) => { outcome = Outcome::Cancelled; break }
+                    _ = cancel.notified() => { outcome = Outcome::LeaseLost; break }
                 }
             }
+            self.running_mut().insert(spec.name.clone(), Running { tick, attempt, started: unix_now(), cancel: cancel.clone() });
+            // A stop that looked at the runs just before this one was listed.
             if self.stopping.load(Ordering::SeqCst) || lost.load(Ordering::SeqCst) {
-                break;
+                cancel.notify_one();
             }
-            self.running_mut().insert(
-                spec.name.clone(),
-                Running { tick, attempt, started: unix_now(), cancel: cancel.clone() },
-            );
-            outcome = self.attempt(spec, tick, attempt, held.took_over, &cancel, &lost).await;
-            if outcome == "success" || outcome == "cancelled" || outcome == "lease-lost" {
+            let stops = attempt::Stops { cancel: &cancel, lease_lost: &lost };
+            outcome = attempt::run(self, spec, tick, attempt, took_over, stops).await;
+            if !outcome.retryable() {
                 break;
             }
         }
         keeper.abort();
-        self.running_mut().remove(&spec.name);
-        self.metrics.running(-1);
         drop(permits);
         let holder = self.holder.clone();
         let name = spec.name.clone();
-        if self.stopping.load(Ordering::SeqCst) && outcome == "cancelled" {
+        let tried = if outcome == Outcome::Cancelled && self.stopping.load(Ordering::SeqCst) {
             // Stopped mid-run: the lease goes with the tick still `running`, so another
             // process takes the tick over at once.
             let _ = tokio::task::spawn_blocking(move || held.abandon()).await;
-            return Outcome::Stopping;
-        }
-        if lost.load(Ordering::SeqCst) {
+            Tried::Stopping
+        } else if lost.load(Ordering::SeqCst) {
             eprintln!("rbd-wasm serve: job `{name}`: lost its lease during tick {}; another process has the tick", rfc3339(tick));
             let _ = tokio::task::spawn_blocking(move || held.abandon()).await;
-            return Outcome::Handled;
-        }
-        let finished = tokio::task::spawn_blocking(move || held.finish(&holder, &outcome)).await;
-        match finished {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => eprintln!("rbd-wasm serve: job `{name}`: tick {} was taken over meanwhile", rfc3339(tick)),
-            Ok(Err(e)) => eprintln!("rbd-wasm serve: job `{name}`: cannot record tick {} done: {e}", rfc3339(tick)),
-            Err(e) => eprintln!("rbd-wasm serve: job `{name}`: {e}"),
-        }
-        Outcome::Handled
+            Tried::Handled
+        } else {
+            match tokio::task::spawn_blocking(move || held.finish(&holder, outcome.as_str())).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => eprintln!("rbd-wasm serve: job `{name}`: tick {} was taken over meanwhile", rfc3339(tick)),
+                Ok(Err(e)) => eprintln!("rbd-wasm serve: job `{name}`: cannot record tick {} done: {e}", rfc3339(tick)),
+                Err(e) => eprintln!("rbd-wasm serve: job `{name}`: {e}"),
+            }
+            Tried::Handled
+        };
+        // Listed until the lease is let go: a stop waits for that.
+        self.running_mut().remove(&spec.name);
+        self.metrics.running(-1);
+        tried
     }
 
     fn running_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// One attempt: run the job, then record it in the history and the metrics. Returns
-    /// its outcome (`success`, the failure's kind, `cancelled` or `lease-lost`).
-    async fn attempt(&self, spec: &JobSpec, tick: Tick, attempt: u32, took_over: bool, cancel: &Arc<Notify>, lost: &AtomicBool) -> String {
-        let started_at = unix_now();
-        let started = Instant::now();
-        let usage = Arc::new(Mutex::new(Usage::default()));
-        let view = ProgressView::new(&spec.name, ProgressMode::Quiet);
-        let manifest = &spec.manifest;
-        let component_path = manifest.component.clone().unwrap_or_default();
-        let args: Vec<String> = spec
-            .args
-            .as_ref()
-            .unwrap_or(&manifest.args)
-            .iter()
-            .map(|a| a.replace("{job}", &spec.name).replace("{tick}", &rfc3339(tick)).replace("{tick_unix}", &tick.to_string()))
-            .collect();
-        let result = async {
-            let component = tokio::task::block_in_place(|| self.runtime.load(&component_path))?;
-            let job = JobConfig {
-                job_id: spec.name.clone(),
-                args,
-                backend: self.backend.clone(),
-                grants: manifest.grants.clone(),
-                outbound: manifest.outbound.clone(),
-                secrets: manifest.secrets.clone(),
-                limits: manifest.limits.clone(),
-                output_dir: manifest.output_dir.clone(),
-                output_read_only: manifest.output_read_only,
-                stdout: OutputSink::Stderr,
-                stderr: OutputSink::Stderr,
-                progress: Some(view.sink()),
-                audit: AuditSink::Off,
-                cancel: Some(cancel.clone()),
-                usage: Some(usage.clone()),
-            };
-            self.runtime.run(&component, job).await
-        }
-        .await;
-        let ended_at = unix_now();
-        let outcome = match &result {
-            Ok(()) => "success".to_string(),
-            Err(JobError::Cancelled) if lost.load(Ordering::SeqCst) => "lease-lost".to_string(),
-            Err(e) => e.kind().to_string(),
-        };
-        if let Err(e) = &result {
-            eprintln!("rbd-wasm serve: job `{}` tick {} attempt {attempt}: {e}", spec.name, rfc3339(tick));
-        }
-        let exit_code = result.as_ref().err().map_or(0, |e| e.exit_code().clamp(1, 255));
-        let usage = *usage.lock().unwrap_or_else(|p| p.into_inner());
-        let report = RunReport::new(spec.name.clone(), component_path, &result, exit_code, started.elapsed(), usage, view.finish());
-        self.metrics.attempt(&spec.name, &outcome, started.elapsed().as_secs_f64(), &usage, ended_at);
-        let record = RunRecord {
-            job: spec.name.clone(),
-            tick,
-            tick_time: rfc3339(tick),
-            attempt,
-            host: self.holder.clone(),
-            started: started_at,
-            ended: ended_at,
-            outcome: outcome.clone(),
-            took_over,
-            report: serde_json::to_value(&report).unwrap_or_default(),
-        };
-        if let Err(e) = tokio::task::block_in_place(|| self.history.append(record)) {
-            eprintln!("rbd-wasm serve: cannot write the run history: {e}");
-        }
-        outcome
     }
 
     /// SIGHUP: read the file again; keep the running configuration if it does not check,
@@ -574,9 +511,9 @@ impl Service {
         let restart_only = [
             ("name", old.name != new.name),
             ("state_dir", old.state_dir != new.state_dir),
-            ("[store]", format!("{:?}", old.store) != format!("{:?}", new.store)),
-            ("[coordination]", old.coordination.pool != new.coordination.pool || old.coordination.namespace != new.coordination.namespace),
-            ("[http]", old.http.listen != new.http.listen || old.http.token != new.http.token),
+            ("[store]", old.store != new.store),
+            ("[coordination] pool or namespace", old.coordination.pool != new.coordination.pool || old.coordination.namespace != new.coordination.namespace),
+            ("[http]", old.http != new.http),
         ];
         if let Some((what, _)) = restart_only.iter().find(|(_, changed)| *changed) {
             self.metrics.reload(false);
@@ -591,44 +528,35 @@ impl Service {
         eprintln!("rbd-wasm serve: configuration reloaded: {jobs} job(s)");
     }
 
-    /// Stop: no new runs, cancel the running ones, wait up to the grace time for them,
-    /// let every lease go.
+    /// Stop: no new runs, cancel the running ones, wait up to the grace time for them to
+    /// end and let their leases go. A run that does not end in time keeps its lease until
+    /// the lease runs out: another process must not start the tick while it may still
+    /// write.
     async fn shut_down(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop.send_replace(true);
         let grace = self.config().limits.shutdown_grace;
-        let running: Vec<(String, Arc<Notify>)> = self.running_mut().iter().map(|(n, r)| (n.clone(), r.cancel.clone())).collect();
+        let running: Vec<Arc<Notify>> = self.running_mut().values().map(|r| r.cancel.clone()).collect();
         if !running.is_empty() {
             eprintln!("rbd-wasm serve: stopping: cancelling {} run(s), waiting up to {grace:?}", running.len());
         }
-        for (_, cancel) in &running {
+        for cancel in &running {
             cancel.notify_one();
         }
         let deadline = Instant::now() + grace;
         while !self.running_mut().is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Give the runs' tasks a moment to let their leases go; then let go of whatever
-        // is still held (runs that did not end within the grace time).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let config = self.config();
-        let leases = self.leases.clone();
-        let names: Vec<String> = config.jobs.iter().map(|j| claim::lease_name(&config.name, &j.name)).collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            for name in names {
-                let _ = leases.release(&name);
-            }
-        })
-        .await;
-        let left = self.running_mut().len();
-        if left > 0 {
-            eprintln!("rbd-wasm serve: {left} run(s) did not end within {grace:?}; exiting without them");
-        } else {
+        let left: Vec<String> = self.running_mut().keys().cloned().collect();
+        if left.is_empty() {
             eprintln!("rbd-wasm serve: stopped");
+        } else {
+            eprintln!("rbd-wasm serve: {} run(s) did not end within {grace:?} ({}); exiting without them, their leases run out", left.len(), left.join(", "));
         }
     }
 
-    /// `/status`: each job's schedule, next tick, run under way and last runs.
+    /// `/status`: each job's schedule, next tick and run time, the run under way and the
+    /// last runs.
     fn status(&self) -> serde_json::Value {
         let config = self.config();
         let now = unix_now();
@@ -638,8 +566,7 @@ impl Service {
             .iter()
             .map(|spec| {
                 let next = spec.schedule.next_after(now.floor() as i64);
-                let runs = self.history.runs(&spec.name);
-                let last: Vec<&RunRecord> = runs.iter().rev().take(STATUS_RUNS).collect();
+                let last: Vec<RunRecord> = self.history.last(&spec.name, STATUS_RUNS);
                 serde_json::json!({
                     "name": spec.name,
                     "manifest": spec.manifest_path,
@@ -647,7 +574,7 @@ impl Service {
                     "jitter_secs": spec.jitter.as_secs_f64(),
                     "missed": spec.missed,
                     "next_tick": next.map(rfc3339),
-                    "next_run": next.map(|t| rfc3339(t + jitter_of(&config.name, &spec.name, t, spec.jitter).as_secs() as i64)),
+                    "next_run": next.map(|t| rfc3339(fire_time(&config.name, spec, t).floor() as i64)),
                     "running": running.get(&spec.name).map(|r| serde_json::json!({
                         "tick": rfc3339(r.tick), "attempt": r.attempt, "started": r.started,
                     })),
@@ -665,26 +592,13 @@ impl Service {
     }
 }
 
-/// Renew the lease every third of its time to live; if it is lost (taken over after it
-/// ran out, or not renewed for a whole time to live), cancel the run.
-async fn keep_lease(leases: Arc<dyn Leases>, name: String, ttl: Duration, cancel: Arc<Notify>, lost: Arc<AtomicBool>) {
-    let mut renewed = Instant::now();
-    loop {
-        tokio::time::sleep(ttl / 3).await;
-        let (l, n) = (leases.clone(), name.clone());
-        match tokio::task::spawn_blocking(move || l.renew(&n, ttl)).await {
-            Ok(Ok(true)) => renewed = Instant::now(),
-            Ok(Ok(false)) => break,
-            Ok(Err(e)) => tracing::warn!("cannot renew the lease `{name}`: {e}"),
-            Err(_) => {}
-        }
-        if renewed.elapsed() >= ttl {
-            break;
-        }
+/// Log `message` unless the last warning of this kind was less than [`WARN_EVERY`] ago (a
+/// cluster out of reach would otherwise fill the log with a line a second per job).
+fn warn_now(last: &mut Option<Instant>, message: impl FnOnce() -> String) {
+    if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+        tracing::warn!("{}", message());
+        *last = Some(Instant::now());
     }
-    lost.store(true, Ordering::SeqCst);
-    eprintln!("rbd-wasm serve: the lease `{name}` is lost: cancelling its run");
-    cancel.notify_one();
 }
 
 fn unix_now() -> f64 {

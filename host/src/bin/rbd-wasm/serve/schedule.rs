@@ -32,8 +32,8 @@ impl Schedule {
     /// Every `interval` (whole seconds, at least one) from `start` (Unix seconds; the ticks
     /// before it do not count).
     pub fn every(interval: Duration, start: i64) -> Result<Schedule, String> {
-        if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
-            return Err("every: whole seconds, at least 1".into());
+        if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 || interval > Duration::from_secs(366 * 86400) {
+            return Err("every: whole seconds, from 1 to a year".into());
         }
         let interval = i64::try_from(interval.as_secs()).map_err(|_| "every: too long".to_string())?;
         Ok(Schedule::Every { interval, start })
@@ -64,7 +64,7 @@ impl Schedule {
                 if t < *start {
                     return Some(*start);
                 }
-                let k = (t - start) / interval + 1;
+                let k = t.checked_sub(*start)? / interval + 1;
                 start.checked_add(k.checked_mul(*interval)?)
             }
         }
@@ -81,7 +81,7 @@ impl Schedule {
                 if t < *start {
                     return None;
                 }
-                Some(start + (t - start) / interval * interval)
+                start.checked_add(t.checked_sub(*start)? / interval * interval)
             }
         }
     }
