@@ -313,7 +313,7 @@ fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
     }
     let config = dir.path().join("serve.toml");
     let base = format!(
-        "version = 1\nname = \"local\"\nstate_dir = \"unused\"\n[store]\ndir = {store:?}\n[limits]\nshutdown_grace = \"10s\"\n\
+        "version = 1\nname = \"local\"\nstate_dir = \"unused\"\naudit_log = \"audit.jsonl\"\n[store]\ndir = {store:?}\n[limits]\nshutdown_grace = \"10s\"\n\
          [[job]]\nname = \"one\"\nmanifest = \"one.toml\"\nevery = {EVERY}\n"
     );
     std::fs::write(&config, &base).unwrap();
@@ -377,6 +377,10 @@ fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
     let records = history(&state_refs);
     assert_once_per_tick(&records, "one", None, 9);
     assert_once_per_tick(&records, "two", None, 4);
+    // The runs' mutating calls are in the audit log the configuration names.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let creates = audit.lines().filter(|l| l.contains("\"job\":\"one\"") && l.contains("\"method\":\"create\"")).count();
+    assert!(creates >= 9, "{creates} creates of job one audited:\n{audit}");
     // Every tick the processes ran is recorded done in the lease state.
     let leases = backend.leases("test").unwrap();
     use rbd_wasm::backend::Leases;
@@ -446,6 +450,7 @@ fn the_readmes_serve_configuration_backs_up_and_rotates() {
             .replace("/usr/lib/rbd-wasm/snap_rotate.wasm", &guest("snap-rotate").display().to_string())
             .replace("/var/backups/rbd-dedup", &repo.display().to_string())
             .replace("/var/lib/rbd-wasm", &dir.path().join("state").display().to_string())
+            .replace("/var/log/rbd-wasm", &dir.path().display().to_string())
             .replace("/etc/ceph/ceph.conf", &ceph_conf().display().to_string())
             .replace("vm-1", &image)
     };
@@ -491,6 +496,8 @@ fn the_readmes_serve_configuration_backs_up_and_rotates() {
     // Backups in the repository (one manifest each) and the rotation's snapshots on the image.
     let backups = std::fs::read_dir(repo.join("backups").join("rbd").join(&image)).map(|d| d.count()).unwrap_or(0);
     assert!(backups > 0, "no backup in {}", repo.display());
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains(&format!("\"job\":\"backup-{image}\"")), "{audit}");
     let snaps = rbd(&["snap", "ls", &format!("rbd/{image}")]);
     assert!(snaps.contains("autosnap_") && snaps.contains("_hourly"), "{snaps}");
     let _ = Command::new("rbd").arg("-c").arg(ceph_conf()).args(["snap", "purge", "--no-progress", &format!("rbd/{image}")]).status();

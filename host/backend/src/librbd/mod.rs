@@ -145,33 +145,32 @@ impl LibrbdBackend {
     /// this client under a cookie of their own; `holder` describes the holder to
     /// whoever lists a lease's holders.
     pub fn leases(&self, pool: &str, namespace: &str, holder: &str) -> Result<RadosLeases> {
-        let name = cstr(pool, "pool name")?;
         let ns = cstr(namespace, "namespace")?;
-        let mut handle: ffi::rados_ioctx_t = ptr::null_mut();
-        // SAFETY: connected cluster, C string, out-pointer.
-        check(unsafe { (self.api().rados_ioctx_create)(self.cluster.handle, name.as_ptr(), &mut handle) }, || {
-            format!("pool `{pool}`")
-        })?;
-        let io = Arc::new(IoCtx { cluster: self.cluster.clone(), handle });
+        let io = self.new_ioctx(pool)?;
         // SAFETY: an ioctx of its own (the images' ioctxs keep the default namespace).
         unsafe { (self.api().rados_ioctx_set_namespace)(io.handle, ns.as_ptr()) };
         RadosLeases::new(io, holder)
     }
 
+    /// The images' ioctx of `pool`, made on first use.
     fn ioctx(&self, pool: &str) -> Result<Arc<IoCtx>> {
         let mut map = self.ioctxs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(io) = map.get(pool) {
             return Ok(io.clone());
         }
+        let io = self.new_ioctx(pool)?;
+        map.insert(pool.to_owned(), io.clone());
+        Ok(io)
+    }
+
+    fn new_ioctx(&self, pool: &str) -> Result<Arc<IoCtx>> {
         let name = cstr(pool, "pool name")?;
         let mut handle: ffi::rados_ioctx_t = ptr::null_mut();
         // SAFETY: connected cluster, C string, out-pointer.
         check(unsafe { (self.api().rados_ioctx_create)(self.cluster.handle, name.as_ptr(), &mut handle) }, || {
             format!("pool `{pool}`")
         })?;
-        let io = Arc::new(IoCtx { cluster: self.cluster.clone(), handle });
-        map.insert(pool.to_owned(), io.clone());
-        Ok(io)
+        Ok(Arc::new(IoCtx { cluster: self.cluster.clone(), handle }))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use rbd_wasm::audit::cut;
 use rbd_wasm::output::terminal_safe;
 use rbd_wasm::runtime::{JobConfig, JobError, MAX_FAILURE_BYTES};
-use rbd_wasm::{AuditSink, OutputSink, Usage};
+use rbd_wasm::{OutputSink, Usage};
 use tokio::sync::Notify;
 
 use super::config::JobSpec;
@@ -83,7 +83,7 @@ pub async fn run(service: &Service, spec: &JobSpec, tick: Tick, attempt: u32, to
             stdout: OutputSink::Stderr,
             stderr: OutputSink::Stderr,
             progress: Some(view.sink()),
-            audit: AuditSink::Off,
+            audit: service.audit.clone(),
             cancel: Some(stops.cancel.clone()),
             usage: Some(usage.clone()),
         };

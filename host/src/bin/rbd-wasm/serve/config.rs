@@ -6,6 +6,7 @@
 //! version = 1
 //! name = "nightly"                    # the leases are named after it
 //! state_dir = "/var/lib/rbd-wasm"     # run history (per host)
+//! audit_log = "/var/log/rbd-wasm/audit.jsonl"   # every run's mutating calls and denials
 //! [store]        conf = "/etc/ceph/ceph.conf"   # or `dir = ...` for the embedded store
 //! [coordination] pool = "rbd"  lease = "60s"    # RADOS objects of the leases
 //! [http]         listen = "127.0.0.1:9465"      # `token_file` required off loopback
@@ -36,6 +37,8 @@ pub const MAX_RUNS: usize = 128;
 pub struct Config {
     pub name: String,
     pub state_dir: PathBuf,
+    /// Where every run's mutating RBD calls and denials are appended (as `run --audit-log`).
+    pub audit_log: Option<PathBuf>,
     pub store: Store,
     pub coordination: Coordination,
     pub http: Http,
@@ -127,6 +130,7 @@ struct Raw {
     version: u32,
     name: String,
     state_dir: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -344,6 +348,7 @@ impl Config {
         Ok(Config {
             name: raw.name,
             state_dir,
+            audit_log: raw.audit_log.map(|p| base.join(p)),
             store,
             coordination,
             http: Http { listen, token },

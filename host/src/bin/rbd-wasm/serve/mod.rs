@@ -32,6 +32,7 @@ use rbd_wasm::backend::embedded::EmbeddedBackend;
 use rbd_wasm::backend::librbd::{ConnectOptions, LibrbdBackend};
 use rbd_wasm::backend::{Backend, Leases};
 use rbd_wasm::runtime::{Runtime, RuntimeConfig};
+use rbd_wasm::AuditSink;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -122,6 +123,7 @@ struct Service {
     holder: String,
     backend: Arc<dyn Backend>,
     leases: Arc<dyn Leases>,
+    audit: AuditSink,
     runtime: Runtime,
     history: History,
     metrics: Arc<Metrics>,
@@ -172,6 +174,10 @@ async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     };
     let holder = format!("{}:{}:{:08x}", hostname(), std::process::id(), rand::random::<u32>());
     let (backend, leases) = open_store(&config, &holder)?;
+    let audit = match &config.audit_log {
+        Some(path) => AuditSink::append_to(path).with_context(|| format!("cannot open the audit log {}", path.display()))?,
+        None => AuditSink::Off,
+    };
     let runtime = Runtime::new(RuntimeConfig { max_concurrent_jobs: config::MAX_RUNS as u32, ..RuntimeConfig::default() })?;
     let history = History::open(&config.state_dir, config.keep_runs)
         .with_context(|| format!("cannot open the run history in {}", config.state_dir.display()))?;
@@ -188,6 +194,7 @@ async fn run_service(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         holder,
         backend,
         leases,
+        audit,
         runtime,
         history,
         metrics: metrics.clone(),
@@ -511,6 +518,7 @@ impl Service {
         let restart_only = [
             ("name", old.name != new.name),
             ("state_dir", old.state_dir != new.state_dir),
+            ("audit_log", old.audit_log != new.audit_log),
             ("[store]", old.store != new.store),
             ("[coordination] pool or namespace", old.coordination.pool != new.coordination.pool || old.coordination.namespace != new.coordination.namespace),
             ("[http]", old.http != new.http),

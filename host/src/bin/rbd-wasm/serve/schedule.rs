@@ -56,10 +56,7 @@ impl Schedule {
     /// The first tick strictly after `t`.
     pub fn next_after(&self, t: Tick) -> Option<Tick> {
         match self {
-            Schedule::Calendar { cron, .. } => {
-                let from = Utc.timestamp_opt(t, 0).single()?;
-                cron.find_next_occurrence(&from, false).ok().map(|d: DateTime<Utc>| d.timestamp())
-            }
+            Schedule::Calendar { cron, .. } => occurrence(cron, t, croner::Cron::find_next_occurrence, false),
             Schedule::Every { interval, start } => {
                 if t < *start {
                     return Some(*start);
@@ -73,10 +70,7 @@ impl Schedule {
     /// The last tick at or before `t`.
     pub fn at_or_before(&self, t: Tick) -> Option<Tick> {
         match self {
-            Schedule::Calendar { cron, .. } => {
-                let from = Utc.timestamp_opt(t, 0).single()?;
-                cron.find_previous_occurrence(&from, true).ok().map(|d: DateTime<Utc>| d.timestamp())
-            }
+            Schedule::Calendar { cron, .. } => occurrence(cron, t, croner::Cron::find_previous_occurrence, true),
             Schedule::Every { interval, start } => {
                 if t < *start {
                     return None;
@@ -103,6 +97,17 @@ impl Schedule {
             }
         }
     }
+}
+
+/// The calendar's occurrence `find` finds from `t` (UTC seconds).
+fn occurrence(
+    cron: &croner::Cron,
+    t: Tick,
+    find: fn(&croner::Cron, &DateTime<Utc>, bool) -> Result<DateTime<Utc>, croner::errors::CronError>,
+    inclusive: bool,
+) -> Option<Tick> {
+    let from = Utc.timestamp_opt(t, 0).single()?;
+    find(cron, &from, inclusive).ok().map(|d| d.timestamp())
 }
 
 /// The jitter of `tick` of `job`: a fraction of `jitter` that every host computes alike.
