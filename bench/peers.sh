@@ -53,21 +53,9 @@ for f in "$target/release/rbd-wasm" "$target/release/bench-native" "$target/wasm
     [[ -f "$f" ]] || { log "$f is missing (build it, or run without BENCH_NO_BUILD=1)"; exit 1; }
 done
 
-cleanup=()
-on_exit() {
-    local status=$?
-    for step in "${cleanup[@]}"; do eval "$step" || true; done
-    exit "$status"
-}
-trap on_exit EXIT
-
-if [[ -n "${BENCH_WORK:-}" ]]; then
-    work=$BENCH_WORK
-    mkdir -p "$work"
-else
-    work=$(mktemp -d /tmp/rbd-wasm-peers.XXXXXX)
-    cleanup+=("rm -rf '$work'")
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+bench_work_dir rbd-wasm-peers
 
 if [[ -n "${BENCH_CEPH_CONF:-}" ]]; then
     conf=$BENCH_CEPH_CONF

@@ -52,21 +52,9 @@ cargo build --release --quiet --target-dir "$target" --manifest-path bench/Cargo
 cargo build --release --quiet --target-dir "$target" --manifest-path bench/Cargo.toml \
     --target wasm32-wasip2 -p bench-guest
 
-cleanup=()
-on_exit() {
-    local status=$?
-    for step in "${cleanup[@]}"; do eval "$step" || true; done
-    exit "$status"
-}
-trap on_exit EXIT
-
-if [[ -n "${BENCH_WORK:-}" ]]; then
-    work=$BENCH_WORK
-    mkdir -p "$work"
-else
-    work=$(mktemp -d /tmp/rbd-wasm-bench.XXXXXX)
-    cleanup+=("rm -rf '$work'")
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+bench_work_dir rbd-wasm-bench
 
 if [[ -n "${BENCH_CEPH_CONF:-}" ]]; then
     conf=$BENCH_CEPH_CONF

@@ -296,12 +296,7 @@ fn backup(store: &Store, pool_name: &str, image_name: &str, stale: u64, wait: Du
     }
     // The chunks the repository has: listed once (under the lease no sweep removes one),
     // instead of a look per chunk.
-    let mut known: HashSet<ChunkId> = store
-        .list_tree("chunks")?
-        .into_iter()
-        .filter(|(rel, _)| !rel.contains(store::TMP))
-        .filter_map(|(rel, _)| ChunkId::parse(rel.rsplit('/').next()?).ok())
-        .collect();
+    let mut known: HashSet<ChunkId> = store.chunk_files()?.into_iter().filter_map(|file| file.id).collect();
     let todo: Vec<u64> = (0..chunks).filter(|k| touched[*k as usize]).collect();
     let (mut read, mut stored, mut written) = (0u64, 0u64, 0u64);
     // Batches of chunks: the next batch's reads are in flight while this one is hashed,

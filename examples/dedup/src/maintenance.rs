@@ -92,10 +92,9 @@ pub fn gc(store: &Store, dry: bool, stale: u64, wait: Duration, pause_at: Option
     println!("sweep: {backups} backups refer to {} chunks; removing the others", referenced.len());
     let (mut chunks, mut bytes, mut others) = (0u64, 0u64, 0u64);
     let mut kept = 0u64;
-    for (rel, size) in store.list_tree("chunks")? {
-        let name = rel.rsplit('/').next().unwrap_or(&rel);
-        let garbage = rel.contains(TMP) || ChunkId::parse(name).map_or(true, |id| !referenced.contains(&id) || id.path() != format!("chunks/{rel}"));
-        if !garbage {
+    for file in store.chunk_files()? {
+        let (rel, size) = (file.rel, file.size);
+        if file.id.is_some_and(|id| referenced.contains(&id)) {
             kept += 1;
             continue;
         }

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use backup_repo::Result;
+use dedup_repo::chunk::ChunkId;
 use rbd_wasm_guest::s3::Bucket;
 
 pub enum Store {
@@ -22,6 +23,14 @@ const MAX_READ: u64 = 1 << 30;
 /// default `http_connections` of 8, which also counts a response not yet read whole (read
 /// ahead), and leaving room for a lease's heartbeat.
 const REQUESTS_IN_FLIGHT: usize = 6;
+
+/// A file under `chunks/` ([`Store::chunk_files`]).
+pub struct ChunkFile {
+    /// Its path under `chunks/`.
+    pub rel: String,
+    pub size: u64,
+    pub id: Option<ChunkId>,
+}
 
 /// Marks a temporary file (`NAME.tmp.RANDOM`): never a repository file, removed by `gc`.
 pub const TMP: &str = ".tmp.";
@@ -139,6 +148,20 @@ impl Store {
                 Ok(bucket.list(&dir)?.into_iter().filter_map(|o| Some((o.key.strip_prefix(&dir)?.to_owned(), o.size))).collect())
             }
         }
+    }
+
+    /// Every file under `chunks/`, and the chunk it is: none for a temporary file, a name
+    /// that is no chunk id, or a chunk under another's prefix (what `gc` removes, and what
+    /// a backup does not count as stored).
+    pub fn chunk_files(&self) -> Result<Vec<ChunkFile>> {
+        let files = self.list_tree("chunks")?.into_iter().map(|(rel, size)| {
+            let id = Some(&rel)
+                .filter(|rel| !rel.contains(TMP))
+                .and_then(|rel| ChunkId::parse(rel.rsplit('/').next()?).ok())
+                .filter(|id| id.path() == format!("chunks/{rel}"));
+            ChunkFile { rel, size, id }
+        });
+        Ok(files.collect())
     }
 
     /// The names of the files directly in directory `rel`.

@@ -89,7 +89,8 @@ pub struct Bucket {
     credentials: Credentials,
 }
 
-/// A request's body.
+/// A request's body (references only, so it is copied into each try of a request).
+#[derive(Clone, Copy)]
 enum Body<'a> {
     Empty,
     Bytes(&'a [u8]),
@@ -318,9 +319,9 @@ impl Bucket {
     /// ([`Bucket::retrying`]); a streamed body is sent once.
     fn send(&self, method: Method, key: &str, query: &[(&str, &str)], headers: &[(&str, &str)], body: Body<'_>, payload_hash: &str) -> Result<IncomingResponse> {
         match body {
+            // A stream is read as it is sent: it cannot be sent again.
             Body::Stream(..) => self.start(method, key, query, headers, body, payload_hash)?.response(),
-            Body::Empty => self.retrying(|| self.start(method.clone(), key, query, headers, Body::Empty, payload_hash)?.response()),
-            Body::Bytes(bytes) => self.retrying(|| self.start(method.clone(), key, query, headers, Body::Bytes(bytes), payload_hash)?.response()),
+            _ => self.retrying(|| self.start(method.clone(), key, query, headers, body, payload_hash)?.response()),
         }
     }
 
