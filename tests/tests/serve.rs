@@ -682,3 +682,54 @@ fn a_run_whose_lease_is_broken_stops() {
     }
     let _ = Command::new("rados").arg("-c").arg(ceph_conf()).args(["-p", "rbd", "rm", &object]).status();
 }
+
+/// Ticks that came while no process served the configuration: `run-once` runs the latest
+/// of them at start, `skip` waits for the next tick.
+#[test]
+fn missed_ticks_run_once_or_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    for job in ["once", "skipped"] {
+        probe_manifest(dir.path(), job, job, 0);
+    }
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nname = \"missed\"\n[store]\ndir = {store:?}\n\
+             [[job]]\nname = \"once\"\nmanifest = \"once.toml\"\nevery = 4\nmissed = \"run-once\"\n\
+             [[job]]\nname = \"skipped\"\nmanifest = \"skipped.toml\"\nevery = 4\nmissed = \"skip\"\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let serve = Serve::start(&config, state.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ["once", "skipped"].iter().any(|job| successes(&history(&[&state]), job).is_empty()) {
+        assert!(Instant::now() < deadline, "no runs:\n{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    serve.stop();
+    // Down for two ticks or more, and started again just after a tick (ticks fall on
+    // multiples of 4 s), so no tick comes while it starts.
+    std::thread::sleep(Duration::from_secs(9));
+    while !(0.5..1.0).contains(&(unix_now() % 4.0)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let restarted_at = unix_now();
+    let serve = Serve::start(&config, state.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = |job: &str| -> Vec<i64> {
+        let records = history(&[&state]);
+        successes(&records, job).into_keys().filter(|t| records.iter().any(|r| r["tick"] == *t && r["started"].as_f64().unwrap() >= restarted_at)).collect()
+    };
+    while after("once").is_empty() || after("skipped").is_empty() {
+        assert!(Instant::now() < deadline, "no runs after the restart:\n{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    serve.stop();
+    let (once, skipped) = (after("once"), after("skipped"));
+    assert!(once[0] as f64 <= restarted_at, "run-once did not run the missed tick: {once:?} (restarted at {restarted_at})");
+    assert!(once[0] as f64 > restarted_at - 4.0, "run-once ran an older tick than the latest: {once:?}");
+    assert!(skipped[0] as f64 > restarted_at, "skip ran a missed tick: {skipped:?} (restarted at {restarted_at})");
+}
