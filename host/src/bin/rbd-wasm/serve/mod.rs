@@ -340,7 +340,11 @@ async fn job_loop(service: Arc<Service>, name: String) {
             }
             continue;
         }
-        let wake = spec.schedule.next_after(handled_tick.max(due.unwrap_or(i64::MIN))).map(|t| fire_time(&current.name, &spec, t));
+        // The next tick after those dealt with or fired; a tick whose jitter has not
+        // passed yet is at most the jitter (and a second) old.
+        let pending = unix_now().floor() as i64 - i64::try_from(spec.jitter.as_secs()).unwrap_or(i64::MAX / 2) - 1;
+        let from = handled_tick.max(due.unwrap_or(i64::MIN)).max(pending);
+        let wake = spec.schedule.next_after(from).map(|t| fire_time(&current.name, &spec, t));
         let sleep = match wake {
             Some(at) => Duration::from_secs_f64((at - unix_now()).clamp(0.0, 86400.0)),
             None => Duration::from_secs(86400),
