@@ -389,11 +389,14 @@ fn on_the_embedded_store_two_services_share_ticks_reload_and_stop() {
         let last = *successes(&records, job).keys().last().unwrap();
         assert!(state["status"] == "done" && state["tick"].as_i64().unwrap() >= last, "{job}: {state}");
     }
-    // Each process's history survives its restart.
-    let again = Serve::start(&config, dir.path().join("a"));
+    // A process's history survives its restart (one that ran job one: which of the two
+    // won the ticks is up to the race for the lease).
+    let ran = states.iter().find(|s| !successes(&history(&[s.as_path()]), "one").is_empty()).expect("someone ran job one");
+    let runs = history(&[ran.as_path()]).iter().filter(|r| r["job"] == "one").count();
+    let again = Serve::start(&config, ran.clone());
     let status = again.status();
     let one = status["jobs"].as_array().unwrap().iter().find(|j| j["name"] == "one").unwrap();
-    assert!(!one["last_runs"].as_array().unwrap().is_empty(), "{status}");
+    assert_eq!(one["last_runs"].as_array().unwrap().len(), runs.min(10), "{status}");
 }
 
 #[test]
