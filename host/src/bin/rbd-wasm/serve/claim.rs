@@ -61,7 +61,7 @@ impl TickState {
     }
 
     /// Whether `tick` is dealt with: this tick or a later one is done.
-    pub fn covers(&self, tick: Tick) -> bool {
+    fn covers(&self, tick: Tick) -> bool {
         self.tick > tick || (self.tick == tick && self.status == Status::Done)
     }
 }

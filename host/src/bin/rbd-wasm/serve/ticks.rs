@@ -7,9 +7,8 @@ use super::schedule::{jitter_of, Tick};
 
 /// The latest tick of `spec` whose time, with its jitter, has come by `now`.
 pub fn latest_fired(service: &str, spec: &JobSpec, now: f64) -> Option<Tick> {
-    let fires = |t: Tick| t as f64 + jitter_of(service, &spec.name, t, spec.jitter).as_secs_f64();
     let t = spec.schedule.at_or_before(now.floor() as i64)?;
-    if fires(t) <= now {
+    if fire_time(service, spec, t) <= now {
         Some(t)
     } else {
         // Jitter is shorter than the gap between ticks: the one before has fired.
